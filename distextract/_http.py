@@ -1,0 +1,554 @@
+"""An :class:`~distextract.Oracle` behind an HTTP API (protocol of DESIGN.md section 4).
+
+Built on **httpx**: a maintained client with connection pooling and keep-alive, precise
+timeouts, typed transport errors (so a lost answer is told apart from a refused connection),
+and an injectable transport (``httpx.MockTransport``) that lets the retry logic be tested
+without a network.
+
+Concurrency uses a **thread pool around one ``httpx.Client``** rather than an ``AsyncClient`` on a
+background event loop. The oracle interface is synchronous and is called from ordinary threads
+and Ray actors; the rate limiter is a blocking object that the Ray layer replaces by an actor
+proxy (``ray.get`` blocks too). Threads compose with both directly, own no event loop that
+could clash with the caller's (Jupyter, async Ray actors), and at the request rates of a
+priced API (hundreds per second at most) the GIL costs nothing measurable: the threads spend
+their time waiting on sockets and on the limiter.
+
+Accounting. ``rows_paid`` counts rows the server may have charged for: requests answered with a
+2xx status, and requests whose answer was lost after they were sent (read timeout, reset,
+disconnect). Rows of requests the server refused with an error status (429, 413, 5xx, other
+4xx) are counted in ``rows_refused``: the server computed nothing for them. Rows of requests
+that never reached it (connection refused) count nowhere. The hard ``budget`` applies to paid
+rows; rows are reserved before each request is sent, so concurrent requests never exceed it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+
+from ._errors import (
+    BudgetExhausted,
+    ConfigError,
+    OracleHTTPError,
+    OracleShapeError,
+    OracleValueError,
+)
+from ._oracle import Oracle
+from ._ratelimit import RateLimiter, TokenBucket
+from ._validation import check_positive_int
+
+logger = logging.getLogger(__name__)
+
+#: Longest piece of a server message quoted in an exception.
+MESSAGE_CHARS = 300
+#: Retry kinds counted in :attr:`HTTPOracle.retries`.
+RETRY_KINDS = ("429", "5xx", "timeout", "reset", "connect", "413")
+_SECRET_QUERY = re.compile(r"key|token|secret|sig|auth|pass", re.IGNORECASE)
+
+
+class _Secret:
+    """Holds the API key; its repr and str never show it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info and with secret-looking query values replaced by ``***``."""
+    u = httpx.URL(url)
+    if u.userinfo:
+        u = u.copy_with(username=None, password=None)
+    if u.query:
+        params = [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in u.params.multi_items()]
+        u = u.copy_with(params=params)
+    return str(u)
+
+
+def _server_message(resp: httpx.Response) -> str:
+    """The server's explanation from an error response, one line, truncated."""
+    text = resp.text
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            if key in body:
+                text = body[key] if isinstance(body[key], str) else json.dumps(body[key])
+                break
+    text = " ".join(str(text).split())
+    if len(text) > MESSAGE_CHARS:
+        text = text[:MESSAGE_CHARS] + "... (truncated)"
+    return text or "(empty body)"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds (int or float) or HTTP-date.
+
+    Returns None when the header is absent or unreadable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+class _Transient(Exception):
+    """One failed attempt that may be retried (internal)."""
+
+    def __init__(self, kind: str, detail: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _TooLarge(Exception):
+    """The server answered 413 (internal)."""
+
+
+class HTTPOracle(Oracle):
+    """Query a network behind an HTTP API; several requests in flight, rate-limited, retried.
+
+    Parameters
+    ----------
+    url : str
+        Endpoint receiving ``POST {"inputs": [[...], ...]}``.
+    input_dim : int
+        d, the length of every input row.
+    api_key_env : str, optional
+        *Name* of the environment variable holding the API key, sent as
+        ``Authorization: Bearer <key>``. The key itself is never logged, described or quoted.
+    max_batch : int
+        Most rows per request; larger queries are split. Lowered automatically on a 413.
+    rate : float, optional
+        Client-side limit in requests per second (None: no limit).
+    rows_rate : float, optional
+        Client-side limit in rows per second (None: no limit).
+    max_in_flight : int
+        Requests in flight at once (threads and pooled connections).
+    timeout : float
+        Seconds for each request (connect timeout is ``min(timeout, 10)``).
+    retries : int
+        Retries of one request after transient failures (5xx, timeouts, resets, refused
+        connections) before giving up.
+    rate_limit_retries : int
+        Retries of one request after 429 answers before giving up.
+    backoff, backoff_max : float
+        Capped exponential backoff: attempt ``i`` waits ``U(0.5, 1) * min(backoff_max,
+        backoff * 2**i)`` seconds (the jitter spreads retries of concurrent requests).
+    max_retry_after : float
+        Longest Retry-After honoured; a longer one stops with :class:`OracleHTTPError`.
+    budget : int, optional
+        Hard cap on paid rows (see the module docstring); :class:`BudgetExhausted` is raised
+        before a request that could exceed it is sent.
+    input_field, output_field : str
+        JSON field names of the request and the answer.
+    limiter : RateLimiter, optional
+        Shared limiter (e.g. one per API key across workers). Default: a :class:`TokenBucket`
+        from ``rate`` and ``rows_rate``. Every 429 pauses it for the server's Retry-After.
+    seed : int or numpy.random.Generator, optional
+        Randomness of the backoff jitter.
+    transport : httpx.BaseTransport, optional
+        Injected transport (tests use ``httpx.MockTransport``).
+
+    Attributes
+    ----------
+    rows_paid, rows_answered, rows_refused, requests : int
+        Counters (see the module docstring); ``requests`` counts HTTP requests attempted.
+    retries : dict of str to int
+        Retries by kind: ``'429'``, ``'5xx'``, ``'timeout'``, ``'reset'``, ``'connect'``,
+        ``'413'`` (a 413 split counts once).
+    statuses : collections.Counter
+        HTTP status codes received.
+    """
+
+    def __init__(self, url: str, input_dim: int, *, api_key_env: str | None = None,
+                 max_batch: int = 64, rate: float | None = None, rows_rate: float | None = None,
+                 max_in_flight: int = 8, timeout: float = 30.0, retries: int = 8,
+                 rate_limit_retries: int = 100, backoff: float = 0.1, backoff_max: float = 10.0,
+                 max_retry_after: float = 300.0, budget: int | None = None,
+                 input_field: str = "inputs", output_field: str = "outputs",
+                 limiter: RateLimiter | None = None,
+                 seed: int | np.random.Generator | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"url must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.input_dim = check_positive_int("input_dim", input_dim)
+        self.output_dim: int | None = None
+        self.max_batch = check_positive_int("max_batch", max_batch)
+        self.max_in_flight = check_positive_int("max_in_flight", max_in_flight)
+        self.retries_allowed = check_positive_int("retries", retries, minimum=0)
+        self.rate_limit_retries = check_positive_int("rate_limit_retries", rate_limit_retries, 0)
+        for name, value in (("timeout", timeout), ("backoff", backoff),
+                            ("backoff_max", backoff_max), ("max_retry_after", max_retry_after)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.timeout = float(timeout)
+        self.backoff = float(backoff)
+        self.backoff_max = float(backoff_max)
+        self.max_retry_after = float(max_retry_after)
+        self.budget = None if budget is None else check_positive_int("budget", budget)
+        self.input_field = input_field
+        self.output_field = output_field
+        self.api_key_env = api_key_env
+        self._secret: _Secret | None = None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key_env is not None:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"environment variable {api_key_env} (api_key_env) is not set or empty; "
+                    f"export it with the API key, or omit api_key_env for an open API"
+                )
+            self._secret = _Secret(key)
+            headers["Authorization"] = f"Bearer {key}"
+        if limiter is None:
+            limiter = TokenBucket(rate, rows_rate)
+        elif rate is not None or rows_rate is not None:
+            raise ConfigError("give either limiter= or rate=/rows_rate=, not both")
+        elif not isinstance(limiter, RateLimiter):
+            raise ConfigError(
+                f"limiter must offer acquire(rows) and penalize(seconds), got "
+                f"{type(limiter).__name__}"
+            )
+        self.limiter = limiter
+        self.rate = rate
+        self.rows_rate = rows_rate
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+            limits=httpx.Limits(max_connections=self.max_in_flight,
+                                max_keepalive_connections=self.max_in_flight),
+            transport=transport,
+        )
+        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="dx-http")
+        self._lock = threading.Lock()
+        self._reserved = 0
+        self.rows_paid = 0
+        self.rows_answered = 0
+        self.rows_refused = 0
+        self.requests = 0
+        self.retries = {kind: 0 for kind in RETRY_KINDS}
+        self.statuses: Counter = Counter()
+        self._closed = False
+
+    # ----------------------------------------------------------------- public
+    def query_stream(self, X: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+        """Send ``X`` in batches and yield each answered batch as soon as it arrives.
+
+        Every answered batch is yielded even if another batch fails; the first error is raised
+        after them. This lets a journal record every paid answer before an error propagates.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d)
+
+        Yields
+        ------
+        rows : slice
+            Rows of ``X`` answered.
+        Y : ndarray of shape (rows, m)
+        """
+        X = self._validate(X)
+        if X.shape[0] == 0:
+            return
+        yield from self._stream(X)
+
+    def stats(self) -> dict:
+        """Counters as a JSON-serialisable dict (a consistent snapshot)."""
+        with self._lock:
+            return {"rows_paid": self.rows_paid, "rows_answered": self.rows_answered,
+                    "rows_refused": self.rows_refused, "requests": self.requests,
+                    "retries": dict(self.retries),
+                    "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+                    "max_batch": self.max_batch}
+
+    def describe(self) -> dict:
+        """What this oracle is, without secrets (the key's variable *name* only)."""
+        return {"type": type(self).__name__, "url": redact_url(self.url),
+                "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "input_field": self.input_field, "output_field": self.output_field,
+                "api_key_env": self.api_key_env,
+                "settings": {"max_batch": self.max_batch, "rate": self.rate,
+                             "rows_rate": self.rows_rate, "max_in_flight": self.max_in_flight,
+                             "timeout": self.timeout, "retries": self.retries_allowed,
+                             "budget": self.budget}}
+
+    def close(self) -> None:
+        """Stop the worker threads and close the connections."""
+        if not self._closed:
+            self._closed = True
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return (f"HTTPOracle(url={redact_url(self.url)!r}, input_dim={self.input_dim}, "
+                f"max_batch={self.max_batch}, api_key_env={self.api_key_env!r})")
+
+    def __getstate__(self) -> Any:
+        raise TypeError(
+            "HTTPOracle cannot be pickled (it holds connections and the API key); build one per "
+            "process from its settings and share the rate limit through a limiter"
+        )
+
+    # -------------------------------------------------------------- internals
+    def _validate(self, X: Any) -> np.ndarray:
+        from ._validation import as_matrix
+
+        if self._closed:
+            raise ConfigError("this HTTPOracle is closed; create a new one")
+        X = as_matrix("X", X, self.input_dim)
+        if not np.all(np.isfinite(X)):
+            raise ConfigError("X holds NaN or Inf; JSON cannot carry them to the server")
+        return X
+
+    def _query(self, X: np.ndarray) -> np.ndarray:
+        X = self._validate(X)
+        Y: np.ndarray | None = None
+        for rows, part in self._stream(X):
+            if Y is None:
+                Y = np.empty((X.shape[0], part.shape[1]))
+            Y[rows] = part
+        assert Y is not None
+        return Y
+
+    def _stream(self, X: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+        n = X.shape[0]
+        if self.budget is not None:
+            with self._lock:
+                used = self.rows_paid + self._reserved
+            if used + n > self.budget:
+                raise BudgetExhausted(self.budget, used, n)
+        step = self.max_batch
+        chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+        futures: dict[Future, slice] = {self._pool.submit(self._send, X[s]): s for s in chunks}
+        error: BaseException | None = None
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: futures[f].start):
+                    exc = fut.exception()
+                    if exc is not None:
+                        if error is None:
+                            error = exc
+                            for other in pending:  # not started yet: nothing paid
+                                other.cancel()
+                        continue
+                    yield futures[fut], fut.result()
+                pending = {f for f in pending if not f.cancelled()}
+        finally:
+            for fut in pending:
+                fut.cancel()
+        if error is not None:
+            raise error
+
+    def _send(self, X: np.ndarray) -> np.ndarray:
+        """One batch, with retries; splits on 413. Runs in a pool thread."""
+        n = X.shape[0]
+        body = json.dumps({self.input_field: X.tolist()}, allow_nan=False).encode()
+        transient = limited = 0
+        while True:
+            try:
+                return self._attempt(X, body)
+            except _TooLarge:
+                with self._lock:
+                    self.retries["413"] += 1
+                if n == 1:
+                    raise OracleHTTPError(
+                        f"HTTP 413 from {redact_url(self.url)} for a single-row request: the "
+                        f"server refuses even one row of d={self.input_dim}; check input_dim "
+                        f"and the server's size limit", status=413) from None
+                half = (n + 1) // 2
+                with self._lock:
+                    if half < self.max_batch:
+                        logger.info("server answered 413 for %d rows; max_batch lowered to %d",
+                                    n, half)
+                        self.max_batch = half
+                return np.concatenate([self._send(X[:half]), self._send(X[half:])], axis=0)
+            except _Transient as failure:
+                with self._lock:
+                    self.retries[failure.kind] += 1
+                if failure.kind == "429":
+                    limited += 1
+                    if limited > self.rate_limit_retries:
+                        raise self._give_up(failure, limited) from None
+                    wait_s = failure.retry_after
+                    if wait_s is None:
+                        wait_s = self._backoff(limited - 1)
+                    elif wait_s > self.max_retry_after:
+                        raise OracleHTTPError(
+                            f"HTTP 429 from {redact_url(self.url)}: the server asks to wait "
+                            f"{wait_s:.0f} s, more than max_retry_after={self.max_retry_after:g} "
+                            f"s; lower rate= or raise max_retry_after", status=429) from None
+                    logger.info("HTTP 429 (rate limited); pausing all requests for %.3g s", wait_s)
+                    self.limiter.penalize(wait_s)
+                    continue
+                transient += 1
+                if transient > self.retries_allowed:
+                    raise self._give_up(failure, transient) from None
+                delay = self._backoff(transient - 1)
+                logger.info("transient failure (%s: %s); retry %d/%d in %.3g s", failure.kind,
+                            failure.detail, transient, self.retries_allowed, delay)
+                time.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        with self._lock:
+            jitter = float(self._rng.uniform(0.5, 1.0))
+        return jitter * min(self.backoff_max, self.backoff * 2.0 ** attempt)
+
+    def _give_up(self, failure: _Transient, attempts: int) -> OracleHTTPError:
+        where = redact_url(self.url)
+        if failure.kind == "connect":
+            msg = (f"cannot connect to {where}: {failure.detail} (tried {attempts} times); check "
+                   f"the URL and that the server is running")
+        elif failure.kind == "429":
+            msg = (f"still rate limited (HTTP 429) by {where} after {attempts - 1} retries; lower "
+                   f"rate= or raise rate_limit_retries")
+        else:
+            msg = (f"giving up on {where} after {attempts} attempts; last failure: "
+                   f"{failure.detail}; raise retries= (now {self.retries_allowed}) or check the "
+                   f"server")
+        return OracleHTTPError(self._redact(msg), status=failure.status)
+
+    def _redact(self, text: str) -> str:
+        if self._secret is not None and self._secret.value:
+            text = text.replace(self._secret.value, "<secret>")
+        return text
+
+    def _reserve(self, n: int) -> None:
+        with self._lock:
+            if self.budget is not None and self.rows_paid + self._reserved + n > self.budget:
+                raise BudgetExhausted(self.budget, self.rows_paid + self._reserved, n)
+            self._reserved += n
+
+    def _settle(self, n: int, paid: bool, status: int | None) -> None:
+        with self._lock:
+            self._reserved -= n
+            if paid:
+                self.rows_paid += n
+            elif status is not None:
+                self.rows_refused += n
+            if status is not None:
+                self.statuses[status] += 1
+
+    def _attempt(self, X: np.ndarray, body: bytes) -> np.ndarray:
+        """Send once. Returns the answer or raises _Transient, _TooLarge or a final error."""
+        n = X.shape[0]
+        self._reserve(n)
+        paid, status = False, None
+        try:
+            self.limiter.acquire(n)
+            with self._lock:
+                self.requests += 1
+            try:
+                resp = self._client.post(self.url, content=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise _Transient("connect", f"{type(exc).__name__}: {exc}") from None
+            except httpx.TimeoutException as exc:
+                paid = True  # the request was sent; the server may have computed it
+                raise _Transient("timeout", f"{type(exc).__name__} after {self.timeout:g} s"
+                                 f" ({exc})") from None
+            except httpx.TransportError as exc:
+                paid = True
+                raise _Transient("reset", f"{type(exc).__name__}: {exc}") from None
+            status = resp.status_code
+            if 200 <= status < 300:
+                paid = True
+                return self._parse(resp, n)
+            if status == 413:
+                raise _TooLarge()
+            if status == 429:
+                raise _Transient("429", "HTTP 429", 429,
+                                 parse_retry_after(resp.headers.get("retry-after")))
+            if status >= 500:
+                raise _Transient("5xx", f"HTTP {status}: {_server_message(resp)}", status)
+            hint = ""
+            if status in (401, 403):
+                hint = (f"; check the API key in environment variable {self.api_key_env}"
+                        if self.api_key_env else "; the server wants an API key: pass api_key_env")
+            raise OracleHTTPError(self._redact(
+                f"HTTP {status} from {redact_url(self.url)}: {_server_message(resp)}{hint}"),
+                status=status)
+        finally:
+            self._settle(n, paid, status)
+
+    def _parse(self, resp: httpx.Response, n: int) -> np.ndarray:
+        """Decode and check a 2xx answer for ``n`` rows."""
+        where = redact_url(self.url)
+        try:
+            body = json.loads(resp.content)
+        except ValueError:
+            kind = resp.headers.get("content-type", "no content-type")
+            snippet = " ".join(resp.text.split())[:120]
+            raise OracleValueError(self._redact(
+                f"{where} answered HTTP {resp.status_code} with a body that is not JSON "
+                f"({kind}): {snippet!r}; check that the URL is the API endpoint")) from None
+        if not isinstance(body, dict) or self.output_field not in body:
+            keys = sorted(body) if isinstance(body, dict) else type(body).__name__
+            raise OracleShapeError(
+                f"{where} answered without an {self.output_field!r} field (got {keys}); set "
+                f"output_field= to the field holding the outputs")
+        try:
+            Y = np.asarray(body[self.output_field], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise OracleShapeError(
+                f"{where} answered {self.output_field!r} that is not an (n, m) array of "
+                f"numbers for {n} rows: {exc}") from None
+        if Y.ndim == 1 and Y.shape[0] == n:
+            Y = Y[:, None]
+        if Y.ndim != 2 or Y.shape[0] != n:
+            raise OracleShapeError(
+                f"{where} answered shape {Y.shape} for {n} input rows; expected ({n}, m)")
+        with self._lock:
+            if self.output_dim is None:
+                self.output_dim = int(Y.shape[1])
+            elif Y.shape[1] != self.output_dim:
+                raise OracleShapeError(
+                    f"{where} answered {Y.shape[1]} outputs per row; earlier answers had "
+                    f"{self.output_dim}")
+        if not np.all(np.isfinite(Y)):
+            bad = int(np.sum(~np.all(np.isfinite(Y), axis=1)))
+            raise OracleValueError(
+                f"{where} answered NaN, Inf or null in {bad} of {n} rows; the oracle's outputs "
+                f"must be finite numbers")
+        with self._lock:
+            self.rows_answered += n
+        return Y
+
+
+__all__ = ["HTTPOracle", "parse_retry_after", "redact_url"]
