@@ -1,5 +1,6 @@
 """distextract: extract a one-hidden-layer ReLU network from black-box queries."""
 
+from . import targets
 from ._errors import (
     BudgetExhausted,
     ConfigError,
@@ -14,6 +15,7 @@ from ._errors import (
 )
 from ._model import ReluNetwork
 from ._oracle import CallableOracle, CountingOracle, NetworkOracle, Oracle, as_oracle
+from .fidelity import FidelityReport, evaluate_fidelity
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,7 @@ __all__ = [
     "ConfigError",
     "CountingOracle",
     "DistextractError",
+    "FidelityReport",
     "JournalError",
     "NetworkOracle",
     "NonDeterministicOracle",
@@ -35,4 +38,6 @@ __all__ = [
     "TargetMismatch",
     "__version__",
     "as_oracle",
+    "evaluate_fidelity",
+    "targets",
 ]

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -296,8 +297,8 @@ def evaluate_fidelity(
         match = match_neurons(model, target, cos_tol=cos_tol, bias_rtol=bias_rtol,
                               live_distance=live_distance, cancel_rtol=cancel_rtol,
                               spurious_rtol=spurious_rtol, reference_scale=scale)
-        counts = dict(target_neurons=target.hidden_dim, live_neurons=match.live,
-                      matched_neurons=match.matched, spurious_neurons=match.spurious)
+        counts = {"target_neurons": target.hidden_dim, "live_neurons": match.live,
+                  "matched_neurons": match.matched, "spurious_neurons": match.spurious}
     report = FidelityReport(
         n_points=n_points,
         rel_l2=math.sqrt(rel_mse),
@@ -471,10 +472,10 @@ __all__ = [
     "BIAS_RTOL",
     "CANCEL_RTOL",
     "COS_TOL",
-    "FidelityReport",
     "LIVE_DISTANCE",
-    "NeuronMatch",
     "SPURIOUS_RTOL",
+    "FidelityReport",
+    "NeuronMatch",
     "evaluate_fidelity",
     "match_neurons",
 ]
