@@ -188,7 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(status, data, "application/json", headers)
 
     def _send_bytes(self, status: int, data: bytes, ctype: str,
-                    headers: dict | None = None) -> None:
+                    headers: dict | None = None, rows: int = 0) -> None:
+        self.state.count(status, rows)  # counted even if the client is gone
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -196,7 +197,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
-        self.state.count(status)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         if self.path.rstrip("/") == "/stats":
@@ -259,29 +259,30 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         if cfg.corrupt == "html":
-            with st.lock:
-                st.rows_served += n
             self._send_bytes(200, b"<html><body><h1>Welcome to nginx!</h1></body></html>",
-                             "text/html")
+                             "text/html", rows=n)
             return
         if cfg.corrupt == "shape":
             Y = Y[:-1]
         elif cfg.corrupt == "nan":
             Y = Y.copy()
             Y[0, 0] = np.nan
-        data = json.dumps({"outputs": Y.tolist()}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        st.count(200, n)
+        self._send_bytes(200, json.dumps({"outputs": Y.tolist()}).encode(), "application/json",
+                         rows=n)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            # The client went away (timeout, dropped connection): its rows are already counted.
+            logger.debug("client %s disconnected: %s", client_address, exc)
+        else:
+            logger.exception("error while serving %s", client_address)
 
 
 @dataclass

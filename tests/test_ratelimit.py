@@ -1,0 +1,122 @@
+"""Client-side token bucket: pacing, row limits, shared pause on 429."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import distextract as dx
+from distextract._ratelimit import RateLimiter, TokenBucket
+
+
+def _run_threads(n_threads: int, per_thread: int, fn) -> list[float]:
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(per_thread):
+            fn()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=work) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(stamps)
+
+
+def test_requests_are_paced_at_the_rate_across_threads():
+    bucket = TokenBucket(rate=50)
+    start = time.monotonic()
+    stamps = _run_threads(4, 8, bucket.acquire)
+    elapsed = stamps[-1] - start
+    # 32 requests at 50/s with burst 1: the last may go at 31/50 s, not earlier.
+    assert elapsed >= 31 / 50 - 0.01
+    assert elapsed < 31 / 50 + 0.3
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) > 0.5 / 50  # evenly spaced, no burst
+
+
+def test_rows_rate_limits_rows_and_large_requests_borrow():
+    bucket = TokenBucket(rows_rate=1000, rows_burst=100)
+    start = time.monotonic()
+    _run_threads(3, 2, lambda: bucket.acquire(100))
+    # 600 rows at 1000 rows/s with a full bucket of 100 at start: >= 0.5 s.
+    assert time.monotonic() - start >= 0.5 - 0.01
+    big = TokenBucket(rows_rate=1000, rows_burst=10)
+    t0 = time.monotonic()
+    big.acquire(500)  # larger than the capacity: allowed on a full bucket, then owes
+    assert time.monotonic() - t0 < 0.05
+    big.acquire(1)
+    assert time.monotonic() - t0 >= 0.45
+
+
+def test_penalize_pauses_every_waiting_caller_then_restarts_steadily():
+    bucket = TokenBucket(rate=100)
+    stamps: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            bucket.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    penalized_at = time.monotonic()
+    bucket.penalize(0.3)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    during = [s for s in stamps if penalized_at + 0.001 < s < penalized_at + 0.3 - 0.005]
+    assert during == []
+    after = [s for s in stamps if s >= penalized_at + 0.3 - 0.005]
+    assert len(after) >= 5
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    assert min(gaps) > 0.5 / 100  # no burst after the pause
+    assert bucket.penalties == 1
+
+
+def test_unlimited_bucket_does_not_block_but_honours_penalties():
+    bucket = TokenBucket()
+    t0 = time.monotonic()
+    for _ in range(2000):
+        bucket.acquire(64)
+    assert time.monotonic() - t0 < 0.5
+    bucket.penalize(0.2)
+    t1 = time.monotonic()
+    bucket.acquire()
+    assert time.monotonic() - t1 >= 0.19
+    bucket.penalize(0)  # ignored
+    assert bucket.penalties == 1
+
+
+def test_token_bucket_satisfies_the_protocol():
+    assert isinstance(TokenBucket(rate=5), RateLimiter)
+    assert not isinstance(object(), RateLimiter)
+    assert TokenBucket(rate=5, rows_rate=100).describe()["rows_burst"] == 10.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rate": 0}, "rate must be a positive number or None"),
+    ({"rate": float("inf")}, "rate must be a positive number or None"),
+    ({"rows_rate": -5}, "rows_rate must be a positive number or None"),
+    ({"rate": 5, "burst": 0.5}, "burst and rows_burst must be >= 1"),
+])
+def test_bad_settings_name_the_argument(kwargs, match):
+    with pytest.raises(dx.ConfigError, match=match):
+        TokenBucket(**kwargs)
+
+
+def test_acquire_rejects_empty_requests():
+    with pytest.raises(dx.ConfigError, match="rows must be >= 1, got 0"):
+        TokenBucket(rate=5).acquire(0)
