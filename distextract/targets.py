@@ -75,10 +75,10 @@ SPARSE_MAX_NONZEROS = 3
 
 
 def _rng(seed: Any) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        raise ConfigError("seed must be an int or a numpy SeedSequence, not a Generator; "
-                          "pass an integer seed so the target is reproducible")
-    return np.random.default_rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative int (targets are reproducible from it), "
+                          f"got {seed!r}")
+    return np.random.default_rng(int(seed))
 
 
 def _dims(d: int, k: int, m: int) -> tuple[int, int, int]:
@@ -322,6 +322,7 @@ def _fit_digits(hidden: int, seed: int, max_iter: int = 1000) -> _DigitsFit:
             "`pip install -e \".[test]\"` or `pip install scikit-learn`"
         ) from exc
     hidden = check_positive_int("hidden", hidden)
+    _rng(seed)  # validates the seed
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=0.25, random_state=seed, stratify=y)

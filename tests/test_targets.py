@@ -56,7 +56,8 @@ def test_random_network_skip_term():
         ({"d": 0, "k": 4}, "d must be >= 1, got 0"),
         ({"d": 3, "k": -1}, "k must be >= 1, got -1"),
         ({"d": 3, "k": 2, "m": 1.5}, "m must be an integer, got 1.5"),
-        ({"d": 3, "k": 2, "seed": np.random.default_rng(0)}, "seed must be an int"),
+        ({"d": 3, "k": 2, "seed": np.random.default_rng(0)}, "seed must be a non-negative int"),
+        ({"d": 3, "k": 2, "seed": -1}, "seed must be a non-negative int .*, got -1"),
     ],
 )
 def test_random_network_bad_arguments(kwargs, message):
