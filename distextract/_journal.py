@@ -217,8 +217,9 @@ class JournaledOracle(Oracle):
             self.output_dim = m
         elif m != self.output_dim:
             raise JournalError(
-                f"{where} holds answers with {m} outputs, but the oracle answers "
-                f"{self.output_dim}; the run directory belongs to another oracle")
+                f"{where} has {m} outputs per row, but {self.output_dim} were seen before (the "
+                f"journal and the oracle disagree); the run directory belongs to another "
+                f"oracle: use a new run directory")
 
     def _remember(self, X: np.ndarray, Y: np.ndarray) -> None:
         for x, y in zip(X, Y):
@@ -252,7 +253,7 @@ class JournaledOracle(Oracle):
 
     def _append(self, X: np.ndarray, Y: np.ndarray) -> None:
         with self._lock:
-            self._check_output_dim(Y.shape[1], "the new answer")
+            self._check_output_dim(Y.shape[1], "the oracle's new answer")
             if self._writer is None:
                 self._open_segment(Y.shape[1])
             d, m = X.shape[1], Y.shape[1]
