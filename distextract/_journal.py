@@ -40,8 +40,9 @@ RUN_FORMAT = "distextract.run"
 RUN_FILE = "run.json"
 JOURNAL_DIR = "journal"
 SEGMENT_SUFFIX = ".arrows"
-#: Keys of an oracle description that may differ between attempts of one run.
-VOLATILE_ORACLE_KEYS = frozenset({"output_dim", "settings"})
+#: Keys of an oracle description that may differ between attempts of one run: the learned
+#: output dimension, throughput settings, and the *name* of the key's variable.
+VOLATILE_ORACLE_KEYS = frozenset({"output_dim", "settings", "api_key_env"})
 _WRITER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SEGMENT = re.compile(r"^(?P<writer>[A-Za-z0-9_-]+)\.(?P<attempt>\d+)" + re.escape(SEGMENT_SUFFIX)
                       + "$")

@@ -1,0 +1,130 @@
+"""``distextract extract`` against a real server process: report, resume after kill -9, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import distextract as dx
+from distextract._journal import load_journal
+from distextract.serve import launch_server_process
+
+KEY = "sk-live-9c2e41d7b3a05f86"
+D = 8
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    net = dx.ReluNetwork(rng.normal(size=(16, D)), rng.normal(size=16),
+                         rng.normal(size=(2, 16)), rng.normal(size=2))
+    path = tmp_path_factory.mktemp("model") / "net.arrow"
+    net.save(path)
+    return path
+
+
+def cli(*args, env):
+    return [sys.executable, "-m", "distextract", "extract", *args]
+
+
+def served(server) -> int:
+    return server.stats()["rows_served"]
+
+
+def test_kill_9_and_resume_pays_at_most_2_percent_more(model_path, tmp_path):
+    # A kill loses the answers in flight: at most max_in_flight x batch_size rows (8 here), plus
+    # the one row re-asked to verify the oracle on resume.
+    env = {**os.environ, "DX_CLI_KEY": KEY}
+    with launch_server_process(model_path, latency_ms=3, api_key_env="DX_CLI_KEY",
+                               env=env) as server:
+        def args(out):
+            return [sys.executable, "-m", "distextract", "extract", "--url", server.url,
+                    "--input-dim", str(D), "--out", str(out), "--api-key-env", "DX_CLI_KEY",
+                    "--seed", "5", "--batch-size", "8", "--max-in-flight", "1"]
+
+        # Uninterrupted reference run.
+        ref = subprocess.run(args(tmp_path / "ref"), env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert ref.returncode == 0, ref.stderr
+        full = served(server)
+        report = json.loads((tmp_path / "ref" / "report.json").read_text())
+        assert report["queries"]["paid"] == full
+        assert report["queries"]["answered"] == full
+        assert set(report["queries"]["retries"]) >= {"429", "5xx", "timeout", "reset", "413"}
+        assert report["fidelity_estimate"]["rel_l2"] < 1e-6
+        assert report["wall_seconds"] > 0
+
+        # Same run, killed half-way, then resumed.
+        before = served(server)
+        out = tmp_path / "crash"
+        proc = subprocess.Popen(args(out), env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        rows = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "journal").is_dir():
+                rows = load_journal(out / "journal", D)[0].shape[0]
+                if rows >= full // 2:
+                    break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        assert full // 2 <= rows < full
+        assert not (out / "report.json").exists()
+        resumed = subprocess.run(args(out) + ["--resume"], env=env, capture_output=True,
+                                 text=True, timeout=120)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "Resuming:" in resumed.stdout
+        total = served(server) - before
+        print(f"uninterrupted {full} rows; killed at {rows} journaled rows; crash + resume "
+              f"{total} rows ({total / full:.4f}x)")
+        assert total <= 1.02 * full
+        rep2 = json.loads((out / "report.json").read_text())
+        assert rep2["queries"]["from_journal"] >= rows
+        assert rep2["queries"]["rows"] == report["queries"]["rows"]
+        a = dx.ReluNetwork.load(tmp_path / "ref" / "model.arrow")
+        b = dx.ReluNetwork.load(out / "model.arrow")
+        X = np.random.default_rng(1).normal(size=(200, D))
+        assert_allclose(b.predict(X), a.predict(X), rtol=1e-9, atol=1e-9)
+
+        # The key appears in no file of the run directories and in no output.
+        for path in list(tmp_path.rglob("*")):
+            if path.is_file():
+                assert KEY.encode() not in path.read_bytes(), path
+        for text in (ref.stdout, ref.stderr, resumed.stdout, resumed.stderr):
+            assert KEY not in text
+
+
+def test_cli_extract_errors_are_one_line(model_path, tmp_path):
+    with launch_server_process(model_path) as server:
+        base = [sys.executable, "-m", "distextract", "extract", "--url", server.url,
+                "--input-dim", str(D)]
+        bad = subprocess.run(base + ["--out", str(tmp_path / "x"), "--resume"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1
+        assert bad.stderr.strip().startswith("Error: nothing to resume in")
+        assert "Traceback" not in bad.stderr
+        wrong_d = subprocess.run(
+            [sys.executable, "-m", "distextract", "extract", "--url", server.url,
+             "--input-dim", "5", "--out", str(tmp_path / "y")],
+            capture_output=True, text=True, timeout=60)
+        assert wrong_d.returncode == 1
+        assert "Error: HTTP 400" in wrong_d.stderr and "inputs must have shape (n, 8)" in \
+            wrong_d.stderr
+        assert "rerun with --resume" in wrong_d.stderr
+        env = {k: v for k, v in os.environ.items() if k != "DX_UNSET_KEY"}
+        nokey = subprocess.run(base + ["--out", str(tmp_path / "z"), "--api-key-env",
+                                       "DX_UNSET_KEY"], capture_output=True, text=True,
+                               env=env, timeout=60)
+        assert nokey.returncode == 1
+        assert "Error: environment variable DX_UNSET_KEY (api_key_env) is not set" in nokey.stderr
