@@ -13,8 +13,11 @@ from ._errors import (
     OracleValueError,
     TargetMismatch,
 )
+from ._http import HTTPOracle
+from ._journal import JournaledOracle, prepare_run_dir
 from ._model import ReluNetwork
 from ._oracle import CallableOracle, CountingOracle, NetworkOracle, Oracle, as_oracle
+from ._ratelimit import RateLimiter, TokenBucket
 from .fidelity import FidelityReport, evaluate_fidelity
 
 __version__ = "0.1.0"
@@ -26,7 +29,9 @@ __all__ = [
     "CountingOracle",
     "DistextractError",
     "FidelityReport",
+    "HTTPOracle",
     "JournalError",
+    "JournaledOracle",
     "NetworkOracle",
     "NonDeterministicOracle",
     "Oracle",
@@ -34,10 +39,13 @@ __all__ = [
     "OracleHTTPError",
     "OracleShapeError",
     "OracleValueError",
+    "RateLimiter",
     "ReluNetwork",
     "TargetMismatch",
+    "TokenBucket",
     "__version__",
     "as_oracle",
     "evaluate_fidelity",
+    "prepare_run_dir",
     "targets",
 ]

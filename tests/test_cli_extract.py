@@ -128,3 +128,21 @@ def test_cli_extract_errors_are_one_line(model_path, tmp_path):
                                env=env, timeout=60)
         assert nokey.returncode == 1
         assert "Error: environment variable DX_UNSET_KEY (api_key_env) is not set" in nokey.stderr
+
+
+def test_failures_and_drops_keep_fidelity_and_paid_equals_served(model_path, tmp_path):
+    with launch_server_process(model_path, fail_rate=0.05, drop_rate=0.02, seed=2) as server:
+        run = subprocess.run(
+            [sys.executable, "-m", "distextract", "extract", "--url", server.url,
+             "--input-dim", str(D), "--out", str(tmp_path / "run"), "--batch-size", "8",
+             "--retries", "30"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        stats = server.stats()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    q = report["queries"]
+    assert stats["statuses"]["503"] >= 1 and stats["dropped"] >= 1
+    assert q["retries"]["5xx"] == stats["statuses"]["503"]
+    assert q["retries"]["reset"] == stats["dropped"]
+    assert q["paid"] == stats["rows_served"] > q["answered"]
+    assert report["fidelity_estimate"]["certified"]
+    assert report["fidelity_estimate"]["rel_l2"] < 1e-6

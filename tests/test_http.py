@@ -511,3 +511,9 @@ def test_real_key_never_logged(net, monkeypatch, caplog):
         assert oracle.retries["5xx"] >= 1  # retries were logged
     assert "503" in caplog.text or "transient" in caplog.text
     assert KEY not in caplog.text
+
+
+def test_oracle_layer_is_exported():
+    assert {"HTTPOracle", "JournaledOracle", "RateLimiter", "TokenBucket",
+            "prepare_run_dir"} <= set(dx.__all__)
+    assert dx.HTTPOracle is HTTPOracle
