@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from ._errors import ConfigError
 

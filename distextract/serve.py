@@ -30,9 +30,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -183,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     state: _State  # set on the subclass made per server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
     def _send_json(self, status: int, payload: Any, headers: dict | None = None) -> None:
@@ -201,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         if self.path.rstrip("/") == "/stats":
             data = json.dumps(self.state.stats()).encode()
             self.send_response(200)
@@ -212,7 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, {"error": "POST queries to / ; GET /stats for counters"})
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         st = self.state
         cfg = st.config
         length = int(self.headers.get("Content-Length") or 0)
@@ -307,10 +308,10 @@ class ServerHandle:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "ServerHandle":
+    def __enter__(self) -> ServerHandle:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -391,10 +392,10 @@ class ServerProcess:
             out, _ = self.proc.communicate()
         return out or ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
             self.stop()
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,10 +29,6 @@ def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "net.arrow"
     net.save(path)
     return path
-
-
-def cli(*args, env):
-    return [sys.executable, "-m", "distextract", "extract", *args]
 
 
 def served(server) -> int:

@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 
 import distextract as dx
 from distextract._http import HTTPOracle, parse_retry_after, redact_url
