@@ -1,0 +1,143 @@
+"""The public entry point :func:`extract`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ._errors import ConfigError
+from ._model import ReluNetwork
+from ._oracle import CountingOracle, as_oracle
+from ._validation import check_positive_int
+from .engine._config import ExtractConfig
+from .engine.loop import PROBE_LINES, PROBE_POINTS, Coordinator, EngineResult
+from .engine.tasks import LocalExecutor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ExtractionResult:
+    """What :func:`extract` returns.
+
+    Attributes
+    ----------
+    model : ReluNetwork
+        The extracted network.
+    queries : int
+        Exact number of rows sent to the oracle.
+    certified : bool
+        True when residual lines found nothing new and the validation error met the target.
+        False means the model is the best so far, not certified (see ``stop_reason``).
+    stop_reason : str
+        ``"certified"``, ``"budget"``, ``"precision_floor"`` or ``"max_rounds"``.
+    val_rel_l2, val_max_abs : float
+        Error on the run's own validation points (fresh Gaussian queries).
+    report : dict
+        JSON-serialisable summary (queries, precision, rounds, timings).
+    engine : EngineResult
+        Internals: neurons with their confidence, lines and kinks (for run directories).
+    """
+
+    model: ReluNetwork
+    queries: int
+    certified: bool
+    stop_reason: str
+    val_rel_l2: float
+    val_max_abs: float
+    report: dict
+    engine: Any = field(repr=False)
+
+
+def _min_budget(d: int) -> int:
+    return PROBE_LINES * PROBE_POINTS + 1 + 2 * (d + 1)
+
+
+def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
+            budget: int | None = None, config: ExtractConfig | None = None,
+            workers: int | None = None, address: str | None = None,
+            progress: Callable[[dict], None] | None = None,
+            **options: Any) -> ExtractionResult:
+    """Extract a one-hidden-layer ReLU network from query access.
+
+    Parameters
+    ----------
+    oracle : Oracle, callable, ReluNetwork or path
+        Anything answering ``X (n, d) float64 -> (n, m)`` or ``(n,)``.
+    input_dim : int
+        d. Required for plain callables; checked against the oracle otherwise.
+    seed : int
+        Every random choice derives from it: a run is reproducible from its seed.
+    budget : int, optional
+        Hard cap on rows sent to the oracle. When it runs out, the best model so far is
+        returned with ``certified=False`` and ``stop_reason="budget"``.
+    config : ExtractConfig, optional
+    workers : int, optional
+        Number of Ray workers (None or 1 with no ``address``: in-process).
+    address : str, optional
+        Ray cluster address (``"auto"``, ``"ray://host:10001"``); implies Ray.
+    progress : callable, optional
+        Called with a dict of counters after each phase.
+    **options
+        Overrides of :class:`ExtractConfig` fields, e.g. ``validation_points=512``.
+
+    Returns
+    -------
+    ExtractionResult
+    """
+    cfg = config or ExtractConfig()
+    if options:
+        cfg = cfg.updated(**options)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if workers is not None:
+        workers = check_positive_int("workers", workers)
+    orc = as_oracle(oracle, input_dim)
+    d = orc.input_dim
+    if budget is not None:
+        budget = check_positive_int("budget", budget)
+        need = _min_budget(d)
+        if budget < need:
+            raise ConfigError(
+                f"budget={budget} rows is too small to extract anything from a d={d} oracle: "
+                f"the precision probe and one pair of region Jacobians need at least {need} rows")
+    n_val = cfg.validation_points
+    if budget is not None:
+        n_val = min(n_val, budget // 10)
+    t0 = time.perf_counter()
+    if address is not None or (workers is not None and workers > 1):
+        from .distributed import run_distributed
+
+        eng, queries, extra = run_distributed(orc, d, cfg, int(seed), budget, workers or 2,
+                                              address, progress, n_val)
+    else:
+        counting = CountingOracle(orc, budget)
+        ex = LocalExecutor(counting)
+        eng = Coordinator(ex, d, cfg, int(seed), progress, 1, n_val).run()
+        queries, extra = counting.queries, {}
+    wall = time.perf_counter() - t0
+    model = eng.model.with_metadata(seed=int(seed), queries=int(queries),
+                                    certified=bool(eng.certified))
+    k = model.hidden_dim
+    report = {
+        "input_dim": d, "output_dim": model.output_dim, "hidden_found": k,
+        "queries": int(queries),
+        "queries_per_neuron_floor": (queries / (k * (d + 1))) if k else None,
+        "certified": bool(eng.certified), "stop_reason": eng.stop_reason,
+        "target_rel_l2": eng.target_rel_l2,
+        "validation": {"points": int(n_val), "rel_l2": eng.val_rel_l2,
+                       "max_abs": eng.val_max_abs},
+        "precision": {"relative_noise": eng.noise},
+        "lines": len(eng.lines), "rounds": eng.rounds, "wall_seconds": wall,
+        "seed": int(seed), "config": cfg.to_dict(),
+    }
+    report.update(extra)
+    logger.info("extracted %d neurons with %d queries (certified=%s)", k, queries,
+                eng.certified)
+    return ExtractionResult(model=model, queries=int(queries), certified=bool(eng.certified),
+                            stop_reason=eng.stop_reason, val_rel_l2=eng.val_rel_l2,
+                            val_max_abs=eng.val_max_abs, report=report, engine=eng)

@@ -1,0 +1,117 @@
+"""Every tolerance and knob of the extraction engine, each named for what it means."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .._errors import ConfigError
+
+EPS64 = 2.220446049250313e-16
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Extraction settings. Defaults suit a float64 oracle; precision-dependent values are
+    derived at run time from the measured output precision (``noise_floor``).
+
+    Attributes
+    ----------
+    input_scale : float
+        Standard deviation of the input distribution the model must match (N(0, s² I)).
+    line_reach : float
+        Probe lines run over ``t ∈ [-R, R]`` with ``R = line_reach · sqrt(d) · input_scale``.
+        A line of reach C meets about ``(2/π)·arctan(C)`` of the neurons (64 → 99%).
+    line_segments : int
+        The first line is cut into this many segments (independent search tasks). Fixed, so
+        the queries do not depend on the number of workers.
+    residual_segments : int
+        Segments per residual line (later lines search ``F - F_model``).
+    slope_step : float
+        One-sided slope at a split point uses a step of ``slope_step × interval width``:
+        small enough that a kink rarely hides inside it, large enough for a precise slope.
+    check_step : float
+        A candidate kink ``t*`` is confirmed by the values at ``t* ∓ check_step × width``
+        lying on the left and right lines (two kinks closer than that look like one; later
+        residual lines separate them).
+    residual_slope_step, residual_check_step : float
+        The same for residual lines, whose few kinks allow long, precise steps.
+    check_factor : float
+        A value "lies on a line" when it is within ``check_factor × noise`` of it.
+    residual_check_factor : float
+        The same for residual lines, whose noise floor is already a bound on the model's error.
+    min_width : float
+        Intervals narrower than ``min_width × (1 + |t|)`` are not split further.
+    stencil_crossing_rate : float
+        Target probability that a region's finite-difference stencil crosses a hyperplane;
+        sets the stencil step from the local kink density (larger steps: more precision,
+        more repairs).
+    stencil_checks : int
+        Extra random points per region that verify the Jacobian and locate a bad stencil row.
+    regions_per_task : int
+        Regions whose Jacobians one worker task computes (one batch of queries).
+    validation_points : int
+        Fresh Gaussian points queried once to estimate the model's error.
+    target_rel_l2 : float or None
+        Stop when the validation relative L2 error is at or below this (None: derived from the
+        measured precision).
+    clean_lines : int
+        Residual lines that must find nothing new before the model is certified.
+    max_rounds : int
+        Upper bound on search rounds (first line + residual lines).
+    solve_max_unknowns : int
+        Refit the output weights by least squares when ``k + d + 1`` is at most this; larger
+        networks keep the output weights measured from the jumps.
+    prune_factor : float
+        A neuron whose output weight is below ``prune_factor × jump precision`` is dropped.
+    dedup_factor : float
+        Two neurons merge when their hyperplanes agree within ``dedup_factor ×`` their
+        estimated errors.
+    """
+
+    input_scale: float = 1.0
+    line_reach: float = 64.0
+    line_segments: int = 64
+    residual_segments: int = 16
+    slope_step: float = 1e-4
+    check_step: float = 1e-3
+    residual_slope_step: float = 0.02
+    residual_check_step: float = 0.01
+    check_factor: float = 64.0
+    residual_check_factor: float = 4.0
+    min_width: float = 1e-12
+    stencil_crossing_rate: float = 0.3
+    stencil_checks: int = 2
+    regions_per_task: int = 32
+    validation_points: int = 256
+    target_rel_l2: float | None = None
+    clean_lines: int = 2
+    max_rounds: int = 40
+    solve_max_unknowns: int = 3000
+    prune_factor: float = 100.0
+    dedup_factor: float = 30.0
+
+    def __post_init__(self) -> None:
+        positive = ("input_scale", "line_reach", "slope_step", "check_step", "residual_slope_step", "residual_check_step", "check_factor", "residual_check_factor", "min_width",
+                    "stencil_crossing_rate", "prune_factor", "dedup_factor")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"config.{name} must be > 0, got {getattr(self, name)!r}")
+        ints = ("line_segments", "residual_segments", "stencil_checks", "regions_per_task",
+                "clean_lines", "max_rounds", "solve_max_unknowns")
+        for name in ints:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"config.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.stencil_checks < 2:
+            raise ConfigError("config.stencil_checks must be >= 2 (one detects, two locate)")
+        if self.validation_points < 0:
+            raise ConfigError(f"config.validation_points must be >= 0, got {self.validation_points}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def updated(self, **changes) -> "ExtractConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown config option(s): {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **changes)

@@ -1,0 +1,287 @@
+"""Kink search along a probe line.
+
+Along ``x(t)``, ``f(t) = F(x(t))`` is piecewise linear. An interval ``[a, b]`` is described by
+the values and one-sided slopes at its ends. The two end lines meet at ``t*``; if ``f(t*)``
+lies on both lines, ``t*`` is the single kink of the interval. If the slopes agree and the
+midpoint is on the line, the interval has no kink. Otherwise the interval is split (at ``t*``
+when it falls inside, at the midpoint if not) and both halves are searched.
+
+All open intervals advance together, so one round costs two oracle requests (the checks,
+then the slopes at new split points) whatever the number of intervals: the search is
+latency-friendly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+# evaluate(ts) -> (values (n, m), scale (n,)): values searched (F or a residual), and the
+# magnitude that sets their rounding error.
+Evaluator = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+MAX_DEPTH = 400
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Numbers the search needs, derived from the config and the measured precision.
+
+    Attributes
+    ----------
+    noise : float
+        Relative output precision: a value ``y`` is known to about ``noise × scale``.
+    check_factor : float
+        Multiple of the noise accepted as "on the line".
+    slope_step : float
+        Slope step as a fraction of the width of the interval being split.
+    min_width : float
+        Relative width below which an interval is not split further.
+    check_step : float
+        A candidate kink ``t*`` is confirmed by ``f(t* ∓ η)`` lying on the left / right line,
+        ``η = check_step × width``.
+    """
+
+    noise: float
+    check_factor: float
+    slope_step: float
+    min_width: float
+    check_step: float = 1e-3
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Outcome of searching one segment.
+
+    Attributes
+    ----------
+    t : ndarray of shape (n,)
+        Every position queried, sorted.
+    values : ndarray of shape (n, m)
+        The searched values at ``t``.
+    scale : ndarray of shape (n,)
+        Magnitudes that set the rounding error of ``values``.
+    kinks : ndarray of shape (K,)
+        Kink positions, sorted.
+    resolved : ndarray of shape (K,), bool
+        False where the search stopped at ``min_width`` without certifying a single kink.
+    """
+
+    t: np.ndarray
+    values: np.ndarray
+    scale: np.ndarray
+    kinks: np.ndarray
+    resolved: np.ndarray
+
+
+class _End:
+    __slots__ = ("t", "f", "s", "sigma", "step", "scale")
+
+    def __init__(self, t, f, s, sigma, step, scale):
+        self.t, self.f, self.s, self.sigma, self.step, self.scale = t, f, s, sigma, step, scale
+
+
+class _Search:
+    def __init__(self, evaluate: Evaluator, params: SearchParams,
+                 known: dict | None = None) -> None:
+        self.evaluate = evaluate
+        self.p = params
+        self.known = known or {}
+        self.ts: list[np.ndarray] = []
+        self.vals: list[np.ndarray] = []
+        self.scales: list[np.ndarray] = []
+
+    def query(self, ts: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        arr = np.asarray(ts, dtype=np.float64)
+        if arr.size == 0:
+            return np.zeros((0, 0)), np.zeros(0)
+        hit = np.array([float(t) in self.known for t in arr], dtype=bool)
+        if hit.any():
+            fresh = arr[~hit]
+            parts = [self.known[float(t)] for t in arr[hit]]
+            m = parts[0][0].shape[0]
+            f = np.empty((arr.size, m))
+            s = np.empty(arr.size)
+            f[hit] = np.stack([p[0] for p in parts])
+            s[hit] = [p[1] for p in parts]
+            if fresh.size:
+                f[~hit], s[~hit] = self.evaluate(fresh)
+        else:
+            f, s = self.evaluate(arr)
+        self.ts.append(arr)
+        self.vals.append(f)
+        self.scales.append(s)
+        return f, s
+
+    def tol(self, scale: float) -> float:
+        return self.p.check_factor * self.p.noise * scale
+
+
+def _make_end(t: float, f0, sc0, t1: float, f1, sc1, noise: float) -> _End:
+    step = t1 - t
+    s = (f1 - f0) / step
+    sigma = 2.0 * noise * max(sc0, sc1) / abs(step)
+    return _End(t, f0, s, sigma, step, max(sc0, sc1))
+
+
+def segment_end_points(segments: list[tuple[float, float]], slope_step: float) -> np.ndarray:
+    """Positions queried first for each segment: its ends and one inward slope point each."""
+    ts = []
+    for a, b in segments:
+        h = slope_step * (b - a)
+        ts += [a, a + h, b - h, b]
+    return np.asarray(ts, dtype=np.float64)
+
+
+def _chord_intersection(ea: _End, t1: float, f1: np.ndarray, t2: float, f2: np.ndarray,
+                        eb: _End) -> float | None:
+    """Where the chord ``ea → t1`` meets the chord ``t2 → eb`` (least squares over outputs)."""
+    sl = (f1 - ea.f) / (t1 - ea.t)
+    sr = (eb.f - f2) / (eb.t - t2)
+    ds = sl - sr
+    dd = float(ds @ ds)
+    if dd == 0.0:
+        return None
+    c0 = (f1 - sl * t1) - (f2 - sr * t2)
+    return -float(ds @ c0) / dd
+
+
+def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
+                    params: SearchParams, known: dict | None = None) -> list[SegmentResult]:
+    """Find every kink of ``f`` on each segment.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(ts)`` with ``ts`` of shape (n,) returns ``(values (n, m), scale (n,))``.
+        Called once or twice per round for all segments together.
+    segments : list of (a, b)
+    params : SearchParams
+    known : dict, optional
+        ``{t: (value (m,), scale)}`` already paid for (e.g. segment ends shared between
+        segments, queried once by the coordinator); served without a query.
+
+    Returns
+    -------
+    list of SegmentResult, one per segment.
+    """
+    S = _Search(evaluate, params, known)
+    noise = params.noise
+    # Ends and inward slope points of every segment, one request.
+    ts = list(segment_end_points(segments, params.slope_step))
+    f, sc = S.query(ts)
+    open_: list[tuple[int, _End, _End, int]] = []
+    for i, (a, b) in enumerate(segments):
+        j = 4 * i
+        ea = _make_end(a, f[j], sc[j], ts[j + 1], f[j + 1], sc[j + 1], noise)
+        eb = _make_end(b, f[j + 3], sc[j + 3], ts[j + 2], f[j + 2], sc[j + 2], noise)
+        open_.append((i, ea, eb, 0))
+    kinks: list[list[tuple[float, bool]]] = [[] for _ in segments]
+
+    while open_:
+        # ---- plan: one probe per open interval (t* check, midpoint check or slope refresh)
+        probes: list[float] = []
+        plans = []
+        for seg, ea, eb, depth in open_:
+            w = eb.t - ea.t
+            if w <= params.min_width * (1.0 + abs(ea.t)) or depth > MAX_DEPTH:
+                kinks[seg].append((0.5 * (ea.t + eb.t), False))
+                continue
+            if depth > 0 and w < 4.0 * max(abs(ea.step), abs(eb.step)):
+                h = params.slope_step * w
+                plans.append(("refresh", seg, ea, eb, depth, len(probes)))
+                probes += [ea.t + h, eb.t - h]
+                continue
+            ds = ea.s - eb.s
+            dsn = float(np.max(np.abs(ds)))
+            slope_unc = params.check_factor * (ea.sigma + eb.sigma)
+            if dsn <= slope_unc:
+                plans.append(("linear", seg, ea, eb, depth, len(probes)))
+                probes.append(0.5 * (ea.t + eb.t))
+                continue
+            c0 = ea.f - ea.s * ea.t - eb.f + eb.s * eb.t
+            tstar = -float(ds @ c0) / float(ds @ ds)
+            margin = 1e-3 * w
+            if ea.t + margin < tstar < eb.t - margin:
+                eta = min(params.check_step * w, 0.5 * (tstar - ea.t), 0.5 * (eb.t - tstar))
+                plans.append(("kink", seg, ea, eb, depth, len(probes)))
+                probes += [tstar - eta, tstar + eta]
+            else:
+                plans.append(("split", seg, ea, eb, depth, len(probes)))
+                probes.append(0.5 * (ea.t + eb.t))
+        if not plans:
+            break
+        f, sc = S.query(probes)
+        # ---- decide; collect split points that need a slope
+        splits = []
+        new_open = []
+        for kind, seg, ea, eb, depth, j in plans:
+            if kind == "refresh":
+                ea2 = _make_end(ea.t, ea.f, ea.scale, probes[j], f[j], sc[j], noise)
+                eb2 = _make_end(eb.t, eb.f, eb.scale, probes[j + 1], f[j + 1], sc[j + 1], noise)
+                new_open.append((seg, ea2, eb2, depth + 1))
+                continue
+            t = probes[j]
+            ft, st = f[j], float(sc[j])
+            scale = max(ea.scale, eb.scale, st)
+            if kind == "linear":
+                pred = ea.f + ea.s * (t - ea.t)
+                predb = ea.f + ea.s * (eb.t - ea.t)
+                allowed = S.tol(scale) + params.check_factor * ea.sigma * (eb.t - ea.t)
+                if (np.max(np.abs(ft - pred)) <= allowed
+                        and np.max(np.abs(eb.f - predb)) <= allowed):
+                    continue  # no kink
+                splits.append((seg, ea, eb, depth, t, ft, st))
+            elif kind == "kink":
+                w = eb.t - ea.t
+                # t - eta must lie on the left line, t + eta on the right line
+                t2, ft2, st2 = probes[j + 1], f[j + 1], float(sc[j + 1])
+                scale = max(scale, st2)
+                pa = ea.f + ea.s * (t - ea.t)
+                pb = eb.f + eb.s * (t2 - eb.t)
+                base = S.tol(scale)
+                ok_a = np.max(np.abs(ft - pa)) <= base + params.check_factor * ea.sigma * (t - ea.t)
+                ok_b = (np.max(np.abs(ft2 - pb))
+                        <= base + params.check_factor * eb.sigma * (eb.t - t2))
+                if ok_a and ok_b:
+                    # Chords from the ends to the probes are long, precise baselines:
+                    # their intersection locates the kink; it must fall between the probes.
+                    tk = _chord_intersection(ea, t, ft, t2, ft2, eb)
+                    if tk is not None and t - 1e-12 * w <= tk <= t2 + 1e-12 * w:
+                        kinks[seg].append((tk, True))
+                        continue
+                # split around the probe pair; the pair's chord gives the slope there
+                # (the gap between the pair stays inside the right half)
+                ep = _make_end(t, ft, st, t2, ft2, st2, noise)
+                new_open.append((seg, ea, ep, depth + 1))
+                new_open.append((seg, ep, eb, depth + 1))
+                continue
+            else:
+                splits.append((seg, ea, eb, depth, t, ft, st))
+        if splits:
+            sp_ts = []
+            for seg, ea, eb, depth, t, ft, st in splits:
+                h = params.slope_step * (eb.t - ea.t)
+                sp_ts.append(t + h if t + h < eb.t else t - h)
+            f2, sc2 = S.query(sp_ts)
+            for n, (seg, ea, eb, depth, t, ft, st) in enumerate(splits):
+                em = _make_end(t, ft, st, sp_ts[n], f2[n], sc2[n], noise)
+                new_open.append((seg, ea, em, depth + 1))
+                new_open.append((seg, em, eb, depth + 1))
+        open_ = new_open
+
+    T = np.concatenate(S.ts)
+    V = np.concatenate(S.vals, axis=0)
+    C = np.concatenate(S.scales)
+    results = []
+    for i, (a, b) in enumerate(segments):
+        sel = (T >= a) & (T <= b)
+        order = np.argsort(T[sel], kind="stable")
+        ks = sorted(kinks[i])
+        results.append(SegmentResult(
+            t=T[sel][order], values=V[sel][order], scale=C[sel][order],
+            kinks=np.array([k[0] for k in ks], dtype=np.float64),
+            resolved=np.array([k[1] for k in ks], dtype=bool)))
+    return results

@@ -1,0 +1,383 @@
+"""The coordinator: probe precision, search the first line, measure its regions, turn jumps
+into neurons, solve, validate; then search residual lines until nothing new is found.
+
+The coordinator never queries the oracle itself: every query goes through an executor's
+``map(tasks)`` (in-process, or Ray workers), so the same decisions are made whatever runs
+them. Every random choice derives from the run's seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .._errors import BudgetExhausted, NonDeterministicOracle
+from .._model import ReluNetwork
+from ._config import EPS64, ExtractConfig
+from .kinks import SearchParams, segment_end_points
+from .lines import Line, make_line
+from .neurons import NeuronSet, apply_corrections, dedup, jumps_to_neurons
+from .regions import LineScan, make_plans, merge_segments, missing_points, region_edges
+from .solve import relative_error, solve_affine, solve_full
+from .tasks import EvalTask, JacobianTask, SearchTask, output_scale
+
+logger = logging.getLogger(__name__)
+
+PROBE_LINES = 4
+PROBE_POINTS = 4
+NONDETERMINISM_LIMIT = 1e3 * EPS64
+RESIDUAL_SLACK = 2.0
+
+
+@dataclass
+class LineRecord:
+    """What one probe line found (for run directories and reports)."""
+
+    index: int
+    kind: str  # "first" or "residual"
+    u: np.ndarray
+    v: np.ndarray
+    reach: float
+    kinks: np.ndarray
+    resolved: np.ndarray
+    regions_measured: int
+    regions_failed: int
+    regions_repaired: int
+    queries: int
+
+
+@dataclass
+class EngineState:
+    """The model in progress (owned by the coordinator)."""
+
+    d: int
+    m: int = 0
+    noise: float = 4 * EPS64
+    fref: float = 1.0
+    neurons: NeuronSet | None = None
+    model: ReluNetwork | None = None
+    val_rel_l2: float = float("inf")
+    val_max_abs: float = float("inf")
+    solve_X: list = field(default_factory=list)
+    solve_Y: list = field(default_factory=list)
+    lines: list = field(default_factory=list)
+    rounds: list = field(default_factory=list)
+    removed: int = 0
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """Outcome of :func:`run_engine`."""
+
+    model: ReluNetwork
+    neurons: NeuronSet
+    certified: bool
+    stop_reason: str
+    val_rel_l2: float
+    val_max_abs: float
+    noise: float
+    target_rel_l2: float
+    lines: list
+    rounds: list
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class Coordinator:
+    """Runs the extraction rounds over an executor."""
+
+    def __init__(self, executor, d: int, cfg: ExtractConfig, seed: int,
+                 progress: Callable[[dict], None] | None = None, parallelism: int = 1,
+                 validation_points: int | None = None) -> None:
+        self.ex = executor
+        self.cfg = cfg
+        self.seed_seq = np.random.SeedSequence(seed)
+        self.st = EngineState(d=d)
+        self.progress = progress
+        self.parallelism = max(1, parallelism)
+        self.n_val = cfg.validation_points if validation_points is None else validation_points
+        self.t_start = time.perf_counter()
+        self.Xv = np.zeros((0, d))
+        self.Yv = np.zeros((0, 1))
+
+    # ----------------------------------------------------------------- helpers
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence(
+            entropy=self.seed_seq.entropy, spawn_key=(*self.seed_seq.spawn_key, *key)))
+
+    def _eval(self, X: np.ndarray, rows_per_task: int = 512) -> np.ndarray:
+        tasks = [EvalTask(X[i:i + rows_per_task]) for i in range(0, X.shape[0], rows_per_task)]
+        return np.concatenate(self.ex.map(tasks), axis=0)
+
+    def _emit(self, phase: str, **extra) -> None:
+        if self.progress is None:
+            return
+        st = self.st
+        info = {"phase": phase, "queries": self.ex.queries,
+                "neurons": 0 if st.neurons is None else st.neurons.size,
+                "lines": len(st.lines), "val_rel_l2": st.val_rel_l2,
+                "elapsed": time.perf_counter() - self.t_start}
+        info.update(extra)
+        self.progress(info)
+
+    @property
+    def target(self) -> float:
+        if self.cfg.target_rel_l2 is not None:
+            return self.cfg.target_rel_l2
+        return max(1e-7, 1e5 * self.st.noise)
+
+    # ------------------------------------------------------------------- probe
+    def probe(self) -> None:
+        """Measure output precision and determinism (PROBE_LINES × PROBE_POINTS + 1 rows)."""
+        d, s = self.st.d, self.cfg.input_scale
+        rng = self._rng(1)
+        base = rng.standard_normal((PROBE_LINES, d)) * s
+        dirs = rng.standard_normal((PROBE_LINES, d))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        eta = 1e-6 * s
+        steps = np.arange(PROBE_POINTS) * eta
+        X = (base[:, None, :] + steps[None, :, None] * dirs[:, None, :]).reshape(-1, d)
+        X = np.concatenate([X, X[:1]], axis=0)
+        Y = self._eval(X)
+        self.st.m = Y.shape[1]
+        mags = np.max(np.abs(Y), axis=1)
+        fref = float(np.median(mags))
+        self.st.fref = fref if fref > 0 else 1.0
+        sc = output_scale(Y, self.st.fref)
+        # Batch position may change float64 rounding (BLAS blocking): a repeat may differ by
+        # a few ulps. More than that is a non-deterministic oracle.
+        rep = float(np.max(np.abs(Y[-1] - Y[0]))) / float(sc[0])
+        if rep > NONDETERMINISM_LIMIT:
+            raise NonDeterministicOracle(
+                f"the oracle answered the same input twice with different outputs "
+                f"(relative difference {rep:.3g}); extraction needs a deterministic oracle")
+        G = Y[:-1].reshape(PROBE_LINES, PROBE_POINTS, -1)
+        d2 = G[:, :-2] - 2 * G[:, 1:-1] + G[:, 2:]
+        rel = np.max(np.abs(d2), axis=2) / sc[:-1].reshape(PROBE_LINES, PROBE_POINTS)[:, 1:-1]
+        self.st.noise = max(4 * EPS64, float(np.median(rel)), rep)
+        logger.info("probe: m=%d, output scale %.3g, relative precision %.3g",
+                    self.st.m, self.st.fref, self.st.noise)
+        self._emit("probe", noise=self.st.noise)
+
+    def validation_set(self) -> None:
+        if self.n_val <= 0:
+            return
+        rng = self._rng(2)
+        self.Xv = rng.standard_normal((self.n_val, self.st.d)) * self.cfg.input_scale
+        self.Yv = self._eval(self.Xv)
+
+    # ------------------------------------------------------------------ search
+    def _search(self, line: Line, segments: list, model: ReluNetwork | None,
+                noise: float) -> LineScan:
+        cfg, st = self.cfg, self.st
+        # A residual has few kinks: long slope steps make its slopes precise.
+        params = SearchParams(
+            noise=noise,
+            check_factor=cfg.check_factor if model is None else cfg.residual_check_factor,
+            slope_step=cfg.slope_step if model is None else cfg.residual_slope_step,
+            min_width=cfg.min_width,
+            check_step=cfg.check_step if model is None else cfg.residual_check_step)
+        ends = np.unique(segment_end_points(segments, cfg.slope_step))
+        X = line.points(ends)
+        Y = self._eval(X)
+        sc = output_scale(Y, st.fref)
+        if model is not None:
+            Y = Y - model.predict(X)
+        known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ends)}
+        per_task = max(1, int(np.ceil(len(segments) / (4 * self.parallelism))))
+        if self.parallelism == 1:
+            per_task = len(segments)
+        tasks = []
+        for group in _chunks(segments, per_task):
+            kn = {}
+            for a, b in group:
+                for t in segment_end_points([(a, b)], cfg.slope_step):
+                    kn[float(t)] = known[float(t)]
+            tasks.append(SearchTask(line, group, params, st.fref, model, kn))
+        results = [r for batch in self.ex.map(tasks) for r in batch]
+        extra = [(ends, Y, sc)]
+        scan = merge_segments(results, extra)
+        # centres and baselines for every region
+        want = missing_points(scan, line.reach)
+        if want.size:
+            Xw = line.points(want)
+            Yw = self._eval(Xw)
+            scw = output_scale(Yw, st.fref)
+            if model is not None:
+                Yw = Yw - model.predict(Xw)
+            scan = merge_segments(results, extra + [(want, Yw, scw)])
+        return scan
+
+    def _measure(self, line: Line, scan: LineScan, model: ReluNetwork | None, noise: float,
+                 extra_kinks: np.ndarray | None):
+        cfg = self.cfg
+        plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
+                           cfg.stencil_crossing_rate, extra_kinks)
+        per_task = cfg.regions_per_task
+        tasks = [JacobianTask(line, group, noise, cfg.check_factor, cfg.stencil_checks,
+                              self.st.fref, model) for group in _chunks(plans, per_task)]
+        regions = [r for batch in self.ex.map(tasks) for r in batch]
+        return regions
+
+    def _record_line(self, line: Line, kind: str, scan: LineScan, regions: list,
+                     q0: int) -> None:
+        self.st.lines.append(LineRecord(
+            index=line.index, kind=kind, u=line.u, v=line.v, reach=line.reach,
+            kinks=scan.kinks, resolved=scan.resolved,
+            regions_measured=sum(r.J is not None for r in regions),
+            regions_failed=sum(r.J is None for r in regions),
+            regions_repaired=sum(r.status == "repaired" for r in regions),
+            queries=self.ex.queries - q0))
+
+    def _keep_solve_rows(self, regions: list, model: ReluNetwork | None) -> None:
+        for r in regions:
+            if r.X.shape[0] == 0:
+                continue
+            Y = r.Y if model is None else r.Y + model.predict(r.X)
+            self.st.solve_X.append(r.X)
+            self.st.solve_Y.append(Y)
+
+    # -------------------------------------------------------------- assemble
+    def assemble(self) -> None:
+        st, cfg = self.st, self.cfg
+        ns = st.neurons
+        X = np.concatenate(st.solve_X, axis=0) if st.solve_X else np.zeros((0, st.d))
+        Y = np.concatenate(st.solve_Y, axis=0) if st.solve_Y else np.zeros((0, st.m))
+        k, d = ns.size, st.d
+        unknowns = k + d + 1
+        rng = self._rng(3, len(st.lines))
+        cap = max(8 * unknowns, 4096)
+        rows = X.shape[0]
+        sel = np.sort(rng.choice(rows, size=cap, replace=False)) if rows > cap else slice(None)
+        Xs, Ys = X[sel], Y[sel]
+        candidates = [solve_affine(ns, Xs, Ys)]
+        if unknowns <= cfg.solve_max_unknowns and Xs.shape[0] >= 2 * unknowns:
+            candidates.append(solve_full(ns, Xs, Ys))
+        best = None
+        for cand in candidates:
+            err, mx = relative_error(cand, self.Xv, self.Yv)
+            if best is None or not (err >= best[1]):
+                best = (cand, err, mx)
+        st.model, st.val_rel_l2, st.val_max_abs = best
+        logger.info("model: %d neurons, validation rel L2 %.3g, max abs %.3g",
+                    k, st.val_rel_l2, st.val_max_abs)
+
+    # ------------------------------------------------------------------ rounds
+    def first_line(self) -> None:
+        cfg, st = self.cfg, self.st
+        q0 = self.ex.queries
+        reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
+        line = make_line(0, st.d, self.seed_seq, cfg.input_scale, reach)
+        scan = self._search(line, line.segments(cfg.line_segments), None, st.noise)
+        self._emit("search", line=0, kinks=int(scan.kinks.size))
+        regions = self._measure(line, scan, None, st.noise, None)
+        self._keep_solve_rows(regions, None)
+        ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach))
+        st.neurons = dedup(ns, cfg.dedup_factor)
+        self._record_line(line, "first", scan, regions, q0)
+        self.assemble()
+        st.rounds.append(self._round_info(0, int(scan.kinks.size), st.neurons.size, 0))
+        self._emit("round", line=0, kinks=int(scan.kinks.size))
+
+    def _residual_noise(self) -> float:
+        """Relative precision of ``G = F - model`` along a line: the oracle's, or the bumps the
+        model's own errors leave where a measured hyperplane sits slightly off the true one
+        (height ``||a||·err·|x|``), relative to the output scale, if larger."""
+        ns = self.st.neurons
+        if ns is None or ns.size == 0:
+            return self.st.noise
+        bump = float(np.quantile(ns.err * np.linalg.norm(ns.a, axis=1), 0.99))
+        reach_x = np.sqrt(self.st.d) * self.cfg.input_scale
+        return max(self.st.noise, RESIDUAL_SLACK * bump * reach_x / self.st.fref)
+
+    def residual_line(self, index: int) -> int:
+        """Search one residual line; returns the number of residual kinks found."""
+        cfg, st = self.cfg, self.st
+        q0 = self.ex.queries
+        reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
+        line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
+        model = st.model
+        noise = self._residual_noise()
+        scan = self._search(line, line.segments(cfg.residual_segments), model, noise)
+        found = int(scan.kinks.size)
+        self._emit("search", line=index, kinks=found)
+        regions = []
+        if found:
+            W, b = model.W, model.b
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tk = -(W @ line.u + b) / (W @ line.v)
+            tk = np.sort(tk[np.isfinite(tk) & (np.abs(tk) < reach)])
+            # G is smooth across known hyperplanes up to the model's tiny errors, so the
+            # stencil verification keeps the oracle's own precision.
+            regions = self._measure(line, scan, model, st.noise, tk)
+            self._keep_solve_rows(regions, model)
+            corr = jumps_to_neurons(line, regions, region_edges(scan, line.reach))
+            before = st.neurons.size
+            st.neurons, removed = apply_corrections(st.neurons, corr, cfg.dedup_factor,
+                                                    cfg.prune_factor)
+            st.removed += removed
+            self.assemble()
+            added = st.neurons.size - before + removed
+        else:
+            added = removed = 0
+        self._record_line(line, "residual", scan, regions, q0)
+        st.rounds.append(self._round_info(index, found, added, removed))
+        self._emit("round", line=index, kinks=found)
+        return found
+
+    def _round_info(self, index: int, kinks: int, added: int, removed: int) -> dict:
+        return {"line": index, "kinks": kinks, "added": added, "removed": removed,
+                "neurons": self.st.neurons.size, "queries": self.ex.queries,
+                "val_rel_l2": self.st.val_rel_l2, "val_max_abs": self.st.val_max_abs,
+                "elapsed": time.perf_counter() - self.t_start}
+
+    def fallback_model(self) -> None:
+        """Best affine model from the validation data when no line could be finished."""
+        st = self.st
+        ns = st.neurons if st.neurons is not None else NeuronSet.empty(st.d, max(st.m, 1))
+        st.neurons = ns
+        if st.solve_X or self.Xv.shape[0] > st.d:
+            if not st.solve_X:
+                st.solve_X.append(self.Xv)
+                st.solve_Y.append(self.Yv)
+            self.assemble()
+        else:
+            m = max(st.m, 1)
+            st.model = ReluNetwork(ns.W, ns.b, ns.a.T if ns.size else np.zeros((m, 0)),
+                                   np.zeros(m), np.zeros((m, st.d)))
+
+    def run(self) -> EngineResult:
+        cfg, st = self.cfg, self.st
+        reason = "certified"
+        try:
+            self.probe()
+            self.validation_set()
+            self.first_line()
+            clean = 0
+            index = 1
+            while True:
+                if index >= cfg.max_rounds:
+                    reason = "max_rounds"
+                    break
+                found = self.residual_line(index)
+                index += 1
+                clean = clean + 1 if found == 0 else 0
+                if clean >= cfg.clean_lines:
+                    reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
+                    break
+        except BudgetExhausted as exc:
+            logger.warning("%s; returning the best model so far (not certified)", exc)
+            reason = "budget"
+            if st.model is None:
+                self.fallback_model()
+        certified = reason == "certified"
+        return EngineResult(model=st.model, neurons=st.neurons, certified=certified,
+                            stop_reason=reason, val_rel_l2=st.val_rel_l2,
+                            val_max_abs=st.val_max_abs, noise=st.noise,
+                            target_rel_l2=self.target, lines=st.lines, rounds=st.rounds)

@@ -1,0 +1,248 @@
+"""Neurons from rank-one Jacobian jumps, and their deduplication.
+
+Across the kink between regions ``j`` and ``j+1`` of a line, ``J_{j+1} - J_j = â ŵᵀ``
+(``ŵ`` unit, oriented along the line direction). The kink point gives the bias. The same
+hyperplane seen twice (other lines, opposite orientation) is merged; the output vector ``â``
+does not change under the flip ``(ŵ, b̂) → (−ŵ, −b̂)`` because the jump is measured in the
+direction of ``ŵ`` (the affine difference ``â·(ŵ·x + b̂)`` goes to the output solve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .jacobians import RegionJacobian
+from .lines import Line
+
+
+@dataclass(frozen=True)
+class NeuronSet:
+    """Neurons as arrays (n of them).
+
+    Attributes
+    ----------
+    W : ndarray of shape (n, d)    unit normals, canonical sign
+    b : ndarray of shape (n,)
+    a : ndarray of shape (n, m)    jump output vectors
+    err : ndarray of shape (n,)    estimated direction error (radians)
+    rank_residual : ndarray (n,)   second / first singular value of the jump (0 for m = 1)
+    line : ndarray (n,) int        line where first seen
+    t : ndarray (n,)               kink position on that line
+    count : ndarray (n,) int       observations merged into this neuron
+    """
+
+    W: np.ndarray
+    b: np.ndarray
+    a: np.ndarray
+    err: np.ndarray
+    rank_residual: np.ndarray
+    line: np.ndarray
+    t: np.ndarray
+    count: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.W.shape[0])
+
+    @classmethod
+    def empty(cls, d: int, m: int) -> "NeuronSet":
+        z = np.zeros(0)
+        return cls(np.zeros((0, d)), z, np.zeros((0, m)), z, z, z.astype(int), z,
+                   z.astype(int))
+
+    def take(self, idx) -> "NeuronSet":
+        return NeuronSet(self.W[idx], self.b[idx], self.a[idx], self.err[idx],
+                         self.rank_residual[idx], self.line[idx], self.t[idx], self.count[idx])
+
+    @staticmethod
+    def concat(sets: list["NeuronSet"]) -> "NeuronSet":
+        return NeuronSet(*(np.concatenate([getattr(s, f) for s in sets], axis=0)
+                           for f in ("W", "b", "a", "err", "rank_residual", "line", "t",
+                                     "count")))
+
+
+def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flip each row so its largest-magnitude component is positive. Returns (W, b, sign)."""
+    idx = np.argmax(np.abs(W), axis=1)
+    sign = np.sign(W[np.arange(W.shape[0]), idx])
+    sign[sign == 0] = 1.0
+    return W * sign[:, None], b * sign, sign
+
+
+def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarray,
+                     ) -> NeuronSet:
+    """One neuron per kink whose two neighbouring regions were both measured.
+
+    Parameters
+    ----------
+    line : Line
+    regions : list of RegionJacobian
+        Measured regions of ``line`` (any order; failed ones are skipped).
+    edges : ndarray of shape (K + 2,)
+        Region boundaries ``[-reach, kinks..., reach]``.
+    """
+    by = {r.region: r for r in regions if r.J is not None}
+    rows = []
+    for j in sorted(by):
+        if j + 1 not in by:
+            continue
+        r0, r1 = by[j], by[j + 1]
+        dJ = r1.J - r0.J  # (m, d)
+        if dJ.shape[0] == 1:
+            norm = float(np.linalg.norm(dJ[0]))
+            if norm == 0.0:
+                continue
+            w = dJ[0] / norm
+            a = np.array([norm])
+            rr = 0.0
+        else:
+            U, s, Vt = np.linalg.svd(dJ, full_matrices=False)
+            if s[0] == 0.0:
+                continue
+            w = Vt[0]
+            a = U[:, 0] * s[0]
+            rr = float(s[1] / s[0]) if s.size > 1 else 0.0
+            norm = float(s[0])
+        if w @ line.v < 0:
+            w, a = -w, -a
+        # kink position: where the two region lines along the line meet
+        s0 = r0.J @ line.v
+        s1 = r1.J @ line.v
+        ds = s0 - s1
+        c0 = (r1.f0 - s1 * r1.t0) - (r0.f0 - s0 * r0.t0)
+        dd = float(ds @ ds)
+        tk = float(ds @ c0) / dd if dd > 0 else 0.5 * (edges[j + 1] + edges[j + 1])
+        if not (r0.t0 <= tk <= r1.t0):
+            tk = float(edges[j + 1])
+        x = line.u + tk * line.v
+        b = -float(w @ x)
+        prec = max(r0.precision, r1.precision)
+        err = np.sqrt(2.0 * line.dim) * prec / norm
+        rows.append((w, b, a, err, rr, tk))
+    d = line.dim
+    if not rows:
+        m = regions[0].f0.shape[0] if regions else 1
+        return NeuronSet.empty(d, m)
+    W = np.array([r[0] for r in rows])
+    b = np.array([r[1] for r in rows])
+    W, b, _ = canonical(W, b)
+    return NeuronSet(W=W, b=b, a=np.array([r[2] for r in rows]),
+                     err=np.array([r[3] for r in rows]),
+                     rank_residual=np.array([r[4] for r in rows]),
+                     line=np.full(len(rows), line.index), t=np.array([r[5] for r in rows]),
+                     count=np.ones(len(rows), dtype=int))
+
+
+MATCH_CEILING = 1e-4  # never merge hyperplanes further apart than this (near-parallel pairs)
+
+
+def match_pairs(A: NeuronSet, B: NeuronSet, factor: float, floor: float = 1e-12
+                ) -> list[tuple[int, int]]:
+    """Pairs (i in A, j in B) of the same hyperplane, found by sorting on a projection.
+
+    Two neurons match when their canonical normals and biases agree within
+    ``factor × (err_i + err_j) + floor`` (bias relative to ``1 + |b|``). Cost
+    ``O((|A| + |B|) log(|A| + |B|) · d)`` plus the near pairs, never all pairs.
+    """
+    if A.size == 0 or B.size == 0:
+        return []
+    d = A.W.shape[1]
+    r = np.random.default_rng(12345).standard_normal(d)
+    r /= np.linalg.norm(r)
+    ka = A.W @ r + 0.5 * A.b / (1.0 + np.abs(A.b))
+    kb = B.W @ r + 0.5 * B.b / (1.0 + np.abs(B.b))
+    tol_a = np.minimum(factor * A.err + floor, MATCH_CEILING)
+    tol_b = np.minimum(factor * B.err + floor, MATCH_CEILING)
+    order = np.argsort(kb)
+    kbs = kb[order]
+    pairs = []
+    max_tb = float(tol_b.max())
+    for i in range(A.size):
+        lo = np.searchsorted(kbs, ka[i] - 2 * (tol_a[i] + max_tb), side="left")
+        hi = np.searchsorted(kbs, ka[i] + 2 * (tol_a[i] + max_tb), side="right")
+        if lo >= hi:
+            continue
+        cand = order[lo:hi]
+        tol = tol_a[i] + tol_b[cand]
+        dw = np.max(np.abs(B.W[cand] - A.W[i]), axis=1)
+        db = np.abs(B.b[cand] - A.b[i]) / (1.0 + np.abs(A.b[i]))
+        hit = cand[(dw <= tol) & (db <= tol)]
+        pairs.extend((i, int(j)) for j in hit)
+    return pairs
+
+
+def dedup(ns: NeuronSet, factor: float) -> NeuronSet:
+    """Merge observations of the same hyperplane (averaging, weighted by precision)."""
+    if ns.size <= 1:
+        return ns
+    parent = np.arange(ns.size)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in match_pairs(ns, ns, factor):
+        if i != j:
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([find(i) for i in range(ns.size)])
+    uniq, inv = np.unique(roots, return_inverse=True)
+    if uniq.size == ns.size:
+        return ns
+    wts = 1.0 / np.maximum(ns.err, 1e-300) ** 2
+    n = uniq.size
+    W = np.zeros((n, ns.W.shape[1]))
+    b = np.zeros(n)
+    a = np.zeros((n, ns.a.shape[1]))
+    wsum = np.zeros(n)
+    np.add.at(W, inv, ns.W * wts[:, None])
+    np.add.at(b, inv, ns.b * wts)
+    np.add.at(a, inv, ns.a * wts[:, None])
+    np.add.at(wsum, inv, wts)
+    W /= wsum[:, None]
+    b /= wsum
+    a /= wsum[:, None]
+    norms = np.linalg.norm(W, axis=1)
+    W /= norms[:, None]
+    b /= norms
+    count = np.zeros(n, dtype=int)
+    np.add.at(count, inv, ns.count)
+    err = 1.0 / np.sqrt(wsum)
+    first = np.array([np.flatnonzero(inv == g)[0] for g in range(n)])
+    rr = np.zeros(n)
+    np.maximum.at(rr, inv, ns.rank_residual)
+    return NeuronSet(W, b, a, err, rr, ns.line[first], ns.t[first], count)
+
+
+def apply_corrections(model: NeuronSet, corr: NeuronSet, factor: float,
+                      prune_factor: float) -> tuple[NeuronSet, int]:
+    """Add residual-line jumps: a correction on a known hyperplane adds to its output
+    vector; one on a new hyperplane is a new neuron. A known neuron whose corrected output
+    vector is within ``prune_factor ×`` the measurement error of zero was spurious and is
+    removed. Returns (neurons, number removed)."""
+    if corr.size == 0:
+        return model, 0
+    corr = dedup(corr, factor)
+    # a jump no larger than its own measurement error is no neuron (a residual kink left by
+    # the model's own small errors)
+    corr = corr.take(np.flatnonzero(corr.err * prune_factor < 1.0))
+    a = model.a.copy()
+    used = np.zeros(corr.size, dtype=bool)
+    keep = np.ones(model.size, dtype=bool)
+    for i, j in match_pairs(model, corr, factor):
+        if used[j]:
+            continue
+        used[j] = True
+        noise = (model.err[i] * np.linalg.norm(a[i])
+                 + corr.err[j] * np.linalg.norm(corr.a[j]))
+        a[i] = a[i] + corr.a[j]
+        if np.linalg.norm(a[i]) <= prune_factor * noise:
+            keep[i] = False
+    updated = NeuronSet(model.W, model.b, a, model.err, model.rank_residual, model.line,
+                        model.t, model.count).take(np.flatnonzero(keep))
+    return NeuronSet.concat([updated, corr.take(np.flatnonzero(~used))]), int((~keep).sum())

@@ -1,0 +1,53 @@
+"""Output-layer solve: with the hidden layer fixed, ``A``, ``L`` and ``c`` are linear
+unknowns, fitted by least squares over queries already paid for (no new queries)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._model import ReluNetwork
+from .neurons import NeuronSet
+
+
+def _lstsq_scaled(M: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(M, axis=0)
+    norms[norms == 0] = 1.0
+    coef, *_ = np.linalg.lstsq(M / norms, Y, rcond=None)
+    return coef / norms[:, None]
+
+
+def solve_affine(ns: NeuronSet, X: np.ndarray, Y: np.ndarray) -> ReluNetwork:
+    """Keep the jump output vectors; fit only ``L`` and ``c``.
+
+    Parameters
+    ----------
+    ns : NeuronSet
+    X : ndarray of shape (n, d)
+    Y : ndarray of shape (n, m)
+    """
+    A = ns.a.T
+    R = Y - np.maximum(X @ ns.W.T + ns.b, 0.0) @ A.T
+    M = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
+    coef = _lstsq_scaled(M, R)
+    d = X.shape[1]
+    return ReluNetwork(ns.W, ns.b, A, coef[d], coef[:d].T)
+
+
+def solve_full(ns: NeuronSet, X: np.ndarray, Y: np.ndarray) -> ReluNetwork:
+    """Fit ``A``, ``L`` and ``c`` together (columns scaled for conditioning)."""
+    H = np.maximum(X @ ns.W.T + ns.b, 0.0)
+    M = np.concatenate([H, X, np.ones((X.shape[0], 1))], axis=1)
+    coef = _lstsq_scaled(M, Y)
+    k, d = ns.size, X.shape[1]
+    return ReluNetwork(ns.W, ns.b, coef[:k].T, coef[k + d], coef[k:k + d].T)
+
+
+def relative_error(model: ReluNetwork, X: np.ndarray, Y: np.ndarray) -> tuple[float, float]:
+    """(relative L2 error, max abs error) of ``model`` on ``(X, Y)``."""
+    if X.shape[0] == 0:
+        return float("nan"), float("nan")
+    P = model.predict(X)
+    num = float(np.sum((P - Y) ** 2))
+    den = float(np.sum(Y ** 2))
+    rel = np.sqrt(num / den) if den > 0 else np.sqrt(num)
+    return float(rel), float(np.max(np.abs(P - Y)))
