@@ -1,0 +1,254 @@
+"""Distributed extraction on a real (local) Ray instance, shared by the whole module."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import distextract as dx  # noqa: E402
+from distextract._errors import BudgetExhausted, ConfigError  # noqa: E402
+from distextract._extract import extract  # noqa: E402
+from distextract._journal import JournaledOracle, load_journal  # noqa: E402
+from distextract.distributed import (  # noqa: E402
+    LeasedLimiter,
+    ProgressDisplay,
+    RayExecutor,
+    _Limiter,
+    oracle_spec,
+)
+from distextract.engine.tasks import EvalTask  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def net():
+    return dx.targets.random_network(16, 24, 2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(net):
+    """The in-process extraction with the same seed."""
+    return extract(net, seed=3)
+
+
+def slow_oracle(net, seconds: float) -> dx.CallableOracle:
+    """A picklable oracle that sleeps per call (so a kill lands mid-task)."""
+
+    def answer(X):
+        time.sleep(seconds)
+        return net.predict(X)
+
+    return dx.CallableOracle(answer, net.input_dim)
+
+
+def test_executor_needs_ray(net):
+    if ray.is_initialized():
+        pytest.skip("Ray is running in this module")
+    with pytest.raises(ConfigError, match="Ray is not initialised"):
+        RayExecutor(dx.NetworkOracle(net), 2)
+
+
+def test_same_model_and_queries_as_in_process(ray_local, net, reference):
+    events = []
+    res = extract(net, seed=3, workers=2, progress=events.append)
+    assert res.queries == reference.queries
+    np.testing.assert_array_equal(res.model.W, reference.model.W)
+    np.testing.assert_array_equal(res.model.b, reference.model.b)
+    np.testing.assert_allclose(res.model.predict(np.ones((3, 16))),
+                               reference.model.predict(np.ones((3, 16))), rtol=0, atol=0)
+    dist = res.report["distributed"]
+    assert dist["workers"] == 2 and dist["rows_paid"] == res.queries
+    assert sum(w["paid"] for w in dist["per_worker"]) == res.queries
+    assert dist["restarts"] == 0
+    assert events and all("distributed" in e for e in events)
+    fid = dx.evaluate_fidelity(res.model, net, n_points=2000)
+    assert fid.rel_l2 < 1e-9
+
+
+def test_budget_is_global_across_workers(ray_local, net):
+    budget = 500
+    res = extract(net, seed=3, workers=2, budget=budget)
+    assert res.stop_reason == "budget" and not res.certified
+    assert res.queries <= budget
+    assert res.report["distributed"]["rows_paid"] <= budget
+
+
+def test_executor_raises_budget_exhausted_with_its_fields(ray_local, net):
+    with RayExecutor(dx.NetworkOracle(net), 2, budget=100) as ex:
+        X = np.random.default_rng(0).standard_normal((60, 16))
+        assert len(ex.map([EvalTask(X)])[0]) == 60
+        with pytest.raises(BudgetExhausted, match="budget=100 rows") as info:
+            ex.map([EvalTask(X), EvalTask(X)])
+        assert info.value.budget == 100 and info.value.requested == 60
+        assert ex.queries == 60  # refused requests are not sent
+
+
+def test_map_keeps_task_order(ray_local, net):
+    rng = np.random.default_rng(1)
+    Xs = [rng.standard_normal((n, 16)) for n in (5, 1, 7, 3, 9)]
+    with RayExecutor(dx.NetworkOracle(net), 2) as ex:
+        out = ex.map([EvalTask(X) for X in Xs])
+        assert ex.queries == sum(X.shape[0] for X in Xs)
+        stats = ex.worker_stats()
+    for X, Y in zip(Xs, out):
+        np.testing.assert_array_equal(Y, net.predict(X))
+    assert all(s is not None and s["tasks"] >= 1 for s in stats)
+
+
+def _run_journaled(net, run_dir, progress=None, on_start=None):
+    """Coordinator over a RayExecutor whose workers journal into ``run_dir``."""
+    from distextract.engine._config import ExtractConfig
+    from distextract.engine.loop import Coordinator
+
+    oracle = JournaledOracle(slow_oracle(net, 0.004), run_dir / "journal", "main")
+    cfg = ExtractConfig()
+    with RayExecutor(oracle, 2) as ex:
+        if on_start is not None:
+            on_start(ex)
+        eng = Coordinator(ex, 16, cfg, 3, progress, 2, cfg.validation_points).run()
+        return eng, ex.queries, ex.ledger_stats()
+
+
+def test_killed_worker_is_restarted_and_nothing_is_paid_twice(ray_local, net, tmp_path):
+    calm, calm_rows, _ = _run_journaled(net, tmp_path / "calm")
+    state = {}
+
+    def progress(info):
+        # Kill worker 0 shortly after the first line's search, while the Jacobians run.
+        if info["phase"] == "search" and info.get("line") == 0 and "timer" not in state:
+            state["timer"] = threading.Timer(0.05, ray.kill, args=(state["ex"].actors[0],),
+                                             kwargs={"no_restart": False})
+            state["timer"].start()
+
+    hit, hit_rows, ledger = _run_journaled(net, tmp_path / "hit", progress,
+                                           lambda ex: state.setdefault("ex", ex))
+    assert "timer" in state, "the kill was never scheduled"
+    assert ledger["per_worker"][0]["attempts"] >= 2, "worker 0 was not restarted"
+    assert abs(hit_rows - calm_rows) <= 0.02 * calm_rows
+    for eng in (calm, hit):
+        assert dx.evaluate_fidelity(eng.model, net, n_points=2000).rel_l2 < 1e-9
+    assert hit.model.hidden_dim == calm.model.hidden_dim
+    # every paid row is journaled, in segments per worker and attempt
+    X, _ = load_journal(tmp_path / "hit" / "journal", 16)
+    assert X.shape[0] >= 0.95 * hit_rows
+    names = sorted(p.name for p in (tmp_path / "hit" / "journal").iterdir())
+    assert "w0.0001.arrows" in names and "w0.0002.arrows" in names
+
+
+def test_limiter_actor_leases_evenly_spaced_slots(ray_local):
+    actor = ray.remote(_Limiter).options(num_cpus=0).remote(200.0, None)
+    proxies = [LeasedLimiter(actor, chunk=5) for _ in range(2)]
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def use(proxy):
+        for _ in range(60):
+            proxy.acquire(8)
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=use, args=(p,)) for p in proxies]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    # 120 requests at 200/s: at least 119 intervals of 5 ms, no burst, few round trips
+    assert elapsed >= 119 / 200 - 0.02
+    assert elapsed < 1.5
+    assert sum(p.round_trips for p in proxies) <= 30
+    stats = ray.get(actor.stats.remote())
+    assert stats["granted"] >= 120 and stats["granted_rows"] == stats["granted"] * 8
+    # in any 0.1 s window at most ~20 sends (+2 for scheduling jitter)
+    s = np.sort(stamps)
+    window = np.searchsorted(s, s + 0.1) - np.arange(s.size)
+    assert window.max() <= 22
+
+
+def test_a_429_anywhere_pauses_every_worker(ray_local):
+    actor = ray.remote(_Limiter).options(num_cpus=0).remote(1000.0, None)
+    a, b = LeasedLimiter(actor, chunk=2), LeasedLimiter(actor, chunk=2)
+    a.acquire(1)
+    a.penalize(0.3)
+    t0 = time.monotonic()
+    b.acquire(1)
+    assert time.monotonic() - t0 >= 0.25
+    assert ray.get(actor.stats.remote())["penalties"] == 1
+
+
+def test_rate_limited_http_run_matches_in_process(ray_local, net):
+    from distextract._http import HTTPOracle
+    from distextract.serve import start_server
+
+    with start_server(net, rate=200, latency_ms=2, max_batch=32) as server:
+        http = HTTPOracle(server.url, 16, max_batch=32, rate=190, max_in_flight=4)
+        try:
+            res = extract(http, 16, seed=3, workers=2)
+        finally:
+            http.close()
+        served = server.stats()
+    ref = extract(net, seed=3)
+    assert res.queries == ref.queries
+    dist = res.report["distributed"]
+    assert dist["limiter"]["rate"] == 190
+    assert served["rows_served"] == res.queries
+    assert served["statuses"].get("429", 0) <= 0.01 * served["requests"] + 1
+
+
+def test_http_oracle_travels_as_spec_without_its_key(monkeypatch):
+    from distextract._http import HTTPOracle
+    from distextract.distributed import HTTPOracleSpec
+
+    monkeypatch.setenv("DX_TEST_KEY", "s3cret-value")
+    http = HTTPOracle("http://127.0.0.1:9/api", 4, api_key_env="DX_TEST_KEY", rate=5.0,
+                      max_in_flight=3)
+    try:
+        spec, journal = oracle_spec(http)
+    finally:
+        http.close()
+    assert isinstance(spec, HTTPOracleSpec) and journal is None
+    assert spec.rate == 5.0 and spec.settings["max_in_flight"] == 3
+    import pickle
+
+    assert b"s3cret-value" not in pickle.dumps(spec)
+    built = spec.build(None, np.random.SeedSequence(0))
+    try:
+        assert built.api_key_env == "DX_TEST_KEY" and built.max_in_flight == 3
+    finally:
+        built.close()
+
+
+def test_unpicklable_oracle_is_refused_with_advice():
+    lock = threading.Lock()
+    oracle = dx.CallableOracle(lambda X, _l=lock: X[:, :1], 3)
+    with pytest.raises(ConfigError, match="cannot be sent to Ray workers"):
+        oracle_spec(oracle)
+
+
+def test_progress_display_line():
+    import io
+
+    out = io.StringIO()
+    disp = ProgressDisplay(out, input_dim=16, limit_rows_per_s=1000.0, min_interval=0.0)
+    disp({"phase": "search", "kinks": 7, "neurons": 0})
+    disp({"phase": "round", "neurons": 7, "val_rel_l2": 1e-3})
+    disp.update(paid=400, rows_per_s=500.0, elapsed=2.0)
+    disp.close()
+    text = out.getvalue()
+    line = text.rstrip("\n").split("\r")[-1]
+    assert "400 rows paid" in line and "50% of limit" in line
+    assert "kinks 7" in line and "neurons 7" in line and "val rel L2 0.001" in line
+    assert "ETA ~0s" in line  # 1.1·7·17 ≈ 131 rows < 400 paid
