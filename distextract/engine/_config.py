@@ -82,9 +82,9 @@ class ExtractConfig:
     stencil_crossing_rate: float = 0.3
     stencil_checks: int = 2
     regions_per_task: int = 32
-    validation_points: int = 256
+    validation_points: int = 128
     target_rel_l2: float | None = None
-    clean_lines: int = 2
+    clean_lines: int = 1
     max_rounds: int = 40
     solve_max_unknowns: int = 3000
     prune_factor: float = 100.0

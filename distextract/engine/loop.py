@@ -20,7 +20,7 @@ from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
-from .neurons import NeuronSet, apply_corrections, dedup, jumps_to_neurons
+from .neurons import NeuronSet, dedup, explain_kinks, jumps_to_neurons
 from .regions import LineScan, make_plans, merge_segments, missing_points, region_edges
 from .solve import relative_error, solve_affine, solve_full
 from .tasks import EvalTask, JacobianTask, SearchTask, output_scale
@@ -215,10 +215,12 @@ class Coordinator:
         return scan
 
     def _measure(self, line: Line, scan: LineScan, model: ReluNetwork | None, noise: float,
-                 extra_kinks: np.ndarray | None):
+                 extra_kinks: np.ndarray | None, only: set | None = None):
         cfg = self.cfg
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
                            cfg.stencil_crossing_rate, extra_kinks)
+        if only is not None:
+            plans = [p for p in plans if p.region in only]
         per_task = cfg.regions_per_task
         tasks = [JacobianTask(line, group, noise, cfg.check_factor, cfg.stencil_checks,
                               self.st.fref, model) for group in _chunks(plans, per_task)]
@@ -297,39 +299,54 @@ class Coordinator:
         return max(self.st.noise, RESIDUAL_SLACK * bump * reach_x / self.st.fref)
 
     def residual_line(self, index: int) -> int:
-        """Search one residual line; returns the number of residual kinks found."""
+        """Search a further line for kinks of ``F``; kinks that no known hyperplane explains
+        are new neurons (their two regions are measured), known hyperplanes that should cross
+        the line but show no kink were spurious and are removed. Returns the number of
+        changes (new + removed); 0 means the line confirmed the model."""
         cfg, st = self.cfg, self.st
         q0 = self.ex.queries
         reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
         line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
-        model = st.model
-        noise = self._residual_noise()
-        scan = self._search(line, line.segments(cfg.residual_segments), model, noise)
-        found = int(scan.kinks.size)
-        self._emit("search", line=index, kinks=found)
+        scan = self._search(line, line.segments(cfg.line_segments), None, st.noise)
+        self._emit("search", line=index, kinks=int(scan.kinks.size))
+        ns = st.neurons
+        unexplained, unconfirmed, hits = explain_kinks(line, scan.kinks, ns)
+        ns = NeuronSet(ns.W, ns.b, ns.a, ns.err, ns.rank_residual, ns.line, ns.t,
+                       ns.count + hits.astype(int))
+        st.neurons = ns
         regions = []
-        if found:
-            W, b = model.W, model.b
-            with np.errstate(divide="ignore", invalid="ignore"):
-                tk = -(W @ line.u + b) / (W @ line.v)
-            tk = np.sort(tk[np.isfinite(tk) & (np.abs(tk) < reach)])
-            # G is smooth across known hyperplanes up to the model's tiny errors, so the
-            # stencil verification keeps the oracle's own precision.
-            regions = self._measure(line, scan, model, st.noise, tk)
-            self._keep_solve_rows(regions, model)
-            corr = jumps_to_neurons(line, regions, region_edges(scan, line.reach))
-            before = st.neurons.size
-            st.neurons, removed = apply_corrections(st.neurons, corr, cfg.dedup_factor,
-                                                    cfg.prune_factor)
+        added = 0
+        if unexplained.size:
+            edges = region_edges(scan, line.reach)
+            wanted = set()
+            for j in unexplained:
+                wanted.update((int(j), int(j) + 1))
+            regions = self._measure(line, scan, None, st.noise, None, wanted)
+            self._keep_solve_rows(regions, None)
+            found = jumps_to_neurons(line, regions, edges)
+            before = ns.size
+            merged = dedup(NeuronSet.concat([ns, found]), cfg.dedup_factor)
+            added = merged.size - before
+            ns = merged
+        removed = 0
+        # a neuron seen on one line only and missing on this one was a merge artefact;
+        # one confirmed by another line stays (its kink may just be weak or merged here)
+        unconfirmed = unconfirmed[st.neurons.count[unconfirmed] <= 1]
+        if unconfirmed.size:
+            keep = np.ones(st.neurons.size, dtype=bool)
+            keep[unconfirmed] = False
+            removed = int(unconfirmed.size)
+            # indices refer to the neurons before this line's additions (kept first by dedup)
+            ns = ns.take(np.concatenate([np.flatnonzero(keep),
+                                         np.arange(st.neurons.size, ns.size)]))
             st.removed += removed
+        st.neurons = ns
+        if added or removed:
             self.assemble()
-            added = st.neurons.size - before + removed
-        else:
-            added = removed = 0
         self._record_line(line, "residual", scan, regions, q0)
-        st.rounds.append(self._round_info(index, found, added, removed))
-        self._emit("round", line=index, kinks=found)
-        return found
+        st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
+        self._emit("round", line=index, kinks=int(scan.kinks.size))
+        return added + removed
 
     def _round_info(self, index: int, kinks: int, added: int, removed: int) -> dict:
         return {"line": index, "kinks": kinks, "added": added, "removed": removed,
@@ -365,9 +382,9 @@ class Coordinator:
                 if index >= cfg.max_rounds:
                     reason = "max_rounds"
                     break
-                found = self.residual_line(index)
+                changes = self.residual_line(index)
                 index += 1
-                clean = clean + 1 if found == 0 else 0
+                clean = clean + 1 if changes == 0 else 0
                 if clean >= cfg.clean_lines:
                     reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
                     break

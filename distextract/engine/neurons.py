@@ -246,3 +246,55 @@ def apply_corrections(model: NeuronSet, corr: NeuronSet, factor: float,
     updated = NeuronSet(model.W, model.b, a, model.err, model.rank_residual, model.line,
                         model.t, model.count).take(np.flatnonzero(keep))
     return NeuronSet.concat([updated, corr.take(np.flatnonzero(~used))]), int((~keep).sum())
+
+
+def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 20.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Compare the kinks found on ``line`` with the crossings the known hyperplanes predict.
+
+    A kink is explained when a known hyperplane crosses the line within
+    ``factor × err × (|x| + 1) / |w·v|`` of it (the hyperplane's position uncertainty there).
+
+    Returns
+    -------
+    unexplained : ndarray of int
+        Indices into ``kinks`` of kinks no known hyperplane explains (new neurons).
+    unconfirmed : ndarray of int
+        Indices into ``ns`` of neurons whose predicted crossing lies inside the searched
+        range but matches no kink (spurious).
+    confirmed : ndarray of bool, shape (n,)
+        Neurons that explained a kink on this line.
+    """
+    if ns.size == 0:
+        return np.arange(kinks.size), np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
+    wv = ns.W @ line.v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tm = -(ns.W @ line.u + ns.b) / wv
+    x_norm = np.sqrt(line.u @ line.u + tm ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = factor * ns.err * (x_norm + 1.0) / np.abs(wv) + 1e-9 * (1.0 + np.abs(tm))
+    inside = np.isfinite(tm) & (np.abs(tm) < line.reach * (1 - 1e-6))
+    order = np.argsort(tm[inside])
+    idx = np.flatnonzero(inside)[order]
+    ts = tm[idx]
+    explained = np.zeros(kinks.size, dtype=bool)
+    confirmed = np.zeros(ns.size, dtype=bool)
+    for j, t in enumerate(kinks):
+        lo = np.searchsorted(ts, t - 1e-3 * (1 + abs(t)))
+        hi = np.searchsorted(ts, t + 1e-3 * (1 + abs(t)))
+        for n in idx[lo:hi]:
+            if abs(tm[n] - t) <= tol[n]:
+                explained[j] = True
+                confirmed[n] = True
+    # A kink between its neighbours that known, otherwise unconfirmed hyperplanes cross is
+    # those neurons (two crossings closer than the search resolution merge into one kink).
+    for j in np.flatnonzero(~explained):
+        lo_t = kinks[j - 1] if j > 0 else -line.reach
+        hi_t = kinks[j + 1] if j + 1 < kinks.size else line.reach
+        cand = idx[np.searchsorted(ts, lo_t, side="right"):np.searchsorted(ts, hi_t)]
+        cand = cand[~confirmed[cand]]
+        if cand.size:
+            confirmed[cand] = True
+            explained[j] = True
+    unconfirmed = np.flatnonzero(inside & ~confirmed)
+    return np.flatnonzero(~explained), unconfirmed, confirmed
