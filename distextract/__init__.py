@@ -15,7 +15,9 @@ from ._errors import (
 )
 from ._http import HTTPOracle
 from ._journal import JournaledOracle, prepare_run_dir
+from ._extract import ExtractionResult, extract
 from ._model import ReluNetwork
+from .engine._config import ExtractConfig
 from ._oracle import CallableOracle, CountingOracle, NetworkOracle, Oracle, as_oracle
 from ._ratelimit import RateLimiter, TokenBucket
 from .fidelity import FidelityReport, evaluate_fidelity
@@ -28,6 +30,8 @@ __all__ = [
     "ConfigError",
     "CountingOracle",
     "DistextractError",
+    "ExtractConfig",
+    "ExtractionResult",
     "FidelityReport",
     "HTTPOracle",
     "JournalError",
@@ -46,6 +50,7 @@ __all__ = [
     "__version__",
     "as_oracle",
     "evaluate_fidelity",
+    "extract",
     "prepare_run_dir",
     "targets",
 ]
