@@ -63,6 +63,9 @@ class ExtractConfig:
         networks keep the output weights measured from the jumps.
     prune_factor : float
         A neuron whose output weight is below ``prune_factor × jump precision`` is dropped.
+    refine_factor : float
+        A neuron whose direction error estimate exceeds ``refine_factor ×`` the median is
+        measured again where a later line crosses it.
     dedup_factor : float
         Two neurons merge when their hyperplanes agree within ``dedup_factor ×`` their
         estimated errors.
@@ -88,11 +91,12 @@ class ExtractConfig:
     max_rounds: int = 40
     solve_max_unknowns: int = 3000
     prune_factor: float = 100.0
+    refine_factor: float = float("inf")
     dedup_factor: float = 30.0
 
     def __post_init__(self) -> None:
         positive = ("input_scale", "line_reach", "slope_step", "check_step", "residual_slope_step", "residual_check_step", "check_factor", "residual_check_factor", "min_width",
-                    "stencil_crossing_rate", "prune_factor", "dedup_factor")
+                    "stencil_crossing_rate", "prune_factor", "dedup_factor", "refine_factor")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"config.{name} must be > 0, got {getattr(self, name)!r}")

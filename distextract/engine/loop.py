@@ -21,9 +21,10 @@ from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
 from .neurons import NeuronSet, dedup, explain_kinks, jumps_to_neurons
-from .regions import LineScan, make_plans, merge_segments, missing_points, region_edges
+from .regions import (LineScan, add_points, make_plans, merge_segments, missing_points,
+                      region_edges)
 from .solve import relative_error, solve_affine, solve_full
-from .tasks import EvalTask, JacobianTask, SearchTask, output_scale
+from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
 
 logger = logging.getLogger(__name__)
 
@@ -203,20 +204,28 @@ class Coordinator:
         results = [r for batch in self.ex.map(tasks) for r in batch]
         extra = [(ends, Y, sc)]
         scan = merge_segments(results, extra)
-        # centres and baselines for every region
-        want = missing_points(scan, line.reach)
+        return scan
+
+    def _guided(self, line: Line, predicted: np.ndarray) -> LineScan:
+        cfg, st = self.cfg, self.st
+        params = SearchParams(noise=st.noise, check_factor=cfg.check_factor,
+                              slope_step=cfg.slope_step, min_width=cfg.min_width,
+                              check_step=cfg.check_step)
+        task = GuidedTask(line, predicted, params, st.fref)
+        return merge_segments(self.ex.map([task])[0])
+
+    def _measure(self, line: Line, scan: LineScan, model: ReluNetwork | None, noise: float,
+                 extra_kinks: np.ndarray | None, only: set | None = None):
+        cfg, st = self.cfg, self.st
+        # centres and baselines for the regions to measure
+        want = missing_points(scan, line.reach, regions=only)
         if want.size:
             Xw = line.points(want)
             Yw = self._eval(Xw)
             scw = output_scale(Yw, st.fref)
             if model is not None:
                 Yw = Yw - model.predict(Xw)
-            scan = merge_segments(results, extra + [(want, Yw, scw)])
-        return scan
-
-    def _measure(self, line: Line, scan: LineScan, model: ReluNetwork | None, noise: float,
-                 extra_kinks: np.ndarray | None, only: set | None = None):
-        cfg = self.cfg
+            scan = add_points(scan, want, Yw, scw)
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
                            cfg.stencil_crossing_rate, extra_kinks)
         if only is not None:
@@ -307,23 +316,48 @@ class Coordinator:
         q0 = self.ex.queries
         reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
         line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
-        scan = self._search(line, line.segments(cfg.line_segments), None, st.noise)
-        self._emit("search", line=index, kinks=int(scan.kinks.size))
         ns = st.neurons
-        unexplained, unconfirmed, hits = explain_kinks(line, scan.kinks, ns)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tp = -(ns.W @ line.u + ns.b) / (ns.W @ line.v)
+        tp = np.sort(tp[np.isfinite(tp) & (np.abs(tp) < reach * (1 - 1e-9))])
+        tp = tp[np.concatenate([[True], np.diff(tp) > 1e-9 * (1 + np.abs(tp[1:]))])] \
+            if tp.size else tp
+        scan = self._guided(line, tp)
+        self._emit("search", line=index, kinks=int(scan.kinks.size))
+        unexplained, unconfirmed, hits, by, loose = explain_kinks(line, scan.kinks, ns)
+        # re-measure neurons known less precisely than the rest (or misplaced) where this
+        # line crosses them; the better measurement replaces the old one
+        limit = cfg.refine_factor * float(np.median(ns.err)) if ns.size else np.inf
+        refine = {int(j): int(by[j]) for j in np.flatnonzero(by >= 0)
+                  if ns.err[by[j]] > limit}
         ns = NeuronSet(ns.W, ns.b, ns.a, ns.err, ns.rank_residual, ns.line, ns.t,
                        ns.count + hits.astype(int))
         st.neurons = ns
         regions = []
         added = 0
-        if unexplained.size:
+        refined = 0
+        if unexplained.size or refine:
             edges = region_edges(scan, line.reach)
             wanted = set()
-            for j in unexplained:
+            for j in list(unexplained) + list(refine):
                 wanted.update((int(j), int(j) + 1))
             regions = self._measure(line, scan, None, st.noise, None, wanted)
             self._keep_solve_rows(regions, None)
             found = jumps_to_neurons(line, regions, edges)
+            if refine and found.size and scan.kinks.size:
+                at = np.argmin(np.abs(scan.kinks[None, :] - found.t[:, None]), axis=1)
+                W, b, a, err = ns.W.copy(), ns.b.copy(), ns.a.copy(), ns.err.copy()
+                new_rows = []
+                for f, j in enumerate(at):
+                    tgt = refine.get(int(j))
+                    if tgt is None:
+                        new_rows.append(f)
+                    elif found.err[f] < err[tgt]:
+                        W[tgt], b[tgt], a[tgt], err[tgt] = (found.W[f], found.b[f],
+                                                            found.a[f], found.err[f])
+                        refined += 1
+                ns = NeuronSet(W, b, a, err, ns.rank_residual, ns.line, ns.t, ns.count)
+                found = found.take(np.array(new_rows, dtype=int))
             before = ns.size
             merged = dedup(NeuronSet.concat([ns, found]), cfg.dedup_factor)
             added = merged.size - before
@@ -341,7 +375,7 @@ class Coordinator:
                                          np.arange(st.neurons.size, ns.size)]))
             st.removed += removed
         st.neurons = ns
-        if added or removed:
+        if added or removed or refined:
             self.assemble()
         self._record_line(line, "residual", scan, regions, q0)
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))

@@ -264,9 +264,14 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
         range but matches no kink (spurious).
     confirmed : ndarray of bool, shape (n,)
         Neurons that explained a kink on this line.
+    by : ndarray of int, shape (K,)
+        The neuron explaining each kink (-1: none or several).
+    loose : ndarray of bool, shape (K,)
+        Kinks explained by a hyperplane further off than its error estimate allows.
     """
     if ns.size == 0:
-        return np.arange(kinks.size), np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
+        return (np.arange(kinks.size), np.zeros(0, dtype=int), np.zeros(0, dtype=bool),
+                np.full(kinks.size, -1), np.zeros(kinks.size, dtype=bool))
     wv = ns.W @ line.v
     with np.errstate(divide="ignore", invalid="ignore"):
         tm = -(ns.W @ line.u + ns.b) / wv
@@ -279,6 +284,8 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
     ts = tm[idx]
     explained = np.zeros(kinks.size, dtype=bool)
     confirmed = np.zeros(ns.size, dtype=bool)
+    by = np.full(kinks.size, -1)
+    loose = np.zeros(kinks.size, dtype=bool)
     for j, t in enumerate(kinks):
         lo = np.searchsorted(ts, t - 1e-3 * (1 + abs(t)))
         hi = np.searchsorted(ts, t + 1e-3 * (1 + abs(t)))
@@ -286,6 +293,7 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
             if abs(tm[n] - t) <= tol[n]:
                 explained[j] = True
                 confirmed[n] = True
+                by[j] = n
     # A kink between its neighbours that known, otherwise unconfirmed hyperplanes cross is
     # those neurons (two crossings closer than the search resolution merge into one kink).
     for j in np.flatnonzero(~explained):
@@ -296,5 +304,8 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
         if cand.size:
             confirmed[cand] = True
             explained[j] = True
+            if cand.size == 1:  # one hyperplane, further off than its error says
+                by[j] = cand[0]
+                loose[j] = True
     unconfirmed = np.flatnonzero(inside & ~confirmed)
-    return np.flatnonzero(~explained), unconfirmed, confirmed
+    return np.flatnonzero(~explained), unconfirmed, confirmed, by, loose

@@ -60,8 +60,19 @@ def region_edges(scan: LineScan, reach: float) -> np.ndarray:
     return np.concatenate([[-reach], scan.kinks, [reach]])
 
 
-def missing_points(scan: LineScan, reach: float, interior_margin: float = 0.01
-                   ) -> np.ndarray:
+def add_points(scan: LineScan, t: np.ndarray, values: np.ndarray, scale: np.ndarray
+               ) -> LineScan:
+    """``scan`` with extra paid points."""
+    tt = np.concatenate([scan.t, t])
+    vv = np.concatenate([scan.values, values], axis=0)
+    ss = np.concatenate([scan.scale, scale])
+    tt, idx = np.unique(tt, return_index=True)
+    return LineScan(t=tt, values=vv[idx], scale=ss[idx], kinks=scan.kinks,
+                    resolved=scan.resolved)
+
+
+def missing_points(scan: LineScan, reach: float, interior_margin: float = 0.01,
+                   regions: set | None = None) -> np.ndarray:
     """Line positions to query so that every region has a centre point and a baseline.
 
     A region gets its centre queried unless a paid point lies in its middle half; it gets a
@@ -71,6 +82,8 @@ def missing_points(scan: LineScan, reach: float, interior_margin: float = 0.01
     edges = region_edges(scan, reach)
     want = []
     for j in range(len(edges) - 1):
+        if regions is not None and j not in regions:
+            continue
         lo, hi = edges[j], edges[j + 1]
         w = hi - lo
         c = 0.5 * (lo + hi)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._model import ReluNetwork
 from .jacobians import RegionPlan, measure_regions
-from .kinks import SearchParams, search_segments
+from .kinks import SearchParams, guided_search, search_segments
 from .lines import Line
 
 
@@ -45,6 +45,17 @@ class JacobianTask:
 
 
 @dataclass(frozen=True, eq=False)
+class GuidedTask:
+    """Search ``line`` for kinks of ``F`` where known hyperplanes predict ``predicted``."""
+
+    line: Line
+    predicted: np.ndarray
+    params: SearchParams
+    fref: float
+    model: ReluNetwork | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class EvalTask:
     """Evaluate the oracle at ``X`` (n, d)."""
 
@@ -67,6 +78,9 @@ def run_task(oracle, task):
     if isinstance(task, SearchTask):
         return search_segments(lambda ts: values(line.points(ts)), task.segments, task.params,
                                task.known)
+    if isinstance(task, GuidedTask):
+        return [guided_search(lambda ts: values(line.points(ts)), task.predicted,
+                              line.reach, task.params)]
     if isinstance(task, JacobianTask):
         return measure_regions(values, line, task.plans, task.noise, task.check_factor,
                                task.n_checks)
@@ -90,4 +104,4 @@ class LocalExecutor:
         pass
 
 
-__all__ = ["EvalTask", "JacobianTask", "LocalExecutor", "RegionPlan", "SearchTask", "run_task"]
+__all__ = ["EvalTask", "GuidedTask", "JacobianTask", "LocalExecutor", "RegionPlan", "SearchTask", "run_task"]
