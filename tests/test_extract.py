@@ -1,0 +1,241 @@
+"""End-to-end extraction through the public API: planted networks, hard cases, the digits
+network, exact query accounting, budgets and every error path of :func:`distextract.extract`.
+
+Sizes are small (the big networks belong in ``python -m distextract.bench``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distextract as dx
+
+EXACT_REL_L2 = 1e-8  # issue 2: random and trained networks, float64 oracle
+HARD_REL_L2 = 1e-6  # issue 2: every hard case
+
+
+class RowCounter:
+    """A callable oracle that counts the rows it actually receives."""
+
+    def __init__(self, net: dx.ReluNetwork, flat: bool = False) -> None:
+        self.net = net
+        self.flat = flat
+        self.rows = 0
+        self.calls = 0
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        self.rows += X.shape[0]
+        self.calls += 1
+        Y = self.net.predict(X)
+        return Y[:, 0] if self.flat else Y
+
+
+def _fidelity(res: dx.ExtractionResult, net: dx.ReluNetwork) -> dx.FidelityReport:
+    return dx.evaluate_fidelity(res.model, net, n_points=10_000, seed=123)
+
+
+# --------------------------------------------------------------------- random networks
+@pytest.mark.parametrize("d,k,m,seed", [
+    (8, 8, 1, 0), (16, 32, 1, 1), (32, 64, 1, 2), (32, 16, 1, 6),
+    (16, 24, 3, 3), (24, 48, 3, 4), (32, 16, 3, 5),
+])
+def test_random_network_is_recovered(d, k, m, seed):
+    net = dx.targets.random_network(d, k, m, seed=seed)
+    res = dx.extract(net, seed=seed)
+    rep = _fidelity(res, net)
+    assert rep.live_neurons == k
+    assert rep.matched_neurons == k, rep
+    assert rep.spurious_neurons == 0, rep
+    assert rep.rel_l2 <= EXACT_REL_L2, rep
+    assert res.certified and res.stop_reason == "certified"
+    assert res.model.input_dim == d and res.model.output_dim == m
+    assert res.val_rel_l2 <= EXACT_REL_L2
+    assert res.report["queries"] == res.queries
+    assert res.report["hidden_found"] == res.model.hidden_dim
+
+
+def test_extraction_is_reproducible_from_the_seed():
+    net = dx.targets.random_network(12, 16, 2, seed=9)
+    a = dx.extract(net, seed=4)
+    b = dx.extract(net, seed=4)
+    assert a.queries == b.queries
+    np.testing.assert_array_equal(a.model.W, b.model.W)
+    np.testing.assert_array_equal(a.model.A, b.model.A)
+    assert a.model.metadata["seed"] == 4
+
+
+# --------------------------------------------------------------------------- hard cases
+HARD_SIZES = [(16, 32, 1, 0), (12, 24, 3, 1)]
+
+
+@pytest.mark.parametrize("d,k,m,seed", HARD_SIZES)
+@pytest.mark.parametrize("name", dx.targets.HARD_CASES)
+def test_hard_case_is_recovered(name, d, k, m, seed):
+    net = dx.targets.hard_case(name, d, k, m, seed=seed)
+    res = dx.extract(net, seed=seed)
+    rep = _fidelity(res, net)
+    assert rep.rel_l2 <= HARD_REL_L2, rep
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine: norm_range d=12 k=24 m=1 seed=1 misses one live neuron (strength 3.7e-3 of an "
+    "output RMS of 211) and stops with stop_reason='precision_floor' at rel L2 4.2e-6 > 1e-6, "
+    "after a single clean line although the oracle is exact float64 (target 1e-7)"))
+def test_hard_case_norm_range_small_seed1():
+    net = dx.targets.hard_case("norm_range", 12, 24, 1, seed=1)
+    res = dx.extract(net, seed=1)
+    assert _fidelity(res, net).rel_l2 <= HARD_REL_L2
+
+
+# ----------------------------------------------------------------------- trained network
+@pytest.mark.parametrize("hidden", [16, 32])
+def test_digits_network_is_recovered(hidden):
+    net, X_test, _ = dx.targets.digits_network(hidden=hidden, seed=0)
+    res = dx.extract(net, seed=0)
+    rep = _fidelity(res, net)
+    assert rep.rel_l2 <= EXACT_REL_L2, rep
+    assert rep.spurious_neurons == 0
+    assert rep.matched_neurons == rep.live_neurons
+    np.testing.assert_array_equal(res.model.predict(X_test).argmax(axis=1),
+                                  net.predict(X_test).argmax(axis=1))
+
+
+# ---------------------------------------------------------------------- query accounting
+@pytest.mark.parametrize("m,flat", [(1, True), (1, False), (3, False)])
+def test_queries_equal_rows_the_oracle_received(m, flat):
+    net = dx.targets.random_network(10, 12, m, seed=2)
+    oracle = RowCounter(net, flat=flat)
+    res = dx.extract(oracle, input_dim=10, seed=0)
+    assert oracle.rows > 0
+    assert res.queries == oracle.rows
+    assert res.report["queries"] == oracle.rows
+    assert res.model.metadata["queries"] == oracle.rows
+    assert dx.evaluate_fidelity(res.model, net, n_points=2000).rel_l2 <= EXACT_REL_L2
+
+
+@pytest.mark.parametrize("budget", [150, 400, 900])
+def test_budget_is_never_exceeded(budget):
+    net = dx.targets.random_network(16, 32, 1, seed=1)
+    oracle = RowCounter(net)
+    res = dx.extract(oracle, input_dim=16, seed=0, budget=budget)
+    assert oracle.rows <= budget
+    assert res.queries == oracle.rows
+    assert res.certified is False
+    assert res.stop_reason == "budget"
+    assert res.report["certified"] is False
+    assert res.model.predict(np.zeros((2, 16))).shape == (2, 1)  # best model so far
+
+
+def test_a_sufficient_budget_certifies():
+    net = dx.targets.random_network(8, 8, 1, seed=0)
+    free = dx.extract(net, seed=0)
+    oracle = RowCounter(net)
+    res = dx.extract(oracle, input_dim=8, seed=0, budget=free.queries)
+    # (a budget caps the validation points at budget // 10, so the runs may differ)
+    assert res.certified and res.stop_reason == "certified"
+    assert res.queries == oracle.rows <= free.queries
+
+
+# --------------------------------------------------------------------------- error paths
+def _net(d: int = 6, m: int = 2) -> dx.ReluNetwork:
+    return dx.targets.random_network(d, 5, m, seed=0)
+
+
+def test_wrong_number_of_rows_is_an_oracle_shape_error():
+    net = _net()
+    with pytest.raises(dx.OracleShapeError, match=r"the oracle returned shape \(\d+, 2\) for \d+ input rows"):
+        dx.extract(lambda X: net.predict(X)[:-1], input_dim=6)
+
+
+def test_three_dimensional_answer_is_an_oracle_shape_error():
+    net = _net()
+    with pytest.raises(dx.OracleShapeError, match=r"expected \(\d+, m\) or \(\d+,\)"):
+        dx.extract(lambda X: net.predict(X)[:, :, None], input_dim=6)
+
+
+def test_changing_output_width_is_an_oracle_shape_error():
+    net = _net()
+    calls = []
+
+    def fn(X):
+        calls.append(1)
+        Y = net.predict(X)
+        return Y if len(calls) == 1 else np.hstack([Y, Y])
+
+    with pytest.raises(dx.OracleShapeError, match="returned 4 outputs per row, earlier answers had 2"):
+        dx.extract(fn, input_dim=6)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_answers_are_an_oracle_value_error(bad):
+    net = _net()
+
+    def fn(X):
+        Y = net.predict(X)
+        Y[0, 1] = bad
+        return Y
+
+    with pytest.raises(dx.OracleValueError, match=r"the oracle returned NaN or Inf in 1 of \d+ rows"):
+        dx.extract(fn, input_dim=6)
+
+
+def test_non_numeric_answers_are_an_oracle_value_error():
+    with pytest.raises(dx.OracleValueError, match="the oracle returned non-numeric values"):
+        dx.extract(lambda X: [["a", "b"]] * X.shape[0], input_dim=6)
+
+
+def test_non_deterministic_oracle_is_refused():
+    noisy = dx.targets.noisy_oracle(_net(), sigma=1e-6, seed=0)
+    with pytest.raises(dx.NonDeterministicOracle,
+                       match="answered the same input twice with different outputs"):
+        dx.extract(noisy, input_dim=6)
+
+
+def test_input_dim_mismatch_with_a_network_oracle():
+    with pytest.raises(dx.ConfigError,
+                       match=r"input_dim=7 does not match the network's input dimension 6"):
+        dx.extract(_net(), input_dim=7)
+
+
+def test_input_dim_required_for_a_callable():
+    with pytest.raises(dx.ConfigError, match="input_dim is required when the oracle is a plain callable"):
+        dx.extract(lambda X: X)
+
+
+def test_budget_too_small():
+    with pytest.raises(dx.ConfigError, match=r"budget=20 rows is too small to extract anything "
+                                             r"from a d=6 oracle: .* need at least \d+ rows"):
+        dx.extract(_net(), budget=20)
+
+
+@pytest.mark.parametrize("budget", [0, -5, 2.5, "100"])
+def test_budget_must_be_a_positive_int(budget):
+    with pytest.raises(dx.ConfigError, match="budget"):
+        dx.extract(_net(), budget=budget)
+
+
+def test_unknown_config_option():
+    with pytest.raises(dx.ConfigError, match=r"unknown config option\(s\): \['line_reech'\]"):
+        dx.extract(_net(), line_reech=3.0)
+
+
+def test_invalid_config_value():
+    with pytest.raises(dx.ConfigError, match=r"config.line_reach must be > 0, got 0"):
+        dx.extract(_net(), line_reach=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True, None])
+def test_bad_seed(seed):
+    with pytest.raises(dx.ConfigError, match="seed must be a non-negative integer, got"):
+        dx.extract(_net(), seed=seed)
+
+
+def test_errors_stop_before_querying():
+    net = _net()
+    oracle = RowCounter(net)
+    with pytest.raises(dx.ConfigError):
+        dx.extract(oracle, input_dim=6, seed=-1)
+    with pytest.raises(dx.ConfigError):
+        dx.extract(oracle, input_dim=6, budget=3)
+    assert oracle.rows == 0
