@@ -96,9 +96,15 @@ def serve(model_path: str, **options: Any) -> None:
               help="Seed of every random choice; a resumed run must use the same.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out: journaled answers are not paid again.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray worker actors querying in parallel under one rate limit (1: in-process, "
+                   "no Ray; more: starts Ray on this machine unless --address is given).")
+@click.option("--address", default=None,
+              help="Join an existing Ray cluster: 'auto' or 'ray://host:10001'.")
 def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             budget: int | None, rate: float | None, rows_rate: float | None, batch_size: int,
-            max_in_flight: int, timeout: float, retries: int, seed: int, resume: bool) -> None:
+            max_in_flight: int, timeout: float, retries: int, seed: int, resume: bool,
+            workers: int, address: str | None) -> None:
     """Extract the network behind URL into the run directory --out."""
     import json
     import os
@@ -122,7 +128,8 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             oracle.verify(1)
             click.echo(f"Resuming: {oracle.rows_loaded} answered rows in the journal")
         try:
-            result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget)
+            result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
+                                 workers=workers, address=address)
         except DistextractError as exc:
             raise click.ClickException(
                 f"{exc} (answers already paid are journaled in {journal_dir(out_dir)}; rerun "
