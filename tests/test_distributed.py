@@ -253,3 +253,25 @@ def test_progress_display_line():
     assert "400 rows paid" in line and "50% of limit" in line
     assert "kinks 7" in line and "neurons 7" in line and "val rel L2 0.001" in line
     assert "ETA ~0s" in line  # 1.1·7·17 ≈ 131 rows < 400 paid
+
+
+def test_cli_extract_with_workers(ray_local, net, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from distextract.cli import main
+    from distextract.serve import start_server
+
+    with start_server(net) as server:
+        out = CliRunner().invoke(main, ["extract", "--url", server.url, "--input-dim", "16",
+                                        "--out", str(tmp_path / "run"), "--workers", "2",
+                                        "--seed", "3"])
+        served = server.stats()
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    dist = report["extraction"]["distributed"]
+    assert dist["workers"] == 2
+    assert dist["rows_paid"] == served["rows_served"]
+    names = {p.name for p in (tmp_path / "run" / "journal").iterdir()}
+    assert {"w0.0001.arrows", "w1.0001.arrows"} <= names
