@@ -1,0 +1,166 @@
+"""Distributed extraction benchmarks (issue #4): latency-bound scaling, rate-limit utilisation,
+a very wide network.
+
+(a) latency-bound: ``distextract serve`` in its own process with 50 ms latency, 64-row batch
+    limit, no rate limit; network d=64, k=512, m=10; wall time and rows/s with 1, 2, 4, 8 Ray
+    workers (each keeping ``--in-flight`` requests in flight) and the scaling ratio
+    ``(rows/s with n) / (n · rows/s with 1)``.
+(b) rate-limited: 20 ms latency, 100 requests/s, 64-row batches, d=128, k=1024, m=10, 8 workers
+    sharing one leased limit: rows/s against the limit (100 × 64 rows/s), share of 429s, and
+    queries against the single-process engine's count on the same network and seed.
+(c) wide: d=128, k=8192, m=10, in-process oracle inside 2 workers: wall time split (oracle,
+    worker compute, coordinator), coordinator memory (tracemalloc peak of the driver and RSS),
+    queries / (k (d+1)), relative L2 by :func:`distextract.evaluate_fidelity`.
+
+Usage::
+
+    python benchmarks/bench_distributed.py [--quick] [--only a,b,c] [--in-flight 8]
+
+``--quick`` shrinks every network (and the latency sweep) for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import ray
+
+import distextract as dx
+from distextract._extract import extract
+from distextract._http import HTTPOracle
+from distextract.serve import launch_server_process
+
+
+def address(args: argparse.Namespace) -> str:
+    """The running Ray instance (so that even 1 worker runs as a Ray actor)."""
+    return args.address or ray.get_runtime_context().gcs_address
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+    sys.stdout.flush()
+
+
+def save_net(d: int, k: int, m: int, seed: int, tmp: str) -> tuple[dx.ReluNetwork, str]:
+    net = dx.targets.random_network(d, k, m, seed=seed)
+    path = os.path.join(tmp, f"net_{d}_{k}_{m}.arrow")
+    net.save(path)
+    return net, path
+
+
+def bench_latency(args: argparse.Namespace, tmp: str) -> None:
+    d, k = (32, 64) if args.quick else (64, 512)
+    sweep = [1, 2, 4] if args.quick else [1, 2, 4, 8]
+    net, path = save_net(d, k, 10, 0, tmp)
+    rows = []
+    base = None
+    for n in sweep:
+        with launch_server_process(path, latency_ms=50, max_batch=64) as server:
+            http = HTTPOracle(server.url, d, max_batch=64, max_in_flight=args.in_flight, seed=0)
+            t0 = time.perf_counter()
+            res = extract(http, d, seed=0, workers=n, address=address(args))
+            wall = time.perf_counter() - t0
+            http.close()
+            served = server.stats()
+        dist = res.report["distributed"]
+        run_s = dist["timing"]["run_s"]
+        rps = res.queries / run_s
+        base = base or rps
+        fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
+        rows.append([n, f"{run_s:.1f}", f"{wall:.1f}", res.queries, served["requests"],
+                     f"{rps:,.0f}", f"{rps / (n * base):.2f}", f"{fid.rel_l2:.1e}"])
+    table(f"(a) latency-bound: serve 50 ms, 64-row batches, no rate limit, d={d} k={k} m=10, "
+          f"{args.in_flight} requests in flight per worker",
+          ["workers", "run_s", "wall_s(+ray)", "queries", "requests", "rows/s",
+           "scaling", "rel_L2"], rows)
+
+
+def bench_rate(args: argparse.Namespace, tmp: str) -> None:
+    d, k = (32, 128) if args.quick else (128, 1024)
+    workers = 8
+    rate, batch = 100, 64
+    net, path = save_net(d, k, 10, 0, tmp)
+    single = extract(net, seed=0)
+    with launch_server_process(path, latency_ms=20, max_batch=batch, rate=rate) as server:
+        http = HTTPOracle(server.url, d, max_batch=batch, rate=rate,
+                          max_in_flight=args.in_flight, seed=0)
+        res = extract(http, d, seed=0, workers=workers, address=address(args))
+        http.close()
+        served = server.stats()
+    dist = res.report["distributed"]
+    run_s = dist["timing"]["run_s"]
+    limit = rate * batch
+    requests = served["requests"]
+    n429 = served["statuses"].get("429", 0)
+    rows_per_req = res.queries / max(1, requests - n429)
+    fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
+    table(f"(b) rate-limited: serve 20 ms, {rate} req/s, {batch}-row batches, d={d} k={k} m=10, "
+          f"{workers} workers, one leased limit",
+          ["run_s", "queries", "single_proc", "ratio", "rows/s", "% of rows limit",
+           "req/s", "% of req limit", "rows/req", "429s", "% 429", "rel_L2"],
+          [[f"{run_s:.1f}", res.queries, single.queries, f"{res.queries / single.queries:.3f}",
+            f"{res.queries / run_s:,.0f}", f"{100 * res.queries / run_s / limit:.1f}",
+            f"{requests / run_s:.1f}", f"{100 * (requests - n429) / run_s / rate:.1f}",
+            f"{rows_per_req:.1f}", n429, f"{100 * n429 / max(1, requests):.2f}",
+            f"{fid.rel_l2:.1e}"]])
+
+
+def bench_wide(args: argparse.Namespace, tmp: str) -> None:
+    d, k = (64, 1024) if args.quick else (128, 8192)
+    net, _ = save_net(d, k, 10, 0, tmp)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    res = extract(dx.NetworkOracle(net), d, seed=0, workers=2, address=address(args))
+    wall = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    dist = res.report["distributed"]
+    tm = dist["timing"]
+    fid = dx.evaluate_fidelity(res.model, net, n_points=10_000)
+    table(f"(c) wide: d={d} k={k} m=10, in-process oracle in 2 workers",
+          ["wall_s", "run_s", "oracle_s", "worker_compute_s", "coordinator_s", "driver_peak_MiB",
+           "driver_rss_MiB", "queries", "q/(k(d+1))", "neurons", "rel_L2", "certified"],
+          [[f"{wall:.1f}", f"{tm['run_s']:.1f}", f"{tm['worker_oracle_s']:.1f}",
+            f"{tm['worker_compute_s']:.1f}", f"{tm['coordinator_s']:.1f}",
+            f"{peak / 2**20:.0f}", f"{rss:.0f}", res.queries,
+            f"{res.queries / (k * (d + 1)):.3f}", res.model.hidden_dim, f"{fid.rel_l2:.1e}",
+            res.certified]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller networks (smoke run)")
+    parser.add_argument("--only", default="a,b,c", help="which benchmarks: a,b,c")
+    parser.add_argument("--in-flight", type=int, default=8,
+                        help="HTTP requests in flight per worker")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    args = parser.parse_args()
+    print("command: python " + " ".join(sys.argv))
+    print(f"machine: {os.cpu_count()} CPUs, ray {ray.__version__}")
+    if args.address is None:
+        ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
+                 logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(address=args.address, logging_level="ERROR")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, fn in (("a", bench_latency), ("b", bench_rate), ("c", bench_wide)):
+                if key in args.only.split(","):
+                    fn(args, tmp)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
