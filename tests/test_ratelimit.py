@@ -33,12 +33,11 @@ def test_requests_are_paced_at_the_rate_across_threads():
     bucket = TokenBucket(rate=50)
     start = time.monotonic()
     stamps = _run_threads(4, 8, bucket.acquire)
-    elapsed = stamps[-1] - start
-    # 32 requests at 50/s with burst 1: the last may go at 31/50 s, not earlier.
-    assert elapsed >= 31 / 50 - 0.01
-    assert elapsed < 31 / 50 + 0.3
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    assert min(gaps) > 0.5 / 50  # evenly spaced, no burst
+    # 32 requests at 50/s with burst 1: the i-th release may not come before i/50 s. (A busy
+    # machine can only delay releases, so these lower bounds cannot fail by slowness; upper
+    # bounds on wall time would.)
+    for i, t in enumerate(stamps):
+        assert t - start >= i / 50 - 0.01, (i, t - start)
 
 
 def test_rows_rate_limits_rows_and_large_requests_borrow():

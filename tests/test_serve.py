@@ -131,7 +131,9 @@ def test_many_concurrent_requests_overlap_their_latency(net):
             t.join()
         elapsed = time.monotonic() - t0
     assert results == [200] * 48
-    assert elapsed < 48 * 0.2 / 4  # far from serial
+    # serial service would take 48 × 0.2 s; overlapping requests take a fraction of it
+    # (loose bound: this machine is shared and CI runs beside other work)
+    assert elapsed < 48 * 0.2 / 2
 
 
 @pytest.mark.parametrize("kwargs, match", [
