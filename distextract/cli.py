@@ -78,7 +78,8 @@ def serve(model_path: str, **options: Any) -> None:
 @click.option("--url", required=True, help="Endpoint of the oracle API (DESIGN.md section 4).")
 @click.option("--input-dim", type=int, required=True, help="d, the length of an input row.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Run directory: model.arrow, journal/, run.json, report.json.")
+              help="Run directory: model.arrow, neurons/kinks/lines.arrow, journal/, run.json, "
+                   "report.json.")
 @click.option("--api-key-env", default=None,
               help="NAME of the environment variable holding the API key (never the key).")
 @click.option("--budget", type=int, default=None, help="Hard cap on rows queried by the run.")
@@ -113,6 +114,7 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
     from ._extract import extract as run_extract
     from ._http import HTTPOracle
     from ._journal import JournaledOracle, journal_dir, prepare_run_dir
+    from .rundir import write_run_outputs
     from .engine._config import ExtractConfig
 
     t0 = time.perf_counter()
@@ -134,7 +136,9 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             raise click.ClickException(
                 f"{exc} (answers already paid are journaled in {journal_dir(out_dir)}; rerun "
                 f"with --resume to continue without paying for them again)") from None
-        result.model.save(os.path.join(out_dir, "model.arrow"))
+        # model.arrow, neurons.arrow, kinks.arrow, lines.arrow (report.json is replaced below
+        # by the run's report, which holds the extraction report under "extraction").
+        write_run_outputs(out_dir, result)
         http_stats = http.stats()
         report = {
             "run": {"url": http.describe()["url"], "input_dim": input_dim, "seed": seed,
