@@ -1,32 +1,76 @@
 """The ``distextract`` command line (click).
 
-Errors raised on purpose by distextract print ``Error: message`` and exit with status 1, without
-a traceback; ``--verbose`` turns on logging.
+Commands: ``demo``, ``make-target``, ``serve``, ``extract``, ``evaluate``, ``report``,
+``export``; every one has ``--help`` with examples.
+
+Errors raised on purpose by distextract, usage errors and unreadable files print
+``Error: message`` and exit with status 1, without a traceback; ``--verbose`` turns on logging.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
 from ._errors import DistextractError
+from .targets import HARD_CASES
+
+#: Target kinds of ``make-target``: a plain random network and each hard case.
+TARGET_KINDS = ("random",) + tuple(HARD_CASES)
 
 
 class _Group(click.Group):
-    """A click group that turns library errors into ``Error: message``, exit 1."""
+    """A click group that turns library errors into ``Error: message``, exit 1.
+
+    Usage errors (a missing argument, an unknown option) also exit with status 1 after click's
+    usual usage line and ``Error: ...`` message.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DistextractError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # unreadable or unwritable files, ports, ...
+            raise click.ClickException(str(exc)) from None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        if not standalone:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(1)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        # --help and friends return their exit code instead of raising
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
-@click.group(cls=_Group)
+EPILOG = """\b
+Examples:
+  distextract demo                                  # everything on this machine (< 1 min)
+  distextract make-target target.arrow --hidden 64
+  distextract serve target.arrow --rate 40 --max-batch 16 &
+  distextract extract --url http://127.0.0.1:8000/ --input-dim 32 --out run
+  distextract evaluate run/model.arrow --target target.arrow
+  distextract report run
+  distextract export run/model.arrow --to onnx
+"""
+
+
+@click.group(cls=_Group, epilog=EPILOG)
 @click.option("--verbose", "-v", count=True, help="Log progress (-vv: debug).")
+@click.version_option(package_name="distextract")
 def main(verbose: int) -> None:
     """Extract a one-hidden-layer ReLU network from black-box query access."""
     if verbose:
@@ -36,7 +80,90 @@ def main(verbose: int) -> None:
         )
 
 
-@main.command()
+# ---------------------------------------------------------------------------- demo
+@main.command(epilog="""\b
+Examples:
+  distextract demo                        # d=32, k=64, m=4 behind a 40 requests/s API
+  distextract demo --no-ray               # in-process, without starting Ray
+  distextract demo --workers 4 --rate 100 --out /tmp/demo
+  distextract demo --input-dim 8 --hidden 16 --outputs 2   # a quick small run
+""")
+@click.option("--out", "out_dir", default="distextract-demo", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Run directory (a directory made by an earlier demo is replaced).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray worker actors sharing the API's rate limit.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=40.0,
+              show_default=True, help="The API's limit in requests/s (429 above it).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most rows per request the API accepts (413 above it).")
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Delay of every answer of the API.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the target network and of the extraction.")
+@click.option("--input-dim", "-d", type=click.IntRange(min=1), default=32, show_default=True,
+              help="d: inputs of the target network.")
+@click.option("--hidden", "-k", type=click.IntRange(min=1), default=64, show_default=True,
+              help="k: hidden neurons of the target network.")
+@click.option("--outputs", "-m", type=click.IntRange(min=1), default=4, show_default=True,
+              help="m: outputs of the target network.")
+@click.option("--no-ray", is_flag=True, help="Extract in-process instead of on Ray workers.")
+def demo(out_dir: str, workers: int, rate: float, max_batch: int, latency_ms: float, seed: int,
+         input_dim: int, hidden: int, outputs: int, no_ray: bool) -> None:
+    """Make a target network, serve it behind a local rate-limited HTTP API, extract it with
+    Ray workers, check the result against the target, and write a run directory with plots.
+
+    Nothing else needs to run: the API is served from this process on loopback. A live
+    progress line is shown on a terminal.
+    """
+    from .demo import DemoSettings, format_summary, run_demo
+
+    settings = DemoSettings(input_dim=input_dim, hidden=hidden, outputs=outputs, seed=seed,
+                            workers=workers, rate=rate, max_batch=max_batch,
+                            latency_ms=latency_ms, no_ray=no_ray)
+    summary = run_demo(out_dir, settings, echo=click.echo)
+    click.echo(format_summary(summary))
+
+
+# --------------------------------------------------------------------- make-target
+@main.command("make-target", epilog="""\b
+Examples:
+  distextract make-target target.arrow                      # random, d=32 k=64 m=1
+  distextract make-target wide.arrow --kind wide -d 16 -k 256 -m 3
+  distextract make-target dup.arrow --kind duplicates --seed 7
+Kinds: random, """ + ", ".join(HARD_CASES) + " (DESIGN.md section 2).")
+@click.argument("out_path", type=click.Path(dir_okay=False))
+@click.option("--kind", type=click.Choice(TARGET_KINDS), default="random", show_default=True,
+              help="A random network or one hard case of DESIGN.md section 2.")
+@click.option("--input-dim", "-d", type=click.IntRange(min=1), default=32, show_default=True,
+              help="d: inputs.")
+@click.option("--hidden", "-k", type=click.IntRange(min=1), default=64, show_default=True,
+              help="k: hidden neurons.")
+@click.option("--outputs", "-m", type=click.IntRange(min=1), default=1, show_default=True,
+              help="m: outputs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed: the same options give the same network.")
+def make_target(out_path: str, kind: str, input_dim: int, hidden: int, outputs: int,
+                seed: int) -> None:
+    """Write a target network to OUT_PATH (an Arrow model file) to serve or extract."""
+    from . import targets
+
+    if kind == "random":
+        net = targets.random_network(input_dim, hidden, outputs, seed=seed)
+    else:
+        net = targets.hard_case(kind, input_dim, hidden, outputs, seed=seed)
+    net.save(out_path)
+    click.echo(f"Wrote {out_path}: {kind} network, d={net.input_dim}, k={net.hidden_dim}, "
+               f"m={net.output_dim}, seed {seed}")
+
+
+# ---------------------------------------------------------------------------- serve
+@main.command(epilog="""\b
+Examples:
+  distextract serve target.arrow --port 8000 --rate 40 --max-batch 16 --latency-ms 20
+  API_KEY=s3cret distextract serve target.arrow --api-key-env API_KEY
+  distextract serve target.arrow --output float32 --fail-rate 0.05
+""")
 @click.argument("model_path", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind (loopback by default).")
@@ -74,7 +201,15 @@ def serve(model_path: str, **options: Any) -> None:
                f"statuses: {stats['statuses']}")
 
 
-@main.command()
+# -------------------------------------------------------------------------- extract
+@main.command(epilog="""\b
+Examples:
+  distextract extract --url http://127.0.0.1:8000/ --input-dim 32 --out run --rate 40 \\
+      --batch-size 16 --workers 2
+  distextract extract --url https://api.example.com/v1/predict --input-dim 784 --out run \\
+      --api-key-env API_KEY --budget 200000 --rate 5
+  distextract extract ... --resume          # continue a crashed run, paying nothing twice
+""")
 @click.option("--url", required=True, help="Endpoint of the oracle API (DESIGN.md section 4).")
 @click.option("--input-dim", type=int, required=True, help="d, the length of an input row.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -107,68 +242,140 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             max_in_flight: int, timeout: float, retries: int, seed: int, resume: bool,
             workers: int, address: str | None) -> None:
     """Extract the network behind URL into the run directory --out."""
-    import json
-    import os
-    import time
+    from ._runner import extract_to_run_dir, journal_hint
 
-    from ._extract import extract as run_extract
-    from ._http import HTTPOracle
-    from ._journal import JournaledOracle, journal_dir, prepare_run_dir
-    from .rundir import write_run_outputs
-    from .engine._config import ExtractConfig
-
-    t0 = time.perf_counter()
-    http = HTTPOracle(url, input_dim, api_key_env=api_key_env, max_batch=batch_size, rate=rate,
-                      rows_rate=rows_rate, max_in_flight=max_in_flight, timeout=timeout,
-                      retries=retries, budget=budget, seed=seed)
-    oracle = None
     try:
-        info = prepare_run_dir(out_dir, oracle=http.describe(), input_dim=input_dim, seed=seed,
-                               config={"extract": ExtractConfig().to_dict()}, resume=resume)
-        oracle = JournaledOracle(http, journal_dir(out_dir), "main")
-        if resume and oracle.rows_loaded:
-            oracle.verify(1)
-            click.echo(f"Resuming: {oracle.rows_loaded} answered rows in the journal")
-        try:
-            result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
-                                 workers=workers, address=address)
-        except DistextractError as exc:
-            raise click.ClickException(
-                f"{exc} (answers already paid are journaled in {journal_dir(out_dir)}; rerun "
-                f"with --resume to continue without paying for them again)") from None
-        # model.arrow, neurons.arrow, kinks.arrow, lines.arrow (report.json is replaced below
-        # by the run's report, which holds the extraction report under "extraction").
-        write_run_outputs(out_dir, result)
-        http_stats = http.stats()
-        report = {
-            "run": {"url": http.describe()["url"], "input_dim": input_dim, "seed": seed,
-                    "created": info.get("created"), "resumed": resume},
-            "queries": {
-                "rows": result.queries,
-                "paid": http_stats["rows_paid"],
-                "answered": http_stats["rows_answered"],
-                "refused": http_stats["rows_refused"],
-                "from_journal": oracle.rows_from_journal,
-                "requests": http_stats["requests"],
-                "retries": http_stats["retries"],
-                "statuses": http_stats["statuses"],
-            },
-            "fidelity_estimate": {"rel_l2": result.val_rel_l2, "max_abs": result.val_max_abs,
-                                  "certified": result.certified,
-                                  "stop_reason": result.stop_reason},
-            "wall_seconds": time.perf_counter() - t0,
-            "extraction": result.report,
-        }
-        tmp = os.path.join(out_dir, f"report.json.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2, default=float)
-        os.replace(tmp, os.path.join(out_dir, "report.json"))
-    finally:
-        (oracle or http).close()
+        outcome = extract_to_run_dir(
+            url, input_dim, out_dir, api_key_env=api_key_env, budget=budget, rate=rate,
+            rows_rate=rows_rate, batch_size=batch_size, max_in_flight=max_in_flight,
+            timeout=timeout, retries=retries, seed=seed, resume=resume, workers=workers,
+            address=address, echo=click.echo)
+    except DistextractError as exc:
+        from ._errors import JournalError
+
+        if not isinstance(exc, JournalError) and os.path.exists(os.path.join(out_dir,
+                                                                              "run.json")):
+            raise click.ClickException(f"{exc} ({journal_hint(out_dir)})") from None
+        raise
+    result, q = outcome.result, outcome.report["queries"]
     click.echo(f"Extracted {result.model.hidden_dim} neurons into {out_dir}/model.arrow: "
-               f"{result.queries} rows ({http_stats['rows_paid']} paid this attempt, "
-               f"{oracle.rows_from_journal} from the journal), validation relative L2 "
-               f"{result.val_rel_l2:.3g}, certified={result.certified}")
+               f"{result.queries} rows ({q['paid']} paid this attempt, {q['from_journal']} "
+               f"from the journal), validation relative L2 {result.val_rel_l2:.3g}, "
+               f"certified={result.certified}")
+
+
+# ------------------------------------------------------------------------- evaluate
+@main.command(epilog="""\b
+Examples:
+  distextract evaluate run/model.arrow --target target.arrow
+  distextract evaluate run/model.arrow --url http://127.0.0.1:8000/ --points 2000
+  API_KEY=... distextract evaluate run/model.arrow --url https://api.example.com/v1/predict \\
+      --api-key-env API_KEY --points 1000 --rate 5
+""")
+@click.argument("model_path", type=click.Path(dir_okay=False))
+@click.option("--target", "target_path", type=click.Path(dir_okay=False), default=None,
+              help="The true network as a model file (neurons are compared too).")
+@click.option("--url", default=None,
+              help="A live oracle API instead of a file (each point is a paid query).")
+@click.option("--api-key-env", default=None,
+              help="NAME of the environment variable holding the API key (with --url).")
+@click.option("--rate", type=float, default=None, help="Client-side limit in requests/s (--url).")
+@click.option("--batch-size", type=int, default=64, show_default=True,
+              help="Rows per request (--url).")
+@click.option("--points", type=click.IntRange(min=1), default=None,
+              help="Fresh N(0, I) points compared [default: 10000 with --target, 1000 with "
+                   "--url].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the points.")
+def evaluate(model_path: str, target_path: str | None, url: str | None,
+             api_key_env: str | None, rate: float | None, batch_size: int,
+             points: int | None, seed: int) -> None:
+    """Compare the model in MODEL_PATH with a target file or a live oracle on fresh
+    Gaussian inputs: relative L2 error, max abs error, argmax agreement, neurons matched."""
+    from ._http import HTTPOracle
+    from ._model import ReluNetwork
+    from .fidelity import evaluate_fidelity
+
+    if (target_path is None) == (url is None):
+        raise click.UsageError("give exactly one of --target FILE or --url URL")
+    model = ReluNetwork.load(model_path)
+    if target_path is not None:
+        target: Any = ReluNetwork.load(target_path)
+        where = target_path
+        n = points or 10_000
+    else:
+        target = HTTPOracle(url, model.input_dim, api_key_env=api_key_env, max_batch=batch_size,
+                            rate=rate, seed=seed)
+        where = url
+        n = points or 1_000
+    try:
+        rep = evaluate_fidelity(model, target, n_points=n, seed=seed)
+    finally:
+        if url is not None:
+            target.close()
+    click.echo(f"Model {model_path} (d={model.input_dim}, k={model.hidden_dim}, "
+               f"m={model.output_dim}) against {where} on {rep.n_points:,} fresh N(0, I) points:")
+    click.echo(f"  relative L2 error   {rep.rel_l2:.3g}")
+    click.echo(f"  max abs error       {rep.max_abs_error:.3g}  (target RMS {rep.target_rms:.3g})")
+    if rep.argmax_agreement is not None:
+        click.echo(f"  argmax agreement    {100 * rep.argmax_agreement:.2f}%")
+    if rep.matched_neurons is not None:
+        click.echo(f"  neurons             {rep.matched_neurons} of {rep.live_neurons} live "
+                   f"target neurons matched, {rep.spurious_neurons} spurious "
+                   f"(model {rep.model_neurons}, target {rep.target_neurons})")
+
+
+# --------------------------------------------------------------------------- report
+@main.command(epilog="""\b
+Examples:
+  distextract report distextract-demo
+  distextract report runs/a && open runs/a/kinks.png
+""")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Summarise the run in RUN_DIR and write plots into it: kinks.png (kinks along each probe
+    line), throughput.png (rows over time against the rate limit), validation.png (validation
+    error per iteration), neurons.png (per-neuron confidence), and summary.txt."""
+    from .report import write_report
+
+    text, paths = write_report(run_dir)
+    click.echo(text)
+    click.echo("Wrote " + ", ".join(paths[name] for name in sorted(paths)))
+
+
+# --------------------------------------------------------------------------- export
+@main.command(epilog="""\b
+Examples:
+  distextract export run/model.arrow --to onnx          # run/model.onnx (onnxruntime)
+  distextract export run/model.arrow --to torch         # run/model.pt (nn.Sequential)
+  distextract export run/model.arrow --to npz --out weights.npz
+ONNX needs: pip install "distextract[export]"; PyTorch: pip install "distextract[torch]".
+""")
+@click.argument("model_path", type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", type=click.Choice(["onnx", "torch", "npz"]), required=True,
+              help="onnx: float64 graph (opset 17); torch: nn.Sequential state dict (float64); "
+                   "npz: W, b, A, c, L arrays.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: MODEL_PATH with .onnx, .pt or .npz].")
+@click.option("--verify-points", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Random N(0, I) inputs on which the export is checked against the model.")
+def export(model_path: str, fmt: str, out_path: str | None, verify_points: int) -> None:
+    """Export the model in MODEL_PATH to ONNX, PyTorch or NumPy, then check the exported file
+    against the Arrow model on random inputs and print the largest difference."""
+    from ._model import ReluNetwork
+    from .export import VERIFY_RTOL, default_path, export as do_export, verify_export
+
+    model = ReluNetwork.load(model_path)
+    path = do_export(model, fmt, out_path or default_path(model_path, fmt))
+    check = verify_export(model, path, fmt, n_points=verify_points)
+    click.echo(f"Wrote {path} ({fmt}, float64, d={model.input_dim}, k={model.hidden_dim}, "
+               f"m={model.output_dim})")
+    click.echo(f"Verified on {check.n_points:,} random inputs against {model_path}: max |diff| "
+               f"= {check.max_abs_diff:.3g}, relative {check.rel_diff:.3g} "
+               f"(tolerance {VERIFY_RTOL:g})")
+    if not check.ok:
+        raise click.ClickException(f"the exported model differs from {model_path} by "
+                                   f"{check.rel_diff:.3g} relative (> {VERIFY_RTOL:g})")
 
 
 __all__ = ["main"]
