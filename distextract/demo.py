@@ -145,8 +145,11 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
                    "max_batch": s.max_batch, "limit_rows_per_s": limit,
                    "rows_served": served["rows_served"], "requests": served["requests"],
                    "statuses": served["statuses"]},
-        "queries": {"rows": result.queries, "requests": report["queries"]["requests"],
-                    "per_neuron_floor": result.report.get("queries_per_neuron_floor")},
+        # Rows the API answered (what it would bill); result.queries also counts a row the
+        # engine asked twice when the journal served the repeat in-process.
+        "queries": {"rows": served["rows_served"], "requests": served["requests"],
+                    "per_neuron_floor": served["rows_served"] / (s.hidden * (s.input_dim + 1)),
+                    "extractor_rows": result.queries},
         "throughput": {"rows_per_s": tp["rows_per_s"], "seconds": tp["seconds"],
                        "limit_rows_per_s": limit,
                        "utilisation": (tp["rows_per_s"] / limit) if tp["rows_per_s"] else None},
@@ -172,14 +175,15 @@ def format_summary(summary: dict) -> str:
     q, tp, n, f = summary["queries"], summary["throughput"], summary["neurons"], summary["fidelity"]
     o, t = summary["oracle"], summary["timing"]
     refused = o["statuses"].get("429", 0)
-    floor = f" = {q['per_neuron_floor']:.2f} × k(d+1)" if q.get("per_neuron_floor") else ""
+    floor = f" = {q['per_neuron_floor']:.2f} × k(d+1) for the true k" if q.get(
+        "per_neuron_floor") else ""
     util = f" ({100 * tp['utilisation']:.0f}% of it)" if tp.get("utilisation") else ""
     agree = ("" if f["argmax_agreement"] is None
              else f", argmax agreement {100 * f['argmax_agreement']:.2f}%")
     ray = f", Ray start {t['ray_start_s']:.1f} s" if t.get("ray_start_s") else ""
     lines = [
         "Summary",
-        f"  queries     {q['rows']:,} rows in {q['requests']:,} requests{floor}; "
+        f"  queries     {q['rows']:,} rows paid in {q['requests']:,} requests{floor}; "
         f"{refused} answered 429 (rate limited)",
         f"  throughput  {tp['rows_per_s']:,.0f} rows/s over {tp['seconds']:.1f} s of extraction; "
         f"limit {tp['limit_rows_per_s']:,.0f} rows/s{util}",
