@@ -83,7 +83,7 @@ class ExtractConfig:
     residual_check_factor: float = 4.0
     min_width: float = 1e-12
     stencil_crossing_rate: float = 0.3
-    stencil_checks: int = 2
+    stencil_checks: int = 3
     regions_per_task: int = 32
     validation_points: int = 128
     target_rel_l2: float | None = None
@@ -105,8 +105,9 @@ class ExtractConfig:
         for name in ints:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"config.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.stencil_checks < 2:
-            raise ConfigError("config.stencil_checks must be >= 2 (one detects, two locate)")
+        if self.stencil_checks < 3:
+            raise ConfigError("config.stencil_checks must be >= 3 (one detects any bad column, "
+                              f"two locate it), got {self.stencil_checks}")
         if self.validation_points < 0:
             raise ConfigError(f"config.validation_points must be >= 0, got {self.validation_points}")
 

@@ -87,9 +87,16 @@ class RegionJacobian:
 
 
 def check_directions(line: Line, region: int, count: int) -> np.ndarray:
-    """Seeded random unit vectors in basis coordinates, shape (count, d-1)."""
+    """Seeded check directions in basis coordinates, shape (count, d-1), unit norm.
+
+    The first has random signs and equal weights, so an error in *any* stencil column shows
+    in its residual with the same weight ``1/sqrt(d-1)`` (a Gaussian direction can give one
+    column a tiny weight and miss it). The others are Gaussian: their residual ratios locate
+    the bad column.
+    """
     rng = np.random.default_rng([line.seed, 2, region])
     G = rng.standard_normal((count, line.dim - 1))
+    G[0] = np.where(G[0] >= 0, 1.0, -1.0)
     return G / np.linalg.norm(G, axis=1, keepdims=True)
 
 
@@ -105,25 +112,27 @@ def _verify(D: np.ndarray, f0: np.ndarray, fz: np.ndarray, gam: np.ndarray, h: f
     bad = np.max(np.abs(rho), axis=1) > tol
     if not bad.any():
         return "ok", -1
-    if bad.sum() == 1 and gam.shape[0] >= 3:
-        return "check", int(np.flatnonzero(bad)[0])
-    if bad.sum() == 1 and gam.shape[0] == 2:
-        # one residual: either that check point crossed, or a column whose other
-        # coefficient is tiny; prefer the check-point explanation only if no column fits.
-        pass
-    # A single bad column l gives rho_s = -delta * gam[s, l] for every s.
-    s1, s2 = 0, 1
+    # A single bad column l gives rho_s = -delta * gam[s, l] for every check s: the
+    # Gaussian checks' residual ratio names l, and every check must agree with that delta.
+    s1, s2 = (1, 2) if gam.shape[0] >= 3 else (0, 1)
     r1, r2 = rho[s1], rho[s2]
     g1, g2 = gam[s1], gam[s2]
-    # cross-ratio score per column
     num = np.max(np.abs(np.outer(g2, r1) - np.outer(g1, r2)), axis=1)
     den = np.max(np.abs(r1)) + np.max(np.abs(r2))
-    score = num / den
-    best = int(np.argmin(score))
-    order = np.sort(score)
-    if score[best] < 1e-3 and (len(order) < 2 or order[1] > 10 * max(score[best], 1e-12)):
-        return "column", best
-    if bad.sum() == 1:
+    if den > 0:
+        score = num / den
+        best = int(np.argmin(score))
+        order = np.sort(score)
+        unique = len(order) < 2 or order[1] > 10 * max(score[best], 1e-12)
+        if score[best] < 1e-3 and unique:
+            g = gam[:, best]
+            s_ref = int(np.argmax(np.abs(g[[s1, s2]])))
+            s_ref = (s1, s2)[s_ref]
+            delta = -rho[s_ref] / g[s_ref]
+            pred = -np.outer(g, delta)
+            if np.max(np.abs(rho - pred)) <= tol * 4:
+                return "column", best
+    if bad.sum() == 1:  # one check point crossed a hyperplane; the columns are fine
         return "check", int(np.flatnonzero(bad)[0])
     return "fail", -1
 
