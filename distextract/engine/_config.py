@@ -56,6 +56,9 @@ class ExtractConfig:
         measured precision).
     clean_lines : int
         Residual lines that must find nothing new before the model is certified.
+    extra_clean_lines : int
+        Further lines searched while the validation error stays above target although lines
+        come back clean; after that the error is reported as a precision floor.
     max_rounds : int
         Upper bound on search rounds (first line + residual lines).
     solve_max_unknowns : int
@@ -88,6 +91,7 @@ class ExtractConfig:
     validation_points: int = 128
     target_rel_l2: float | None = None
     clean_lines: int = 1
+    extra_clean_lines: int = 4
     max_rounds: int = 40
     solve_max_unknowns: int = 3000
     prune_factor: float = 100.0

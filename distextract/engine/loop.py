@@ -419,8 +419,15 @@ class Coordinator:
                 changes = self.residual_line(index)
                 index += 1
                 clean = clean + 1 if changes == 0 else 0
-                if clean >= cfg.clean_lines:
-                    reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
+                if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
+                    reason = "certified"
+                    break
+                # Clean lines but the error stays above target: a neuron may cross every line
+                # so far outside its reach (its normal nearly orthogonal to all directions) —
+                # more lines find it; if they keep finding nothing, the error is a precision
+                # floor, not a missing neuron.
+                if clean >= cfg.clean_lines + cfg.extra_clean_lines:
+                    reason = "precision_floor"
                     break
         except BudgetExhausted as exc:
             logger.warning("%s; returning the best model so far (not certified)", exc)
