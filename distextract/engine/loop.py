@@ -20,7 +20,7 @@ from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
-from .neurons import NeuronSet, dedup, explain_kinks, jumps_to_neurons
+from .neurons import EXPLAIN_FACTOR, NeuronSet, dedup, explain_kinks, jumps_to_neurons
 from .regions import (LineScan, add_points, make_plans, merge_segments, missing_points,
                       region_edges)
 from .solve import relative_error, solve_affine, solve_full
@@ -32,6 +32,7 @@ PROBE_LINES = 4
 PROBE_POINTS = 4
 NONDETERMINISM_LIMIT = 1e3 * EPS64
 RESIDUAL_SLACK = 2.0
+SOLVE_ROWS_PER_REGION = 8
 
 
 @dataclass
@@ -247,11 +248,18 @@ class Coordinator:
             queries=self.ex.queries - q0))
 
     def _keep_solve_rows(self, regions: list, model: ReluNetwork | None) -> None:
+        """Keep a few paid rows per region for the output solve (its centre and a spread of
+        stencil rows): enough rows for ``k + d + 1`` unknowns without holding every stencil
+        row of a wide network in the coordinator."""
+        keep = SOLVE_ROWS_PER_REGION
         for r in regions:
-            if r.X.shape[0] == 0:
+            n = r.X.shape[0]
+            if n == 0:
                 continue
-            Y = r.Y if model is None else r.Y + model.predict(r.X)
-            self.st.solve_X.append(r.X)
+            idx = np.unique(np.linspace(0, n - 1, min(keep, n)).astype(int))
+            X = r.X[idx]
+            Y = r.Y[idx] if model is None else r.Y[idx] + model.predict(X)
+            self.st.solve_X.append(X)
             self.st.solve_Y.append(Y)
 
     # -------------------------------------------------------------- assemble
@@ -263,13 +271,19 @@ class Coordinator:
         k, d = ns.size, st.d
         unknowns = k + d + 1
         rng = self._rng(3, len(st.lines))
-        cap = max(8 * unknowns, 4096)
-        rows = X.shape[0]
-        sel = np.sort(rng.choice(rows, size=cap, replace=False)) if rows > cap else slice(None)
-        Xs, Ys = X[sel], Y[sel]
-        candidates = [solve_affine(ns, Xs, Ys)]
-        if unknowns <= cfg.solve_max_unknowns and Xs.shape[0] >= 2 * unknowns:
-            candidates.append(solve_full(ns, Xs, Ys))
+
+        def sample(cap: int):
+            rows = X.shape[0]
+            if rows <= cap:
+                return X, Y
+            sel = np.sort(rng.choice(rows, size=cap, replace=False))
+            return X[sel], Y[sel]
+
+        # L and c only: d + 1 unknowns per output need few rows (and the hidden activations
+        # of a wide network are large: rows × k floats)
+        candidates = [solve_affine(ns, *sample(max(16 * (d + 1), 2048)))]
+        if unknowns <= cfg.solve_max_unknowns and X.shape[0] >= 2 * unknowns:
+            candidates.append(solve_full(ns, *sample(8 * unknowns)))
         best = None
         for cand in candidates:
             err, mx = relative_error(cand, self.Xv, self.Yv)
@@ -329,7 +343,7 @@ class Coordinator:
         # line crosses them; the better measurement replaces the old one
         limit = cfg.refine_factor * float(np.median(ns.err)) if ns.size else np.inf
         refine = {int(j): int(by[j]) for j in np.flatnonzero(by >= 0)
-                  if ns.err[by[j]] > limit}
+                  if loose[j] or ns.err[by[j]] > limit}
         ns = NeuronSet(ns.W, ns.b, ns.a, ns.err, ns.rank_residual, ns.line, ns.t,
                        ns.count + hits.astype(int))
         st.neurons = ns
@@ -352,7 +366,7 @@ class Coordinator:
                     tgt = refine.get(int(j))
                     if tgt is None:
                         new_rows.append(f)
-                    elif found.err[f] < err[tgt]:
+                    elif self._replaces(found, f, ns, tgt):
                         W[tgt], b[tgt], a[tgt], err[tgt] = (found.W[f], found.b[f],
                                                             found.a[f], found.err[f])
                         refined += 1
@@ -381,6 +395,21 @@ class Coordinator:
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
+
+    def _replaces(self, found: NeuronSet, f: int, ns: NeuronSet, n: int) -> bool:
+        """Whether the new measurement ``found[f]`` should replace neuron ``n``: it must also
+        explain the kink where ``n`` was first measured (a jump that merged a weak neighbour
+        there, or a garbage re-measurement, fails one of the two lines)."""
+        rec = self.st.lines[int(ns.line[n])]
+        w, b = found.W[f], found.b[f]
+        wv = float(w @ rec.v)
+        if wv == 0.0:
+            return False
+        t_pred = -(float(w @ rec.u) + b) / wv
+        t_old = float(ns.t[n])
+        x_norm = np.sqrt(float(rec.u @ rec.u) + t_old ** 2)
+        tol = EXPLAIN_FACTOR * found.err[f] * (x_norm + 1.0) / abs(wv) + 1e-9 * (1 + abs(t_old))
+        return abs(t_pred - t_old) <= tol
 
     def _round_info(self, index: int, kinks: int, added: int, removed: int) -> dict:
         return {"line": index, "kinks": kinks, "added": added, "removed": removed,

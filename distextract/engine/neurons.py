@@ -248,7 +248,10 @@ def apply_corrections(model: NeuronSet, corr: NeuronSet, factor: float,
     return NeuronSet.concat([updated, corr.take(np.flatnonzero(~used))]), int((~keep).sum())
 
 
-def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 20.0
+EXPLAIN_FACTOR = 20.0  # a hyperplane explains a kink within this many position errors
+
+
+def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = EXPLAIN_FACTOR
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Compare the kinks found on ``line`` with the crossings the known hyperplanes predict.
 
