@@ -209,11 +209,20 @@ def _figure(width: float = 8.0, height: float = 5.0) -> Any:
     return fig
 
 
-def _missing(ax: Any, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11,
-            transform=ax.transAxes, color="0.3")
+def _missing(ax: Any, message: str, width: int = 70) -> None:
+    import textwrap
+
+    text = "\n".join(textwrap.fill(part, width) for part in message.split("\n"))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, transform=ax.transAxes,
+            color="0.3")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _no_report(data: RunData, what: str) -> str:
+    if data.report is None:
+        return "No data: report.json not found in the run directory."
+    return f"No data: report.json has {what}."
 
 
 def _save(fig: Any, path: str) -> str:
@@ -234,8 +243,8 @@ def plot_kinks(data: RunData, path: str) -> str:
         missing = [n for n, t in (("kinks.arrow", data.kinks), ("lines.arrow", data.lines))
                    if t is None]
         ax.set_title(title)
-        _missing(ax, f"No data: {' and '.join(missing)} not found in the run directory.\n"
-                     f"(written by 'distextract extract' since it writes rundir outputs)")
+        _missing(ax, f"No data: {' and '.join(missing)} not found in the run directory\n"
+                     f"('distextract extract' and 'distextract demo' write them).")
         return _save(fig, path)
     lines = data.lines.to_pydict()
     k = data.kinks.to_pydict()
@@ -281,7 +290,7 @@ def plot_throughput(data: RunData, path: str) -> str:
     limit = data.limit_rows_per_s()
     ax1.set_title("Queries over time against the rate limit")
     if tl is None:
-        _missing(ax1, "No data: report.json has no timeline or rounds with elapsed time.")
+        _missing(ax1, _no_report(data, "no timeline and no rounds with elapsed time"))
         _missing(ax2, "No data.")
         return _save(fig, path)
     s, q, source = tl
@@ -321,8 +330,8 @@ def plot_validation(data: RunData, path: str) -> str:
     finite = [(ln, v) for ln, v, _ in pts
               if ln is not None and isinstance(v, (int, float)) and math.isfinite(v)]
     if not finite:
-        _missing(ax, "No data: report.json has no rounds with a validation error "
-                     "(extraction.rounds[].val_rel_l2).")
+        _missing(ax, _no_report(data, "no rounds with a validation error "
+                                      "(extraction.rounds[].val_rel_l2)"))
         return _save(fig, path)
     x = np.array([p[0] for p in finite], dtype=np.float64)
     v = np.maximum(np.array([p[1] for p in finite], dtype=np.float64), LOG_FLOOR)
@@ -359,7 +368,7 @@ def plot_neurons(data: RunData, path: str) -> str:
     if data.neurons is None or data.neurons.num_rows == 0:
         why = ("neurons.arrow not found in the run directory" if data.neurons is None
                else "the model has no neurons")
-        _missing(ax1, f"No data: {why}.")
+        _missing(ax1, f"No data: {why}.", width=32)
         _missing(ax2, "No data.")
         return _save(fig, path)
     n = data.neurons.to_pydict()
@@ -375,7 +384,7 @@ def plot_neurons(data: RunData, path: str) -> str:
     m = data.model.output_dim if data.model is not None else None
     if m == 1 or not np.any(res > 0):
         _missing(ax2, "Rank-one residual: not measurable with one output (m = 1)"
-                 if m == 1 else "Rank-one residual: all zero")
+                 if m == 1 else "Rank-one residual: all zero", width=32)
         ax2.set_title("rank-one residual of the Jacobian jump", fontsize=10)
     else:
         order2 = np.argsort(res)
