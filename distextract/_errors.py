@@ -7,11 +7,11 @@ The hierarchy::
     ├── OracleError              the oracle misbehaved
     │   ├── OracleShapeError     wrong number of rows or columns
     │   ├── OracleValueError     NaN / Inf / non-numeric answer
-    │   ├── NonDeterministicOracle  same point, different answer
     │   └── OracleHTTPError      permanent HTTP failure (status and server message)
     ├── BudgetExhausted          the query budget would be exceeded
     ├── JournalError             a run directory / journal cannot be used
     └── TargetMismatch           the oracle is not a one-hidden-layer ReLU network
+        └── NonDeterministicOracle  same point, different answer (also an OracleError)
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ class OracleShapeError(OracleError):
 class OracleValueError(OracleError):
     """The oracle's answer holds NaN, Inf or non-numeric values."""
 
-
-class NonDeterministicOracle(OracleError):
-    """The oracle gave different answers for the same input."""
 
 
 class OracleHTTPError(OracleError):
@@ -94,3 +91,8 @@ class TargetMismatch(DistextractError):
         )
         self.observation = observation
         self.queries = queries
+
+
+class NonDeterministicOracle(TargetMismatch, OracleError):
+    """The oracle gave different answers for the same input (a random function is no
+    one-hidden-layer ReLU network either)."""

@@ -34,7 +34,8 @@ class ExtractionResult:
         True when residual lines found nothing new and the validation error met the target.
         False means the model is the best so far, not certified (see ``stop_reason``).
     stop_reason : str
-        ``"certified"``, ``"budget"``, ``"precision_floor"`` or ``"max_rounds"``.
+        ``"certified"``, ``"budget"``, ``"precision_floor"``, ``"max_rounds"`` or
+        ``"target_mismatch"`` (only with ``on_mismatch="flag"``; see ``report["verdict"]``).
     val_rel_l2, val_max_abs : float
         Error on the run's own validation points (fresh Gaussian queries).
     report : dict
@@ -132,6 +133,7 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         "validation": {"points": int(n_val), "rel_l2": eng.val_rel_l2,
                        "max_abs": eng.val_max_abs},
         "precision": {"relative_noise": eng.noise},
+        "verdict": eng.verdict,
         "lines": len(eng.lines), "rounds": eng.rounds, "wall_seconds": wall,
         "seed": int(seed), "config": cfg.to_dict(),
     }

@@ -16,6 +16,10 @@ class ExtractConfig:
 
     Attributes
     ----------
+    on_mismatch : {"raise", "flag"}
+        When the oracle is not a one-hidden-layer ReLU network: raise ``TargetMismatch``, or
+        return the best model with ``stop_reason="target_mismatch"`` and the observation in
+        ``report["verdict"]``.
     input_scale : float
         Standard deviation of the input distribution the model must match (N(0, s² I)).
     line_reach : float
@@ -75,6 +79,7 @@ class ExtractConfig:
     """
 
     input_scale: float = 1.0
+    on_mismatch: str = "raise"
     line_reach: float = 64.0
     line_segments: int = 64
     residual_segments: int = 16
@@ -109,6 +114,8 @@ class ExtractConfig:
         for name in ints:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"config.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.on_mismatch not in ("raise", "flag"):
+            raise ConfigError(f"config.on_mismatch must be 'raise' or 'flag', got {self.on_mismatch!r}")
         if self.stencil_checks < 3:
             raise ConfigError("config.stencil_checks must be >= 3 (one detects any bad column, "
                               f"two locate it), got {self.stencil_checks}")

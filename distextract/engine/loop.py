@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .._errors import BudgetExhausted, NonDeterministicOracle
+from .._errors import BudgetExhausted, NonDeterministicOracle, TargetMismatch
 from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
@@ -30,9 +30,16 @@ logger = logging.getLogger(__name__)
 
 PROBE_LINES = 4
 PROBE_POINTS = 4
+PROBE_FINE = 1e-6
+PROBE_COARSE = 1e-4
+SMOOTH_RATIO = 100.0
+MISMATCH_FRACTION = 0.2
+MISMATCH_MIN_KINKS = 4
+MISMATCH_ERROR = 1e-2
 NONDETERMINISM_LIMIT = 1e3 * EPS64
 RESIDUAL_SLACK = 2.0
 SOLVE_ROWS_PER_REGION = 8
+SOLVE_ROW_BUDGET = 60_000
 
 
 @dataclass
@@ -85,6 +92,7 @@ class EngineResult:
     target_rel_l2: float
     lines: list
     rounds: list
+    verdict: str | None = None
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -107,6 +115,8 @@ class Coordinator:
         self.t_start = time.perf_counter()
         self.Xv = np.zeros((0, d))
         self.Yv = np.zeros((0, 1))
+        self.mismatch_lines = 0
+        self.verdict: str | None = None
 
     # ----------------------------------------------------------------- helpers
     def _rng(self, *key: int) -> np.random.Generator:
@@ -136,36 +146,66 @@ class Coordinator:
 
     # ------------------------------------------------------------------- probe
     def probe(self) -> None:
-        """Measure output precision and determinism (PROBE_LINES × PROBE_POINTS + 1 rows)."""
+        """Measure output precision, determinism and smoothness.
+
+        On each of PROBE_LINES short lines, PROBE_POINTS points spaced ``1e-6·s`` (their second
+        differences are pure rounding noise: the output precision) and as many spaced
+        ``1e-4·s`` (a smooth activation's second differences grow like the step squared; a
+        ReLU network's stay at the noise unless a kink falls inside). One more row repeats the
+        first point one ulp away (a journal would serve an exact repeat from disk), so a
+        non-deterministic oracle shows a difference far above rounding.
+        """
         d, s = self.st.d, self.cfg.input_scale
         rng = self._rng(1)
         base = rng.standard_normal((PROBE_LINES, d)) * s
         dirs = rng.standard_normal((PROBE_LINES, d))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        eta = 1e-6 * s
-        steps = np.arange(PROBE_POINTS) * eta
-        X = (base[:, None, :] + steps[None, :, None] * dirs[:, None, :]).reshape(-1, d)
-        X = np.concatenate([X, X[:1]], axis=0)
+        blocks = []
+        for eta in (PROBE_FINE * s, PROBE_COARSE * s):
+            steps = np.arange(PROBE_POINTS) * eta
+            blocks.append((base[:, None, :] + steps[None, :, None] * dirs[:, None, :]))
+        X = np.concatenate([blocks[0].reshape(-1, d), blocks[1][:, 1:].reshape(-1, d),
+                            np.nextafter(base[:1], np.inf)], axis=0)
         Y = self._eval(X)
+        q = self.ex.queries
         self.st.m = Y.shape[1]
-        mags = np.max(np.abs(Y), axis=1)
-        fref = float(np.median(mags))
+        fref = float(np.median(np.max(np.abs(Y), axis=1)))
         self.st.fref = fref if fref > 0 else 1.0
         sc = output_scale(Y, self.st.fref)
-        # Batch position may change float64 rounding (BLAS blocking): a repeat may differ by
-        # a few ulps. More than that is a non-deterministic oracle.
+        n1 = PROBE_LINES * PROBE_POINTS
+        fine = Y[:n1].reshape(PROBE_LINES, PROBE_POINTS, -1)
+        coarse = np.concatenate([fine[:, :1], Y[n1:-1].reshape(PROBE_LINES, PROBE_POINTS - 1, -1)],
+                                axis=1)
+        scl = sc[:n1].reshape(PROBE_LINES, PROBE_POINTS)[:, 1:-1]
+
+        def second(G):
+            return np.max(np.abs(G[:, :-2] - 2 * G[:, 1:-1] + G[:, 2:]), axis=2) / scl
+
+        d_fine, d_coarse = second(fine), second(coarse)
+        noise = max(4 * EPS64, float(np.median(d_fine)))
         rep = float(np.max(np.abs(Y[-1] - Y[0]))) / float(sc[0])
+        # Rounded or float32 answers repeat exactly; a random oracle does not.
         if rep > NONDETERMINISM_LIMIT:
             raise NonDeterministicOracle(
-                f"the oracle answered the same input twice with different outputs "
-                f"(relative difference {rep:.3g}); extraction needs a deterministic oracle")
-        G = Y[:-1].reshape(PROBE_LINES, PROBE_POINTS, -1)
-        d2 = G[:, :-2] - 2 * G[:, 1:-1] + G[:, 2:]
-        rel = np.max(np.abs(d2), axis=2) / sc[:-1].reshape(PROBE_LINES, PROBE_POINTS)[:, 1:-1]
-        self.st.noise = max(4 * EPS64, float(np.median(rel)), rep)
+                f"the oracle answered the same input twice with different outputs (relative "
+                f"difference {rep:.3g}, rounding noise {noise:.3g}); extraction needs a "
+                f"deterministic oracle", q)
+        noise = max(noise, rep)
+        curved = np.sum(np.median(d_coarse, axis=1) > SMOOTH_RATIO * np.maximum(
+            np.median(d_fine, axis=1), noise))
+        if curved >= PROBE_LINES - 1:
+            ratio = float(np.median(d_coarse) / max(np.median(d_fine), noise))
+            self._mismatch(
+                f"no sharp kinks: second differences grow like the step squared on "
+                f"{curved} of {PROBE_LINES} probe lines (x{ratio:.3g} for a 100x longer step) — "
+                f"a smooth activation (GELU, softplus, sigmoid?)")
+        self.st.noise = noise
         logger.info("probe: m=%d, output scale %.3g, relative precision %.3g",
                     self.st.m, self.st.fref, self.st.noise)
         self._emit("probe", noise=self.st.noise)
+
+    def _mismatch(self, observation: str) -> None:
+        raise TargetMismatch(observation, self.ex.queries)
 
     def validation_set(self) -> None:
         if self.n_val <= 0:
@@ -248,15 +288,23 @@ class Coordinator:
             queries=self.ex.queries - q0))
 
     def _keep_solve_rows(self, regions: list, model: ReluNetwork | None) -> None:
-        """Keep a few paid rows per region for the output solve (its centre and a spread of
-        stencil rows): enough rows for ``k + d + 1`` unknowns without holding every stencil
-        row of a wide network in the coordinator."""
-        keep = SOLVE_ROWS_PER_REGION
+        """Keep paid rows for the output solve: every row while a line's regions hold fewer
+        than SOLVE_ROW_BUDGET, else a seeded random sample per region (at least
+        SOLVE_ROWS_PER_REGION), so a wide network's coordinator does not hold every stencil
+        row. Random rows cover different stencil directions in different regions."""
+        if not regions:
+            return
+        total = sum(r.X.shape[0] for r in regions)
+        per = max(SOLVE_ROWS_PER_REGION, SOLVE_ROW_BUDGET // len(regions))
+        rng = self._rng(4, len(self.st.lines))
         for r in regions:
             n = r.X.shape[0]
             if n == 0:
                 continue
-            idx = np.unique(np.linspace(0, n - 1, min(keep, n)).astype(int))
+            if total <= SOLVE_ROW_BUDGET or n <= per:
+                idx = slice(None)
+            else:
+                idx = np.sort(rng.choice(n, size=per, replace=False))
             X = r.X[idx]
             Y = r.Y[idx] if model is None else r.Y[idx] + model.predict(X)
             self.st.solve_X.append(X)
@@ -349,6 +397,17 @@ class Coordinator:
         st.neurons = ns
         regions = []
         added = 0
+        frac = unexplained.size / max(scan.kinks.size, 1)
+        if unexplained.size > MISMATCH_MIN_KINKS and frac > MISMATCH_FRACTION:
+            self.mismatch_lines += 1
+            if self.mismatch_lines >= 2:
+                self._mismatch(
+                    f"kinks do not lie on fixed hyperplanes: {unexplained.size} of "
+                    f"{scan.kinks.size} kinks on line {index} match no hyperplane measured on "
+                    f"earlier lines (two lines in a row) — kinks that bend, as in a network "
+                    f"with two hidden ReLU layers?")
+        else:
+            self.mismatch_lines = 0
         refined = 0
         if unexplained.size or refine:
             edges = region_edges(scan, line.reach)
@@ -463,8 +522,20 @@ class Coordinator:
             reason = "budget"
             if st.model is None:
                 self.fallback_model()
+        except TargetMismatch as exc:
+            if cfg.on_mismatch == "raise":
+                raise
+            logger.warning("%s; returning the best model so far, flagged", exc)
+            reason = "target_mismatch"
+            self.verdict = exc.observation
+            if st.model is None:
+                self.fallback_model()
         certified = reason == "certified"
+        if not certified and reason != "target_mismatch" and st.val_rel_l2 > MISMATCH_ERROR:
+            self.verdict = (f"the best model still misses the validation points by relative L2 "
+                            f"{st.val_rel_l2:.3g} after {len(st.lines)} lines")
         return EngineResult(model=st.model, neurons=st.neurons, certified=certified,
                             stop_reason=reason, val_rel_l2=st.val_rel_l2,
                             val_max_abs=st.val_max_abs, noise=st.noise,
-                            target_rel_l2=self.target, lines=st.lines, rounds=st.rounds)
+                            target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
+                            verdict=self.verdict)
