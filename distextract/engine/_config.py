@@ -12,7 +12,7 @@ EPS64 = 2.220446049250313e-16
 @dataclass(frozen=True)
 class ExtractConfig:
     """Extraction settings. Defaults suit a float64 oracle; precision-dependent values are
-    derived at run time from the measured output precision (``noise_floor``).
+    derived at run time from the measured output precision (steps grow with the noise).
 
     Attributes
     ----------
@@ -28,21 +28,15 @@ class ExtractConfig:
     line_segments : int
         The first line is cut into this many segments (independent search tasks). Fixed, so
         the queries do not depend on the number of workers.
-    residual_segments : int
-        Segments per residual line (later lines search ``F - F_model``).
     slope_step : float
         One-sided slope at a split point uses a step of ``slope_step × interval width``:
         small enough that a kink rarely hides inside it, large enough for a precise slope.
     check_step : float
         A candidate kink ``t*`` is confirmed by the values at ``t* ∓ check_step × width``
         lying on the left and right lines (two kinks closer than that look like one; later
-        residual lines separate them).
-    residual_slope_step, residual_check_step : float
-        The same for residual lines, whose few kinks allow long, precise steps.
+        lines separate them).
     check_factor : float
         A value "lies on a line" when it is within ``check_factor × noise`` of it.
-    residual_check_factor : float
-        The same for residual lines, whose noise floor is already a bound on the model's error.
     min_width : float
         Intervals narrower than ``min_width × (1 + |t|)`` are not split further.
     stencil_crossing_rate : float
@@ -50,7 +44,7 @@ class ExtractConfig:
         sets the stencil step from the local kink density (larger steps: more precision,
         more repairs).
     stencil_checks : int
-        Extra random points per region that verify the Jacobian and locate a bad stencil row.
+        Extra points per region that verify the Jacobian and locate a bad stencil row.
     regions_per_task : int
         Regions whose Jacobians one worker task computes (one batch of queries).
     validation_points : int
@@ -59,36 +53,30 @@ class ExtractConfig:
         Stop when the validation relative L2 error is at or below this (None: derived from the
         measured precision).
     clean_lines : int
-        Residual lines that must find nothing new before the model is certified.
+        Later lines that must find nothing new before the model is certified.
     extra_clean_lines : int
         Further lines searched while the validation error stays above target although lines
         come back clean; after that the error is reported as a precision floor.
     max_rounds : int
-        Upper bound on search rounds (first line + residual lines).
+        Upper bound on probe lines.
     solve_max_unknowns : int
         Refit the output weights by least squares when ``k + d + 1`` is at most this; larger
         networks keep the output weights measured from the jumps.
-    prune_factor : float
-        A neuron whose output weight is below ``prune_factor × jump precision`` is dropped.
     refine_factor : float
         A neuron whose direction error estimate exceeds ``refine_factor ×`` the median is
-        measured again where a later line crosses it.
+        measured again where a later line crosses it (off by default: ``inf``).
     dedup_factor : float
         Two neurons merge when their hyperplanes agree within ``dedup_factor ×`` their
         estimated errors.
     """
 
-    input_scale: float = 1.0
     on_mismatch: str = "raise"
+    input_scale: float = 1.0
     line_reach: float = 64.0
     line_segments: int = 64
-    residual_segments: int = 16
     slope_step: float = 1e-4
     check_step: float = 1e-3
-    residual_slope_step: float = 0.02
-    residual_check_step: float = 0.01
     check_factor: float = 64.0
-    residual_check_factor: float = 4.0
     min_width: float = 1e-12
     stencil_crossing_rate: float = 0.3
     stencil_checks: int = 3
@@ -99,33 +87,39 @@ class ExtractConfig:
     extra_clean_lines: int = 4
     max_rounds: int = 40
     solve_max_unknowns: int = 3000
-    prune_factor: float = 100.0
     refine_factor: float = float("inf")
     dedup_factor: float = 30.0
 
     def __post_init__(self) -> None:
-        positive = ("input_scale", "line_reach", "slope_step", "check_step", "residual_slope_step", "residual_check_step", "check_factor", "residual_check_factor", "min_width",
-                    "stencil_crossing_rate", "prune_factor", "dedup_factor", "refine_factor")
+        positive = ("input_scale", "line_reach", "slope_step", "check_step", "check_factor",
+                    "min_width", "stencil_crossing_rate", "dedup_factor", "refine_factor")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"config.{name} must be > 0, got {getattr(self, name)!r}")
-        ints = ("line_segments", "residual_segments", "stencil_checks", "regions_per_task",
-                "clean_lines", "max_rounds", "solve_max_unknowns")
+        ints = ("line_segments", "stencil_checks", "regions_per_task", "clean_lines",
+                "max_rounds", "solve_max_unknowns")
         for name in ints:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"config.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.extra_clean_lines < 0:
+            raise ConfigError(
+                f"config.extra_clean_lines must be >= 0, got {self.extra_clean_lines}")
         if self.on_mismatch not in ("raise", "flag"):
-            raise ConfigError(f"config.on_mismatch must be 'raise' or 'flag', got {self.on_mismatch!r}")
+            raise ConfigError(
+                f"config.on_mismatch must be 'raise' or 'flag', got {self.on_mismatch!r}")
         if self.stencil_checks < 3:
             raise ConfigError("config.stencil_checks must be >= 3 (one detects any bad column, "
                               f"two locate it), got {self.stencil_checks}")
         if self.validation_points < 0:
-            raise ConfigError(f"config.validation_points must be >= 0, got {self.validation_points}")
+            raise ConfigError(
+                f"config.validation_points must be >= 0, got {self.validation_points}")
+        if self.target_rel_l2 is not None and not self.target_rel_l2 > 0:
+            raise ConfigError(f"config.target_rel_l2 must be > 0, got {self.target_rel_l2!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def updated(self, **changes) -> "ExtractConfig":
+    def updated(self, **changes) -> ExtractConfig:
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:

@@ -13,8 +13,8 @@ latency-friendly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -77,7 +77,7 @@ class SegmentResult:
 
 
 class _End:
-    __slots__ = ("t", "f", "s", "sigma", "step", "scale")
+    __slots__ = ("f", "s", "scale", "sigma", "step", "t")
 
     def __init__(self, t, f, s, sigma, step, scale):
         self.t, self.f, self.s, self.sigma, self.step, self.scale = t, f, s, sigma, step, scale

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -21,8 +21,7 @@ from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
 from .neurons import EXPLAIN_FACTOR, NeuronSet, dedup, explain_kinks, jumps_to_neurons
-from .regions import (LineScan, add_points, make_plans, merge_segments, missing_points,
-                      region_edges)
+from .regions import LineScan, add_points, make_plans, merge_segments, missing_points, region_edges
 from .solve import relative_error, solve_affine, solve_full
 from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
 
@@ -36,8 +35,9 @@ SMOOTH_RATIO = 100.0
 MISMATCH_FRACTION = 0.2
 MISMATCH_MIN_KINKS = 4
 MISMATCH_ERROR = 1e-2
+NOISY_STEP_FACTOR = 30.0
+MAX_STEP = 0.05
 NONDETERMINISM_LIMIT = 1e3 * EPS64
-RESIDUAL_SLACK = 2.0
 SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
 
@@ -67,6 +67,7 @@ class EngineState:
     m: int = 0
     noise: float = 4 * EPS64
     fref: float = 1.0
+    quantised: bool = False
     neurons: NeuronSet | None = None
     model: ReluNetwork | None = None
     val_rel_l2: float = float("inf")
@@ -163,7 +164,7 @@ class Coordinator:
         blocks = []
         for eta in (PROBE_FINE * s, PROBE_COARSE * s):
             steps = np.arange(PROBE_POINTS) * eta
-            blocks.append((base[:, None, :] + steps[None, :, None] * dirs[:, None, :]))
+            blocks.append(base[:, None, :] + steps[None, :, None] * dirs[:, None, :])
         X = np.concatenate([blocks[0].reshape(-1, d), blocks[1][:, 1:].reshape(-1, d),
                             np.nextafter(base[:1], np.inf)], axis=0)
         Y = self._eval(X)
@@ -182,7 +183,18 @@ class Coordinator:
             return np.max(np.abs(G[:, :-2] - 2 * G[:, 1:-1] + G[:, 2:]), axis=2) / scl
 
         d_fine, d_coarse = second(fine), second(coarse)
-        noise = max(4 * EPS64, float(np.median(d_fine)))
+        # Rounding noise: the largest fine second difference on all lines but one (a kink
+        # inside one fine window must not set the precision).
+        per_line = np.sort(np.max(d_fine, axis=1))
+        noise = max(4 * EPS64, float(per_line[-2] if per_line.size > 1 else per_line[-1]))
+        # Quantised answers (rounded to N decimals) repeat exactly between nearby points;
+        # their precision is the smallest step between distinct answers.
+        steps_all = np.abs(np.diff(np.concatenate([fine, coarse], axis=1), axis=1))
+        if np.any(steps_all == 0.0):
+            nz = steps_all[steps_all > 0]
+            if nz.size:
+                noise = max(noise, float(np.min(nz)) / float(np.median(sc)))
+        self.st.quantised = bool(np.any(steps_all == 0.0))
         rep = float(np.max(np.abs(Y[-1] - Y[0]))) / float(sc[0])
         # Rounded or float32 answers repeat exactly; a random oracle does not.
         if rep > NONDETERMINISM_LIMIT:
@@ -191,8 +203,7 @@ class Coordinator:
                 f"difference {rep:.3g}, rounding noise {noise:.3g}); extraction needs a "
                 f"deterministic oracle", q)
         noise = max(noise, rep)
-        curved = np.sum(np.median(d_coarse, axis=1) > SMOOTH_RATIO * np.maximum(
-            np.median(d_fine, axis=1), noise))
+        curved = np.sum(np.median(d_coarse, axis=1) > SMOOTH_RATIO * noise)
         if curved >= PROBE_LINES - 1:
             ratio = float(np.median(d_coarse) / max(np.median(d_fine), noise))
             self._mismatch(
@@ -219,12 +230,7 @@ class Coordinator:
                 noise: float) -> LineScan:
         cfg, st = self.cfg, self.st
         # A residual has few kinks: long slope steps make its slopes precise.
-        params = SearchParams(
-            noise=noise,
-            check_factor=cfg.check_factor if model is None else cfg.residual_check_factor,
-            slope_step=cfg.slope_step if model is None else cfg.residual_slope_step,
-            min_width=cfg.min_width,
-            check_step=cfg.check_step if model is None else cfg.residual_check_step)
+        params = self._search_params(noise)
         ends = np.unique(segment_end_points(segments, cfg.slope_step))
         X = line.points(ends)
         Y = self._eval(X)
@@ -247,11 +253,21 @@ class Coordinator:
         scan = merge_segments(results, extra)
         return scan
 
+    def _search_params(self, noise: float) -> SearchParams:
+        """Search steps derived from the measured precision: a slope over a step ``δ`` is
+        known to ``noise/δ``, so noisier answers need longer slope and check steps (the
+        defaults hold for float64), and intervals are not split below what the noise can
+        resolve."""
+        cfg = self.cfg
+        grow = NOISY_STEP_FACTOR * np.sqrt(noise)
+        return SearchParams(noise=noise, check_factor=cfg.check_factor,
+                            slope_step=float(min(MAX_STEP, max(cfg.slope_step, grow))),
+                            min_width=float(max(cfg.min_width, 1e3 * noise)),
+                            check_step=float(min(MAX_STEP, max(cfg.check_step, grow))))
+
     def _guided(self, line: Line, predicted: np.ndarray) -> LineScan:
-        cfg, st = self.cfg, self.st
-        params = SearchParams(noise=st.noise, check_factor=cfg.check_factor,
-                              slope_step=cfg.slope_step, min_width=cfg.min_width,
-                              check_step=cfg.check_step)
+        st = self.st
+        params = self._search_params(st.noise)
         task = GuidedTask(line, predicted, params, st.fref)
         return merge_segments(self.ex.map([task])[0])
 
@@ -357,17 +373,6 @@ class Coordinator:
         self.assemble()
         st.rounds.append(self._round_info(0, int(scan.kinks.size), st.neurons.size, 0))
         self._emit("round", line=0, kinks=int(scan.kinks.size))
-
-    def _residual_noise(self) -> float:
-        """Relative precision of ``G = F - model`` along a line: the oracle's, or the bumps the
-        model's own errors leave where a measured hyperplane sits slightly off the true one
-        (height ``||a||·err·|x|``), relative to the output scale, if larger."""
-        ns = self.st.neurons
-        if ns is None or ns.size == 0:
-            return self.st.noise
-        bump = float(np.quantile(ns.err * np.linalg.norm(ns.a, axis=1), 0.99))
-        reach_x = np.sqrt(self.st.d) * self.cfg.input_scale
-        return max(self.st.noise, RESIDUAL_SLACK * bump * reach_x / self.st.fref)
 
     def residual_line(self, index: int) -> int:
         """Search a further line for kinks of ``F``; kinks that no known hyperplane explains

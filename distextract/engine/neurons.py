@@ -47,17 +47,17 @@ class NeuronSet:
         return int(self.W.shape[0])
 
     @classmethod
-    def empty(cls, d: int, m: int) -> "NeuronSet":
+    def empty(cls, d: int, m: int) -> NeuronSet:
         z = np.zeros(0)
         return cls(np.zeros((0, d)), z, np.zeros((0, m)), z, z, z.astype(int), z,
                    z.astype(int))
 
-    def take(self, idx) -> "NeuronSet":
+    def take(self, idx) -> NeuronSet:
         return NeuronSet(self.W[idx], self.b[idx], self.a[idx], self.err[idx],
                          self.rank_residual[idx], self.line[idx], self.t[idx], self.count[idx])
 
     @staticmethod
-    def concat(sets: list["NeuronSet"]) -> "NeuronSet":
+    def concat(sets: list[NeuronSet]) -> NeuronSet:
         return NeuronSet(*(np.concatenate([getattr(s, f) for s in sets], axis=0)
                            for f in ("W", "b", "a", "err", "rank_residual", "line", "t",
                                      "count")))
@@ -217,35 +217,6 @@ def dedup(ns: NeuronSet, factor: float) -> NeuronSet:
     rr = np.zeros(n)
     np.maximum.at(rr, inv, ns.rank_residual)
     return NeuronSet(W, b, a, err, rr, ns.line[first], ns.t[first], count)
-
-
-def apply_corrections(model: NeuronSet, corr: NeuronSet, factor: float,
-                      prune_factor: float) -> tuple[NeuronSet, int]:
-    """Add residual-line jumps: a correction on a known hyperplane adds to its output
-    vector; one on a new hyperplane is a new neuron. A known neuron whose corrected output
-    vector is within ``prune_factor ×`` the measurement error of zero was spurious and is
-    removed. Returns (neurons, number removed)."""
-    if corr.size == 0:
-        return model, 0
-    corr = dedup(corr, factor)
-    # a jump no larger than its own measurement error is no neuron (a residual kink left by
-    # the model's own small errors)
-    corr = corr.take(np.flatnonzero(corr.err * prune_factor < 1.0))
-    a = model.a.copy()
-    used = np.zeros(corr.size, dtype=bool)
-    keep = np.ones(model.size, dtype=bool)
-    for i, j in match_pairs(model, corr, factor):
-        if used[j]:
-            continue
-        used[j] = True
-        noise = (model.err[i] * np.linalg.norm(a[i])
-                 + corr.err[j] * np.linalg.norm(corr.a[j]))
-        a[i] = a[i] + corr.a[j]
-        if np.linalg.norm(a[i]) <= prune_factor * noise:
-            keep[i] = False
-    updated = NeuronSet(model.W, model.b, a, model.err, model.rank_residual, model.line,
-                        model.t, model.count).take(np.flatnonzero(keep))
-    return NeuronSet.concat([updated, corr.take(np.flatnonzero(~used))]), int((~keep).sum())
 
 
 EXPLAIN_FACTOR = 20.0  # a hyperplane explains a kink within this many position errors
