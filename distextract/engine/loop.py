@@ -37,6 +37,7 @@ MISMATCH_MIN_KINKS = 4
 MISMATCH_ERROR = 1e-2
 NOISY_STEP_FACTOR = 30.0
 MAX_STEP = 0.05
+BEND_VERDICT_NOISE = 1e-10
 NONDETERMINISM_LIMIT = 1e3 * EPS64
 SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
@@ -94,6 +95,10 @@ class EngineResult:
     lines: list
     rounds: list
     verdict: str | None = None
+
+
+class _PrecisionLimited(Exception):
+    """Internal: stop the rounds, the answers are too imprecise to go further."""
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -405,6 +410,13 @@ class Coordinator:
         frac = unexplained.size / max(scan.kinks.size, 1)
         if unexplained.size > MISMATCH_MIN_KINKS and frac > MISMATCH_FRACTION:
             self.mismatch_lines += 1
+            if self.mismatch_lines >= 2 and st.noise > BEND_VERDICT_NOISE:
+                # with imprecise answers, misplaced hyperplanes look the same as bending
+                # ones: no verdict on the target, the model is limited by precision
+                raise _PrecisionLimited(
+                    f"answers too imprecise (relative noise {st.noise:.3g}) to place the "
+                    f"hyperplanes: {unexplained.size} of {scan.kinks.size} kinks on line "
+                    f"{index} match none measured before")
             if self.mismatch_lines >= 2:
                 self._mismatch(
                     f"kinks do not lie on fixed hyperplanes: {unexplained.size} of "
@@ -527,6 +539,10 @@ class Coordinator:
             reason = "budget"
             if st.model is None:
                 self.fallback_model()
+        except _PrecisionLimited as exc:
+            logger.warning("%s; returning the best model so far (not certified)", exc)
+            reason = "precision_floor"
+            self.verdict = str(exc)
         except TargetMismatch as exc:
             if cfg.on_mismatch == "raise":
                 raise
@@ -536,7 +552,8 @@ class Coordinator:
             if st.model is None:
                 self.fallback_model()
         certified = reason == "certified"
-        if not certified and reason != "target_mismatch" and st.val_rel_l2 > MISMATCH_ERROR:
+        if (not certified and self.verdict is None and reason != "target_mismatch"
+                and st.val_rel_l2 > MISMATCH_ERROR):
             self.verdict = (f"the best model still misses the validation points by relative L2 "
                             f"{st.val_rel_l2:.3g} after {len(st.lines)} lines")
         return EngineResult(model=st.model, neurons=st.neurons, certified=certified,
