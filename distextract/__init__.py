@@ -18,7 +18,7 @@ from ._journal import JournaledOracle, prepare_run_dir
 from ._extract import ExtractionResult, extract
 from ._model import ReluNetwork
 from .engine._config import ExtractConfig
-from ._oracle import CallableOracle, CountingOracle, NetworkOracle, Oracle, as_oracle
+from ._oracle import CallableOracle, SoftmaxLogitOracle, CountingOracle, NetworkOracle, Oracle, as_oracle
 from ._ratelimit import RateLimiter, TokenBucket
 from .fidelity import FidelityReport, evaluate_fidelity
 
@@ -45,6 +45,7 @@ __all__ = [
     "OracleValueError",
     "RateLimiter",
     "ReluNetwork",
+    "SoftmaxLogitOracle",
     "TargetMismatch",
     "TokenBucket",
     "__version__",

@@ -11,13 +11,15 @@ import numpy as np
 
 from ._errors import ConfigError
 from ._model import ReluNetwork
-from ._oracle import CountingOracle, as_oracle
+from ._oracle import CountingOracle, SoftmaxLogitOracle, as_oracle
 from ._validation import check_positive_int
 from .engine._config import ExtractConfig
 from .engine.loop import PROBE_LINES, PROBE_POINTS, Coordinator, EngineResult
 from .engine.tasks import LocalExecutor
 
 logger = logging.getLogger(__name__)
+
+SOFTMAX_LINE_REACH = 8.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +63,7 @@ def _min_budget(d: int) -> int:
 def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
             budget: int | None = None, config: ExtractConfig | None = None,
             workers: int | None = None, address: str | None = None,
-            progress: Callable[[dict], None] | None = None,
+            progress: Callable[[dict], None] | None = None, output: str = "logits",
             **options: Any) -> ExtractionResult:
     """Extract a one-hidden-layer ReLU network from query access.
 
@@ -83,6 +85,12 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         Ray cluster address (``"auto"``, ``"ray://host:10001"``); implies Ray.
     progress : callable, optional
         Called with a dict of counters after each phase.
+    output : {"logits", "softmax"}
+        What the oracle answers. ``"softmax"``: class probabilities (m >= 2); the engine works
+        on centred log-probabilities ``log p - mean(log p)``, which are piecewise linear, and
+        the returned model's :meth:`~ReluNetwork.predict_proba` gives the probabilities
+        (``predict`` gives the centred logits). Lines are kept shorter (``line_reach`` 8
+        unless given) so that no class probability underflows to 0 along them.
     **options
         Overrides of :class:`ExtractConfig` fields, e.g. ``validation_points=512``.
 
@@ -97,7 +105,13 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if workers is not None:
         workers = check_positive_int("workers", workers)
+    if output not in ("logits", "softmax"):
+        raise ConfigError(f"output must be 'logits' or 'softmax', got {output!r}")
     orc = as_oracle(oracle, input_dim)
+    if output == "softmax":
+        orc = SoftmaxLogitOracle(orc)
+        if "line_reach" not in options and config is None:
+            cfg = cfg.updated(line_reach=SOFTMAX_LINE_REACH)
     d = orc.input_dim
     if budget is not None:
         budget = check_positive_int("budget", budget)
@@ -121,7 +135,7 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         eng = Coordinator(ex, d, cfg, int(seed), progress, 1, n_val).run()
         queries, extra = counting.queries, {}
     wall = time.perf_counter() - t0
-    model = eng.model.with_metadata(seed=int(seed), queries=int(queries),
+    model = eng.model.with_metadata(seed=int(seed), queries=int(queries), output=output,
                                     certified=bool(eng.certified))
     k = model.hidden_dim
     report = {

@@ -118,6 +118,14 @@ class ReluNetwork:
 
     __call__ = predict
 
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities ``softmax(predict(X))`` of shape (n, m) (for a model extracted
+        from softmax answers, these are the oracle's answers)."""
+        Z = self.predict(X)
+        Z = Z - Z.max(axis=1, keepdims=True)
+        E = np.exp(Z)
+        return E / E.sum(axis=1, keepdims=True)
+
     def with_metadata(self, **items: Any) -> "ReluNetwork":
         """A copy with extra metadata entries."""
         meta = dict(self.metadata)

@@ -188,6 +188,44 @@ def as_oracle(oracle: Any, input_dim: int | None = None) -> Oracle:
     return CallableOracle(oracle, input_dim)
 
 
+class SoftmaxLogitOracle(Oracle):
+    """Turns an oracle answering class probabilities into centred log-probabilities.
+
+    ``z = log p - mean(log p)`` equals the network's logits minus their mean, which is
+    piecewise linear in ``x`` again (the softmax normaliser cancels). Probabilities must be
+    positive: a class that underflowed to 0 has no log-ratio.
+    """
+
+    def __init__(self, inner: Oracle) -> None:
+        self.inner = inner
+        self.input_dim = inner.input_dim
+        self.output_dim = inner.output_dim
+        self.max_batch = inner.max_batch
+
+    def _query(self, X: np.ndarray) -> np.ndarray:
+        P = np.asarray(self.inner.query(X), dtype=np.float64)
+        if P.ndim != 2 or P.shape[1] < 2:
+            raise OracleShapeError(
+                f"softmax output needs m >= 2 probabilities per row, got shape {P.shape}")
+        if np.any(~np.isfinite(P)) or np.any(P < 0):
+            raise OracleValueError("softmax output holds negative, NaN or Inf probabilities")
+        zero = np.sum(np.any(P == 0.0, axis=1))
+        if zero:
+            raise OracleValueError(
+                f"a class probability underflowed to 0 in {zero} of {P.shape[0]} rows, so its "
+                f"log-ratio is undefined; use a shorter line_reach or logit outputs")
+        L = np.log(P)
+        return L - L.mean(axis=1, keepdims=True)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def describe(self) -> dict:
+        out = self.inner.describe()
+        out["transform"] = "softmax->centred log-probabilities"
+        return out
+
+
 class CountingOracle(Oracle):
     """Counts rows, enforces a budget, and checks every answer.
 
@@ -258,6 +296,7 @@ class CountingOracle(Oracle):
 
 __all__ = [
     "CallableOracle",
+    "SoftmaxLogitOracle",
     "CountingOracle",
     "NetworkOracle",
     "Oracle",
