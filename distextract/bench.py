@@ -70,6 +70,7 @@ class TimedOracle:
 
     def __init__(self, net: ReluNetwork) -> None:
         self.net = net
+        self.input_dim = getattr(net, "input_dim", None)
         self.rows = 0
         self.calls = 0
         self.cpu = 0.0
@@ -99,6 +100,51 @@ def _digits(hidden: int) -> BenchTarget:
     return BenchTarget(f"digits-h{hidden}",
                        lambda seed: targets.digits_network(hidden=hidden, seed=seed)[0],
                        lambda: targets.digits_network(hidden=hidden, seed=0)[1])
+
+
+def run_issue5(seed: int) -> None:
+    """Issue 5 rows (d=64, k=128, m=10): imprecise and softmax answers, and verdicts on
+    oracles that are not one-hidden-layer ReLU networks. Prints its own table."""
+    from ._errors import TargetMismatch
+    from ._oracle import NetworkOracle, output_transform
+
+    d, k, m = 64, 128, 10
+    net = targets.random_network(d, k, m, seed=seed)
+    X = np.random.default_rng(seed + 1).standard_normal((10_000, d))
+    print(f"{'target':<26} {'queries':>8} {'q/k(d+1)':>8} {'rel L2':>9} {'prob err':>9} "
+          f"{'argmax':>7} {'stop':>16}  verdict / measured noise")
+    for out in ("float32", "round:6", "softmax"):
+        w0 = time.perf_counter()
+        oracle = NetworkOracle(net, output=out)
+        res = extract(oracle, seed=seed, output="softmax" if out == "softmax" else "logits",
+                      on_mismatch="flag")
+        if out == "softmax":
+            P = output_transform("softmax")(net.predict(X))
+            Q = res.model.predict_proba(X)
+            rel, perr = float("nan"), float(np.max(np.abs(P - Q)))
+            agree = float(np.mean(P.argmax(1) == Q.argmax(1)))
+        else:
+            rep = evaluate_fidelity(res.model, net, n_points=10_000, seed=seed + 1)
+            rel, perr = rep.rel_l2, float("nan")
+            agree = float(np.mean(res.model.predict(X).argmax(1) == net.predict(X).argmax(1)))
+        note = res.report.get("verdict") or f"noise {res.report['precision']['relative_noise']:.2e}"
+        print(f"{'random d64 k128 m10 ' + out:<26} {res.queries:>8} "
+              f"{res.queries / (k * (d + 1)):>8.3f} {rel:>9.2e} {perr:>9.2e} {agree:>7.4f} "
+              f"{res.stop_reason:>16}  {note}  ({time.perf_counter() - w0:.1f} s)")
+    others = [
+        ("gelu d64 k128 m10", targets.gelu_network(d, k, m, seed=seed)),
+        ("relu 64-64-64-10", targets.two_layer_relu_network(d, 64, 64, m, seed=seed)),
+        ("noisy sigma=1e-9", targets.noisy_oracle(net, 1e-9, seed=seed)),
+    ]
+    for name, target in others:
+        counter = TimedOracle(target)
+        try:
+            res = extract(counter, input_dim=d, seed=seed)
+            verdict = f"NO VERDICT: returned model, stop={res.stop_reason}"
+        except TargetMismatch as exc:
+            verdict = f"{type(exc).__name__}: {exc.observation}"
+        print(f"{name:<26} {counter.rows:>8} {counter.rows / (k * (d + 1)):>8.3f} "
+              f"{'':>9} {'':>9} {'':>7} {'verdict':>16}  {verdict}")
 
 
 def suite(name: str) -> list[BenchTarget]:
@@ -165,9 +211,10 @@ def format_row(r: dict) -> str:
 
 @click.command()
 @click.option("--suite", "suite_name", default="quick", show_default=True,
-              type=click.Choice(["quick", "issue2", "hard"]),
+              type=click.Choice(["quick", "issue2", "hard", "issue5"]),
               help="quick: small targets (< 1 min); issue2: the sizes issue 2 is judged on; "
-                   "hard: every hard case at several sizes.")
+                   "hard: every hard case at several sizes; issue5: float32, rounded and "
+                   "softmax answers and non-ReLU targets (d=64, k=128, m=10).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the targets and of the extraction.")
 @click.option("--only", "only", multiple=True,
@@ -176,6 +223,10 @@ def format_row(r: dict) -> str:
               help="Also write the rows as JSON to this file.")
 def main(suite_name: str, seed: int, only: tuple[str, ...], json_path: str | None) -> None:
     """Extract planted networks in-process and print one table row per target."""
+    if suite_name == "issue5":
+        print(f"# python -m distextract.bench --suite issue5 --seed {seed}")
+        run_issue5(seed)
+        return
     rows_t = suite(suite_name)
     if only:
         rows_t = [t for t in rows_t if any(fnmatch.fnmatchcase(t.name, p) or t.name == p
