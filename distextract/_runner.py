@@ -115,7 +115,8 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
                        batch_size: int = 64, max_in_flight: int = 8, timeout: float = 30.0,
                        retries: int = 8, seed: int = 0, resume: bool = False, workers: int = 1,
                        address: str | None = None, show_progress: bool | None = None,
-                       echo: Callable[[str], None] | None = None) -> RunOutcome:
+                       echo: Callable[[str], None] | None = None, output: str = "logits",
+                       on_mismatch: str = "raise") -> RunOutcome:
     """Extract the network behind ``url`` into the run directory ``out_dir``.
 
     Parameters
@@ -183,7 +184,8 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
                 echo(f"Resuming: {oracle.rows_loaded} answered rows in the journal")
         try:
             result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
-                                 workers=workers, address=address, progress=progress)
+                                 workers=workers, address=address, progress=progress,
+                                 output=output, on_mismatch=on_mismatch)
         finally:
             if display is not None:
                 display.close()

@@ -237,10 +237,17 @@ Examples:
                    "no Ray; more: starts Ray on this machine unless --address is given).")
 @click.option("--address", default=None,
               help="Join an existing Ray cluster: 'auto' or 'ray://host:10001'.")
+@click.option("--output", "output", type=click.Choice(["logits", "softmax"]), default="logits",
+              show_default=True,
+              help="What the API answers: logits (any real outputs) or softmax probabilities.")
+@click.option("--on-mismatch", type=click.Choice(["raise", "flag"]), default="raise",
+              show_default=True,
+              help="If the API is not a one-hidden-layer ReLU network: stop with an error, or "
+                   "write the best model flagged in report.json.")
 def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             budget: int | None, rate: float | None, rows_rate: float | None, batch_size: int,
             max_in_flight: int, timeout: float, retries: int, seed: int, resume: bool,
-            workers: int, address: str | None) -> None:
+            workers: int, address: str | None, output: str, on_mismatch: str) -> None:
     """Extract the network behind URL into the run directory --out."""
     from ._runner import extract_to_run_dir, journal_hint
 
@@ -249,7 +256,7 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             url, input_dim, out_dir, api_key_env=api_key_env, budget=budget, rate=rate,
             rows_rate=rows_rate, batch_size=batch_size, max_in_flight=max_in_flight,
             timeout=timeout, retries=retries, seed=seed, resume=resume, workers=workers,
-            address=address, echo=click.echo)
+            address=address, echo=click.echo, output=output, on_mismatch=on_mismatch)
     except DistextractError as exc:
         from ._errors import JournalError
 
