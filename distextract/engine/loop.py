@@ -292,7 +292,8 @@ class Coordinator:
                            cfg.stencil_crossing_rate, extra_kinks)
         if only is not None:
             plans = [p for p in plans if p.region in only]
-        per_task = cfg.regions_per_task
+        # enough tasks for every concurrent slot, at most regions_per_task regions each
+        per_task = max(1, min(cfg.regions_per_task, -(-len(plans) // self.parallelism)))
         tasks = [JacobianTask(line, group, noise, cfg.check_factor, cfg.stencil_checks,
                               self.st.fref, model) for group in _chunks(plans, per_task)]
         regions = [r for batch in self.ex.map(tasks) for r in batch]
