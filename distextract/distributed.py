@@ -62,8 +62,11 @@ logger = logging.getLogger(__name__)
 LEASE_HORIZON_S = 0.1
 #: A leased slot older than this is dropped instead of being used late (no bursts).
 STALE_SLOT_S = 0.5
-#: Tasks queued per worker actor (one running, the next already shipped).
-TASKS_PER_WORKER = 2
+#: Most tasks one worker actor runs at once by default (threads of its default concurrency
+#: group); an HTTP oracle's default is its ``max_in_flight`` up to this number.
+MAX_TASKS_PER_WORKER = 8
+#: Tasks shipped to a worker beyond those it runs, so a free thread never waits for the driver.
+QUEUED_PER_WORKER = 1
 #: Seconds between two polls of the actors' counters by the driver.
 POLL_INTERVAL_S = 0.5
 #: Concurrency group of the workers' stats method (answers while a task runs).
@@ -204,10 +207,13 @@ class _Ledger:
         self.per_worker[worker]["attempts"] += 1
         return self.per_worker[worker]["attempts"]
 
-    def reserve(self, worker: int, rows: int) -> tuple[bool, int]:
-        """Reserve ``rows`` before they are sent. Returns (granted, rows paid before)."""
+    def reserve(self, worker: int, rows: int, need: int | None = None) -> tuple[bool, int]:
+        """Reserve ``rows`` before they are sent, granted only if ``need`` rows (default
+        ``rows``: the rest of the query they belong to) still fit the budget.
+
+        Returns (granted, rows paid before)."""
         used = self.paid
-        if self.budget is not None and used + rows > self.budget:
+        if self.budget is not None and used + max(rows, need or 0) > self.budget:
             self.refused += 1
             return False, used
         self.paid += rows
@@ -377,13 +383,24 @@ class _MeteredOracle(Oracle):
         self.rows_sent = 0
         self.oracle_s = 0.0
         self._lock = threading.Lock()
+        self._local = threading.local()  # this thread's task: rows sent, oracle seconds
 
-    def _reserve(self, n: int) -> None:
-        ok, used = ray.get(self.ledger.reserve.remote(self.worker, n))
+    def task_counters(self) -> tuple[int, float]:
+        """Rows sent and oracle seconds of the calling thread (one task per thread)."""
+        return getattr(self._local, "rows", 0), getattr(self._local, "seconds", 0.0)
+
+    def _reserve(self, n: int, need: int | None = None) -> None:
+        ok, used = ray.get(self.ledger.reserve.remote(self.worker, n, need))
         if not ok:
             raise BudgetExhausted(ray.get(self.ledger.snapshot.remote())["budget"], used, n)
         with self._lock:
             self.rows_sent += n
+        self._local.rows = getattr(self._local, "rows", 0) + n
+
+    def _spent(self, seconds: float) -> None:
+        with self._lock:
+            self.oracle_s += seconds
+        self._local.seconds = getattr(self._local, "seconds", 0.0) + seconds
 
     def _query(self, X: np.ndarray) -> np.ndarray:
         self._reserve(X.shape[0])
@@ -391,15 +408,27 @@ class _MeteredOracle(Oracle):
         try:
             Y = self.inner.query(X)
         finally:
-            with self._lock:
-                self.oracle_s += time.perf_counter() - t
+            self._spent(time.perf_counter() - t)
         return self._checker.check_answer(X, Y)
 
     def query_stream(self, X: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
         """Stream answers batch by batch when the inner oracle can (journal every batch)."""
         stream = getattr(self.inner, "query_stream", None)
         if stream is None:
-            yield slice(0, X.shape[0]), self._query(X)
+            # An oracle that splits requests itself (max_batch): send and yield batch by batch,
+            # each reserved just before it is sent, so a worker killed mid-query has paid (and
+            # the journal holds) only the batches answered.
+            n, step = X.shape[0], self.max_batch or X.shape[0]
+            for i in range(0, n, step):
+                rows = slice(i, min(i + step, n))
+                part = X[rows]
+                self._reserve(part.shape[0], need=n - i)
+                t = time.perf_counter()
+                try:
+                    Y = self.inner.query(part)
+                finally:
+                    self._spent(time.perf_counter() - t)
+                yield rows, self._checker.check_answer(part, Y)
             return
         self._reserve(X.shape[0])
         t = time.perf_counter()
@@ -407,15 +436,20 @@ class _MeteredOracle(Oracle):
             for rows, Y in stream(X):
                 yield rows, self._checker.check_answer(X[rows], Y)
         finally:
-            with self._lock:
-                self.oracle_s += time.perf_counter() - t
+            self._spent(time.perf_counter() - t)
 
     def close(self) -> None:
         self.inner.close()
 
 
 class _Worker:
-    """Runs engine tasks against its own oracle (made remote by :class:`RayExecutor`)."""
+    """Runs engine tasks against its own oracle (made remote by :class:`RayExecutor`).
+
+    A threaded actor: up to ``tasks_per_worker`` tasks run at once (each a sequence of
+    dependent round trips), sharing the worker's thread-safe oracle stack
+    (journal → metered → client; the HTTP client keeps ``max_in_flight`` requests in flight).
+    Counters are kept per task (thread), so concurrent tasks do not mix their statistics.
+    """
 
     def __init__(self, index: int, spec_ref: list, ledger: Any, limiter: Any, lease_chunk: int,
                  journal_dir: str | None, seed: int) -> None:
@@ -440,8 +474,8 @@ class _Worker:
             self.journal = JournaledOracle(self.metered, journal_dir, f"w{index}")
             self.oracle = self.journal
         self.tasks = 0
+        self.running = 0
         self.busy_since: float | None = None
-        self.rows_asked = 0
         self._lock = threading.Lock()
         if self.attempt > 1:
             logger.warning("worker %d restarted (attempt %d)", index, self.attempt)
@@ -456,29 +490,28 @@ class _Worker:
         if model is not None:
             task = replace(task, model=model)
         t0 = time.perf_counter()
-        oracle0 = self.metered.oracle_s
-        journal0 = self.journal.rows_from_journal if self.journal is not None else 0
+        sent0, oracle0 = self.metered.task_counters()
         with self._lock:
-            self.busy_since = time.monotonic()
+            if self.running == 0:
+                self.busy_since = time.monotonic()
+            self.running += 1
+        counter = _AskCounter(self.oracle, self)
         try:
-            result = self._run_task(_AskCounter(self.oracle, self), task)
+            result = self._run_task(counter, task)
         except DistextractError as exc:
             result = _RemoteError.of(exc)
         finally:
             with self._lock:
-                self.busy_since = None
+                self.running -= 1
+                if self.running == 0:
+                    self.busy_since = None
                 self.tasks += 1
-                asked = self._take_asked()
-            journal = (self.journal.rows_from_journal if self.journal is not None else 0) \
-                - journal0
-            self.ledger.task_done.remote(self.index, asked, journal,
-                                         self.metered.oracle_s - oracle0,
-                                         time.perf_counter() - t0)
+            sent1, oracle1 = self.metered.task_counters()
+            # rows this task asked that were not sent were answered by the journal
+            from_journal = counter.asked - (sent1 - sent0) if self.journal is not None else 0
+            self.ledger.task_done.remote(self.index, counter.asked, from_journal,
+                                         oracle1 - oracle0, time.perf_counter() - t0)
         return result
-
-    def _take_asked(self) -> int:
-        asked, self.rows_asked = self.rows_asked, 0
-        return asked
 
     @ray.method(concurrency_group=STATS_GROUP)
     def stats(self) -> dict:
@@ -486,8 +519,8 @@ class _Worker:
         with self._lock:
             busy = None if self.busy_since is None else time.monotonic() - self.busy_since
             out = {"index": self.index, "attempt": self.attempt, "tasks": self.tasks,
-                   "rows_sent": self.metered.rows_sent, "oracle_s": self.metered.oracle_s,
-                   "busy_s": busy}
+                   "running": self.running, "rows_sent": self.metered.rows_sent,
+                   "oracle_s": self.metered.oracle_s, "busy_s": busy}
         if self.journal is not None:
             out["journal"] = self.journal.stats()
         http_stats = getattr(self.base, "stats", None)
@@ -506,15 +539,15 @@ class _Worker:
 
 
 class _AskCounter:
-    """Counts rows a task asks (journal hits included) for the worker's statistics."""
+    """Counts rows one task asks (journal hits included) for the worker's statistics."""
 
     def __init__(self, oracle: Oracle, worker: _Worker) -> None:
         self.oracle = oracle
         self.worker = worker
+        self.asked = 0
 
     def query(self, X: np.ndarray) -> np.ndarray:
-        with self.worker._lock:
-            self.worker.rows_asked += int(np.shape(X)[0])
+        self.asked += int(np.shape(X)[0])
         return self.oracle.query(X)
 
     @property
@@ -552,6 +585,12 @@ class RayExecutor:
         and its queued and running tasks retried up to ``max_task_retries`` times (-1: always).
     seed : int
         Root of the workers' independent random streams (HTTP backoff jitter).
+    tasks_per_worker : int, optional
+        Tasks each worker runs at once (threads of its default concurrency group), so a worker
+        keeps several sequences of dependent round trips in flight. Default: an HTTP oracle's
+        ``max_in_flight`` capped at :data:`MAX_TASKS_PER_WORKER`; 1 for other oracles (a
+        user's callable need not be thread-safe). The coordinator cuts its work into about
+        ``workers × tasks_per_worker`` tasks (its ``parallelism``).
     actor_options : dict, optional
         Extra ``.options(...)`` for the worker actors (``resources``, ``runtime_env``, ...).
 
@@ -567,7 +606,8 @@ class RayExecutor:
                  rate: float | None = None, rows_rate: float | None = None,
                  journal_dir: str | None = None, placement: str | None = None,
                  num_cpus: float = 1.0, max_restarts: int = 4, max_task_retries: int = -1,
-                 seed: int = 0, actor_options: dict | None = None) -> None:
+                 seed: int = 0, tasks_per_worker: int | None = None,
+                 actor_options: dict | None = None) -> None:
         if not ray.is_initialized():
             raise ConfigError("Ray is not initialised; call ray.init(...) or use "
                               "run_distributed(), which starts Ray for you")
@@ -583,6 +623,12 @@ class RayExecutor:
             if rate is None and rows_rate is None:
                 rate, rows_rate = spec.rate, spec.rows_rate
         self.spec = spec
+        if tasks_per_worker is None:
+            tasks_per_worker = 1
+            if isinstance(spec, HTTPOracleSpec):
+                in_flight = int(spec.settings.get("max_in_flight") or 1)
+                tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
+        self.tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
         self.rate, self.rows_rate = rate, rows_rate
         self.max_batch = getattr(oracle, "max_batch", None)
         self.budget = budget
@@ -597,7 +643,8 @@ class RayExecutor:
             lease_chunk = max(1, int(per_s * LEASE_HORIZON_S / self.workers))
         self._pg = None
         options: dict[str, Any] = {"num_cpus": num_cpus, "max_restarts": max_restarts,
-                                   "max_task_retries": max_task_retries}
+                                   "max_task_retries": max_task_retries,
+                                   "max_concurrency": self.tasks_per_worker}
         options.update(actor_options or {})
         self._placement_options = self._placement(placement, num_cpus)
         key_env = spec.settings.get("api_key_env") if isinstance(spec, HTTPOracleSpec) else None
@@ -656,8 +703,9 @@ class RayExecutor:
     def map(self, tasks: list) -> list:
         """Run ``tasks`` on the workers; results in the order of ``tasks``.
 
-        At most :data:`TASKS_PER_WORKER` tasks are queued per worker; a free worker takes the
-        next task. Models carried by tasks are put in the object store once per call.
+        Each worker holds up to ``tasks_per_worker`` running tasks plus
+        :data:`QUEUED_PER_WORKER` queued ones; a worker that finishes a task takes the next.
+        Models carried by tasks are put in the object store once per call.
 
         Raises
         ------
@@ -688,7 +736,7 @@ class RayExecutor:
             inflight[self.actors[w].run.remote(task, ref)] = (i, w)
             load[w] += 1
 
-        for _ in range(TASKS_PER_WORKER):
+        for _ in range(self.tasks_per_worker + QUEUED_PER_WORKER):
             for w in range(self.workers):
                 if pending:
                     submit(w)
@@ -989,7 +1037,9 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
             if progress is not None:
                 progress({**info, "distributed": dict(poller.last)})
 
-        coord = Coordinator(executor, d, cfg, seed, engine_progress, workers, n_val)
+        # Cut the work into enough tasks to fill every worker's concurrent slots.
+        parallelism = workers * executor.tasks_per_worker
+        coord = Coordinator(executor, d, cfg, seed, engine_progress, parallelism, n_val)
         t1 = time.perf_counter()
         eng = coord.run()
         run_s = time.perf_counter() - t1
@@ -1003,7 +1053,8 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         oracle_s = sum(w["oracle_s"] for w in per)
         task_s = sum(w["task_s"] for w in per)
         extra = {"distributed": {
-            "workers": workers, "address": address, "nodes": len(set(executor.nodes)),
+            "workers": workers, "tasks_per_worker": executor.tasks_per_worker,
+            "address": address, "nodes": len(set(executor.nodes)),
             "rows_paid": queries, "rows_asked": sum(w["asked"] for w in per),
             "rows_from_journal": sum(w["from_journal"] for w in per),
             "restarts": sum(max(0, w["attempts"] - 1) for w in per),
