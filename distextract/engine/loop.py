@@ -22,7 +22,7 @@ from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
 from .neurons import EXPLAIN_FACTOR, NeuronSet, dedup, explain_kinks, jumps_to_neurons
 from .regions import LineScan, add_points, make_plans, merge_segments, missing_points, region_edges
-from .solve import relative_error, solve_affine, solve_full
+from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
 from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ BEND_VERDICT_NOISE = 1e-10
 NONDETERMINISM_LIMIT = 1e3 * EPS64
 SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
+JACOBIAN_SAMPLES = 2048
 
 
 @dataclass
@@ -74,6 +75,9 @@ class EngineState:
     val_rel_l2: float = float("inf")
     val_max_abs: float = float("inf")
     solve_X: list = field(default_factory=list)
+    jac_X: list = field(default_factory=list)
+    jac_F: list = field(default_factory=list)
+    jac_J: list = field(default_factory=list)
     solve_Y: list = field(default_factory=list)
     lines: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
@@ -332,6 +336,21 @@ class Coordinator:
             self.st.solve_X.append(X)
             self.st.solve_Y.append(Y)
 
+    def _keep_jacobians(self, line: Line, regions: list) -> None:
+        """Keep a seeded sample of measured regions (centre, value, Jacobian) for ``L``, ``c``."""
+        st = self.st
+        ok = [r for r in regions if r.J is not None]
+        room = JACOBIAN_SAMPLES - len(st.jac_J)
+        if not ok or room <= 0:
+            return
+        rng = self._rng(5, line.index)
+        take = ok if len(ok) <= room else [ok[i] for i in np.sort(
+            rng.choice(len(ok), size=room, replace=False))]
+        for r in take:
+            st.jac_X.append(line.points([r.t0])[0])
+            st.jac_F.append(r.f0)
+            st.jac_J.append(r.J)
+
     # -------------------------------------------------------------- assemble
     def assemble(self) -> None:
         st, cfg = self.st, self.cfg
@@ -352,6 +371,9 @@ class Coordinator:
         # L and c only: d + 1 unknowns per output need few rows (and the hidden activations
         # of a wide network are large: rows × k floats)
         candidates = [solve_affine(ns, *sample(max(16 * (d + 1), 2048)))]
+        if st.jac_J:
+            candidates.append(solve_affine_from_jacobians(
+                ns, np.asarray(st.jac_X), np.asarray(st.jac_F), np.asarray(st.jac_J)))
         if unknowns <= cfg.solve_max_unknowns and X.shape[0] >= 2 * unknowns:
             candidates.append(solve_full(ns, *sample(8 * unknowns)))
         best = None
@@ -373,6 +395,7 @@ class Coordinator:
         self._emit("search", line=0, kinks=int(scan.kinks.size))
         regions = self._measure(line, scan, None, st.noise, None)
         self._keep_solve_rows(regions, None)
+        self._keep_jacobians(line, regions)
         ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach))
         st.neurons = dedup(ns, cfg.dedup_factor)
         self._record_line(line, "first", scan, regions, q0)
@@ -434,6 +457,7 @@ class Coordinator:
                 wanted.update((int(j), int(j) + 1))
             regions = self._measure(line, scan, None, st.noise, None, wanted)
             self._keep_solve_rows(regions, None)
+            self._keep_jacobians(line, regions)
             found = jumps_to_neurons(line, regions, edges)
             if refine and found.size and scan.kinks.size:
                 at = np.argmin(np.abs(scan.kinks[None, :] - found.t[:, None]), axis=1)

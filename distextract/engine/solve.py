@@ -33,6 +33,35 @@ def solve_affine(ns: NeuronSet, X: np.ndarray, Y: np.ndarray) -> ReluNetwork:
     return ReluNetwork(ns.W, ns.b, A, coef[d], coef[:d].T)
 
 
+def solve_affine_from_jacobians(ns: NeuronSet, X0: np.ndarray, F0: np.ndarray,
+                                J: np.ndarray) -> ReluNetwork:
+    """Keep the jump output vectors; take ``L`` and ``c`` from measured region Jacobians.
+
+    In a region around ``x0`` the network's Jacobian is ``L + Σ_active a_i w_iᵀ``, so each
+    measured region gives ``L`` directly (and ``c`` from its value); the median over regions
+    ignores the few regions a missing neuron spoils. Unlike a least-squares fit over the paid
+    points (which cluster along a few lines, so most input directions are seen only through
+    tiny stencil steps), this is well conditioned in every direction.
+
+    Parameters
+    ----------
+    ns : NeuronSet
+    X0 : ndarray of shape (r, d)
+        Region centres.
+    F0 : ndarray of shape (r, m)
+        Values there.
+    J : ndarray of shape (r, m, d)
+        Measured Jacobians.
+    """
+    A = ns.a.T
+    act = (X0 @ ns.W.T + ns.b) > 0  # (r, k)
+    Jn = np.einsum("mk,rk,kd->rmd", A, act.astype(np.float64), ns.W, optimize=True)
+    L = np.median(J - Jn, axis=0)
+    Fn = np.maximum(X0 @ ns.W.T + ns.b, 0.0) @ A.T
+    c = np.median(F0 - Fn - X0 @ L.T, axis=0)
+    return ReluNetwork(ns.W, ns.b, A, c, L)
+
+
 def solve_full(ns: NeuronSet, X: np.ndarray, Y: np.ndarray) -> ReluNetwork:
     """Fit ``A``, ``L`` and ``c`` together (columns scaled for conditioning)."""
     H = np.maximum(X @ ns.W.T + ns.b, 0.0)
