@@ -63,6 +63,10 @@ class NeuronSet:
                                      "count")))
 
 
+RANK_FLOOR = 1e-6    # second / first singular value of a jump above which it is not rank one
+RANK_FACTOR = 100.0  # ... or above this many times the jump's relative measurement error
+
+
 def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip each row so its largest-magnitude component is positive. Returns (W, b, sign)."""
     idx = np.argmax(np.abs(W), axis=1)
@@ -120,6 +124,10 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         b = -float(w @ x)
         prec = max(r0.precision, r1.precision)
         err = np.sqrt(2.0 * line.dim) * prec / norm
+        if rr > max(RANK_FLOOR, RANK_FACTOR * err):
+            # a rank-two jump: two kinks merged into one; neither neuron is taken from it
+            # (later lines cross the two hyperplanes apart)
+            continue
         rows.append((w, b, a, err, rr, tk))
     d = line.dim
     if not rows:
