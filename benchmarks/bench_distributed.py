@@ -3,8 +3,11 @@ a very wide network.
 
 (a) latency-bound: ``distextract serve`` in its own process with 50 ms latency, 64-row batch
     limit, no rate limit; network d=64, k=512, m=10; wall time and rows/s with 1, 2, 4, 8 Ray
-    workers (each keeping ``--in-flight`` requests in flight) and the scaling ratio
-    ``(rows/s with n) / (n · rows/s with 1)``.
+    workers (each keeping ``--in-flight`` requests in flight and running as many tasks at once,
+    up to 8) and the scaling ratio ``(rows/s with n) / (n · rows/s with 1)``. A first line
+    measures this machine's ceiling: one client with 64 requests in flight against the same
+    server, no extraction (JSON encoding and the server's Python cost per request, not the
+    50 ms latency, bound it on a small machine).
 (b) rate-limited: 20 ms latency, 100 requests/s, 64-row batches, d=128, k=1024, m=10, 8 workers
     sharing one leased limit: rows/s against the limit (100 × 64 rows/s), share of 429s, and
     queries against the single-process engine's count on the same network and seed.
@@ -21,20 +24,26 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# One BLAS thread per process (driver, server, workers): on a small machine OpenBLAS's spinning
+# threads in a dozen processes slow a 64-row matrix product from 0.2 ms to 16 ms.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
 import resource
 import sys
 import tempfile
 import time
 import tracemalloc
 
-import ray
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
 
-import distextract as dx
-from distextract._extract import extract
-from distextract._http import HTTPOracle
-from distextract.serve import launch_server_process
+import distextract as dx  # noqa: E402
+from distextract._extract import extract  # noqa: E402
+from distextract._http import HTTPOracle  # noqa: E402
+from distextract.serve import launch_server_process  # noqa: E402
 
 
 def address(args: argparse.Namespace) -> str:
@@ -62,6 +71,18 @@ def bench_latency(args: argparse.Namespace, tmp: str) -> None:
     d, k = (32, 64) if args.quick else (64, 512)
     sweep = [1, 2, 4] if args.quick else [1, 2, 4, 8]
     net, path = save_net(d, k, 10, 0, tmp)
+    with launch_server_process(path, latency_ms=50, max_batch=64) as server:
+        http = HTTPOracle(server.url, d, max_batch=64, max_in_flight=64, seed=0)
+        X = np.random.default_rng(0).standard_normal((64 * 64, d))
+        http.query(X[:64])
+        t0 = time.perf_counter()
+        for _ in range(3):
+            http.query(X)
+        ceiling = 3 * X.shape[0] / (time.perf_counter() - t0)
+        http.close()
+    print(f"\nceiling of this machine (one client, 64 requests in flight, no extraction): "
+          f"{ceiling:,.0f} rows/s = {ceiling / 64:.0f} requests/s "
+          f"(50 ms latency alone would allow {64 * 64 / 0.05:,.0f} rows/s)")
     rows = []
     base = None
     for n in sweep:
@@ -77,12 +98,13 @@ def bench_latency(args: argparse.Namespace, tmp: str) -> None:
         rps = res.queries / run_s
         base = base or rps
         fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
-        rows.append([n, f"{run_s:.1f}", f"{wall:.1f}", res.queries, served["requests"],
-                     f"{rps:,.0f}", f"{rps / (n * base):.2f}", f"{fid.rel_l2:.1e}"])
+        rows.append([n, dist["tasks_per_worker"], f"{run_s:.1f}", f"{wall:.1f}", res.queries,
+                     served["requests"], f"{rps:,.0f}", f"{rps / (n * base):.2f}",
+                     f"{100 * rps / ceiling:.0f}", f"{fid.rel_l2:.1e}"])
     table(f"(a) latency-bound: serve 50 ms, 64-row batches, no rate limit, d={d} k={k} m=10, "
           f"{args.in_flight} requests in flight per worker",
-          ["workers", "run_s", "wall_s(+ray)", "queries", "requests", "rows/s",
-           "scaling", "rel_L2"], rows)
+          ["workers", "tasks/worker", "run_s", "wall_s(+ray)", "queries", "requests", "rows/s",
+           "scaling", "% of ceiling", "rel_L2"], rows)
 
 
 def bench_rate(args: argparse.Namespace, tmp: str) -> None:

@@ -14,7 +14,11 @@ Actors::
                   └── progress poller (stats of ledger, limiter and workers) ──► ProgressDisplay
 
 - **Workers** are plain classes made remote at construction
-  (``ray.remote(_Worker).options(max_restarts=..., max_task_retries=...)``). A worker killed
+  (``ray.remote(_Worker).options(max_restarts=..., max_task_retries=..., max_concurrency=...)``).
+  Each is a threaded actor running ``tasks_per_worker`` tasks at once (a task is a sequence of
+  dependent round trips, so one task per worker leaves the oracle's latency idle); the
+  coordinator cuts its work into about ``workers × tasks_per_worker`` tasks. The rows asked do
+  not depend on either number. A worker killed
   mid-task is restarted by Ray and its task retried by Ray; with a journal directory (one
   :class:`~distextract._journal.JournaledOracle` segment per worker and attempt) the rows the
   dead attempt was answered are served from the journal, not paid again.
@@ -1001,7 +1005,8 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
     n_val : int
         Validation points.
     **executor_options
-        Passed to :class:`RayExecutor` (``placement``, ``rate``, ``journal_dir``, ...).
+        Passed to :class:`RayExecutor` (``tasks_per_worker``, ``placement``, ``rate``,
+        ``journal_dir``, ...).
 
     Returns
     -------
