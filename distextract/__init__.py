@@ -13,13 +13,20 @@ from ._errors import (
     OracleValueError,
     TargetMismatch,
 )
+from ._extract import ExtractionResult, extract
 from ._http import HTTPOracle
 from ._journal import JournaledOracle, prepare_run_dir
-from ._extract import ExtractionResult, extract
 from ._model import ReluNetwork
-from .engine._config import ExtractConfig
-from ._oracle import CallableOracle, SoftmaxLogitOracle, CountingOracle, NetworkOracle, Oracle, as_oracle
+from ._oracle import (
+    CallableOracle,
+    CountingOracle,
+    NetworkOracle,
+    Oracle,
+    SoftmaxLogitOracle,
+    as_oracle,
+)
 from ._ratelimit import RateLimiter, TokenBucket
+from .engine._config import ExtractConfig
 from .fidelity import FidelityReport, evaluate_fidelity
 
 __version__ = "0.1.0"

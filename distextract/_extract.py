@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from ._model import ReluNetwork
 from ._oracle import CountingOracle, SoftmaxLogitOracle, as_oracle
 from ._validation import check_positive_int
 from .engine._config import ExtractConfig
-from .engine.loop import PROBE_LINES, PROBE_POINTS, Coordinator, EngineResult
+from .engine.loop import PROBE_LINES, PROBE_POINTS, Coordinator
 from .engine.tasks import LocalExecutor
 
 logger = logging.getLogger(__name__)

@@ -126,7 +126,7 @@ class ReluNetwork:
         E = np.exp(Z)
         return E / E.sum(axis=1, keepdims=True)
 
-    def with_metadata(self, **items: Any) -> "ReluNetwork":
+    def with_metadata(self, **items: Any) -> ReluNetwork:
         """A copy with extra metadata entries."""
         meta = dict(self.metadata)
         meta.update(items)
@@ -162,7 +162,7 @@ class ReluNetwork:
         return pa.Table.from_arrays([w_col, pa.array(self.b, pa.float64()), a_col], schema=schema)
 
     @classmethod
-    def from_arrow(cls, table) -> "ReluNetwork":
+    def from_arrow(cls, table) -> ReluNetwork:
         """Inverse of :meth:`to_arrow`."""
         raw = (table.schema.metadata or {}).get(b"distextract")
         if raw is None:
@@ -182,7 +182,7 @@ class ReluNetwork:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an Arrow IPC file (Feather v2, uncompressed) to ``path`` atomically."""
-        import pyarrow.feather as feather
+        from pyarrow import feather
 
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
@@ -190,9 +190,9 @@ class ReluNetwork:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ReluNetwork":
+    def load(cls, path: str | os.PathLike) -> ReluNetwork:
         """Read a network written by :meth:`save`."""
-        import pyarrow.feather as feather
+        from pyarrow import feather
 
         path = os.fspath(path)
         if not os.path.exists(path):

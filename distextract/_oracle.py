@@ -10,7 +10,8 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -73,10 +74,10 @@ class Oracle(abc.ABC):
         return {"type": type(self).__name__, "input_dim": self.input_dim,
                 "output_dim": self.output_dim}
 
-    def __enter__(self) -> "Oracle":
+    def __enter__(self) -> Oracle:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -296,11 +297,11 @@ class CountingOracle(Oracle):
 
 __all__ = [
     "CallableOracle",
-    "SoftmaxLogitOracle",
     "CountingOracle",
     "NetworkOracle",
     "Oracle",
     "OracleError",
+    "SoftmaxLogitOracle",
     "as_oracle",
     "output_transform",
 ]

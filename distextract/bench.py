@@ -39,8 +39,8 @@ import fnmatch
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import click
 import numpy as np

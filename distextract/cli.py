@@ -370,7 +370,8 @@ def export(model_path: str, fmt: str, out_path: str | None, verify_points: int) 
     """Export the model in MODEL_PATH to ONNX, PyTorch or NumPy, then check the exported file
     against the Arrow model on random inputs and print the largest difference."""
     from ._model import ReluNetwork
-    from .export import VERIFY_RTOL, default_path, export as do_export, verify_export
+    from .export import VERIFY_RTOL, default_path, verify_export
+    from .export import export as do_export
 
     model = ReluNetwork.load(model_path)
     path = do_export(model, fmt, out_path or default_path(model_path, fmt))

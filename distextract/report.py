@@ -56,7 +56,7 @@ def _read_json(path: str) -> dict | None:
 def _read_table(path: str) -> Any:
     if not os.path.exists(path):
         return None
-    import pyarrow.feather as feather
+    from pyarrow import feather
 
     try:
         return feather.read_table(path)
@@ -85,7 +85,7 @@ class RunData:
             raise ConfigError(f"run directory not found: {run_dir} (give the --out directory "
                               f"of 'distextract extract' or 'distextract demo')")
         self.run_dir = run_dir
-        path = lambda name: os.path.join(run_dir, name)  # noqa: E731
+        path = lambda name: os.path.join(run_dir, name)
         self.report = _read_json(path("report.json"))
         rep = self.report or {}
         self.extraction: dict = rep.get("extraction", rep) if isinstance(rep, dict) else {}

@@ -10,7 +10,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("jsonschema")
-from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER = pathlib.Path(__file__).resolve().parent.parent / "cluster"
 LAUNCHERS = ["aws.yaml", "gcp.yaml"]

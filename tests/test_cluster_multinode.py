@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster
 
-import distextract as dx  # noqa: E402
-from distextract._extract import extract  # noqa: E402
-from distextract.distributed import RayExecutor  # noqa: E402
-from distextract.engine.tasks import EvalTask  # noqa: E402
+import distextract as dx
+from distextract._extract import extract
+from distextract.distributed import RayExecutor
+from distextract.engine.tasks import EvalTask
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def test_zero_neuron_network_round_trips(tmp_path):
 def test_file_is_readable_by_pyarrow_and_pandas(tmp_path):
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.feather as feather
+    from pyarrow import feather
 
     net = _awkward()
     path = tmp_path / "model.arrow"
@@ -134,7 +134,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(dx.ConfigError, match="cannot read model file .*junk.arrow"):
         dx.ReluNetwork.load(junk)
     import pyarrow as pa
-    import pyarrow.feather as feather
+    from pyarrow import feather
 
     plain = tmp_path / "plain.arrow"
     feather.write_feather(pa.table({"x": [1.0]}), str(plain))

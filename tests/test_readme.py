@@ -9,7 +9,7 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
     assert blocks, "README.md has no ```python block"
     monkeypatch.chdir(tmp_path)  # the example saves model.arrow in the working directory
     exec(compile(blocks[0], str(README), "exec"), {"__name__": "readme_example"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.feather as feather
 import pytest
+from pyarrow import feather
 
 import distextract as dx
 from distextract._errors import ConfigError
