@@ -592,8 +592,10 @@ class RayExecutor:
     tasks_per_worker : int, optional
         Tasks each worker runs at once (threads of its default concurrency group), so a worker
         keeps several sequences of dependent round trips in flight. Default: an HTTP oracle's
-        ``max_in_flight`` capped at :data:`MAX_TASKS_PER_WORKER`; 1 for other oracles (a
-        user's callable need not be thread-safe). The coordinator cuts its work into about
+        ``max_in_flight`` capped at :data:`MAX_TASKS_PER_WORKER`; 1 under a requests/s limit
+        (``rate``: requests are the scarce resource there, and fewer, larger tasks fill them
+        better — measured in BENCHMARKS.md) and for other oracles (a user's callable need not
+        be thread-safe). The coordinator cuts its work into about
         ``workers × tasks_per_worker`` tasks (its ``parallelism``).
     actor_options : dict, optional
         Extra ``.options(...)`` for the worker actors (``resources``, ``runtime_env``, ...).
@@ -627,13 +629,13 @@ class RayExecutor:
             if rate is None and rows_rate is None:
                 rate, rows_rate = spec.rate, spec.rows_rate
         self.spec = spec
+        self.rate, self.rows_rate = rate, rows_rate
         if tasks_per_worker is None:
             tasks_per_worker = 1
-            if isinstance(spec, HTTPOracleSpec):
+            if isinstance(spec, HTTPOracleSpec) and rate is None:
                 in_flight = int(spec.settings.get("max_in_flight") or 1)
                 tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
         self.tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
-        self.rate, self.rows_rate = rate, rows_rate
         self.max_batch = getattr(oracle, "max_batch", None)
         self.budget = budget
         self._ledger = ray.remote(_Ledger).options(num_cpus=0, max_restarts=0).remote(

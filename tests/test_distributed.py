@@ -105,6 +105,23 @@ def test_concurrent_tasks_per_worker_ask_the_same_rows(ray_local, net, reference
     assert X.shape[0] == queries
 
 
+def test_tasks_per_worker_default_follows_the_http_client(ray_local):
+    """max_in_flight (up to 8) tasks per worker against a latency-bound API; one task per worker
+    under a requests/s limit (fewer, fuller requests); 1 for other oracles."""
+    from distextract._http import HTTPOracle
+
+    for kwargs, expected in (({"max_in_flight": 5}, 5), ({"max_in_flight": 32}, 8),
+                             ({"max_in_flight": 8, "rate": 50.0}, 1)):
+        http = HTTPOracle("http://127.0.0.1:9/", 4, **kwargs)  # never queried
+        try:
+            with RayExecutor(http, 1) as ex:
+                assert ex.tasks_per_worker == expected, kwargs
+        finally:
+            http.close()
+    with RayExecutor(dx.NetworkOracle(dx.targets.random_network(4, 3, 1, seed=0)), 1) as ex:
+        assert ex.tasks_per_worker == 1
+
+
 def test_budget_is_global_across_workers(ray_local, net):
     budget = 500
     res = extract(net, seed=3, workers=2, budget=budget)
