@@ -30,20 +30,20 @@ import os
 # threads in a dozen processes slow a 64-row matrix product from 0.2 ms to 16 ms.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
+import argparse
 import resource
 import sys
 import tempfile
 import time
 import tracemalloc
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
+import numpy as np
+import ray
 
-import distextract as dx  # noqa: E402
-from distextract._extract import extract  # noqa: E402
-from distextract._http import HTTPOracle  # noqa: E402
-from distextract.serve import launch_server_process  # noqa: E402
+import distextract as dx
+from distextract._extract import extract
+from distextract._http import HTTPOracle
+from distextract.serve import launch_server_process
 
 
 def address(args: argparse.Namespace) -> str:
