@@ -110,9 +110,6 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         raise ConfigError(f"output must be 'logits' or 'softmax', got {output!r}")
     orc = as_oracle(oracle, input_dim)
     if output == "softmax":
-        if address is not None or (workers is not None and workers > 1):
-            raise ConfigError("output='softmax' runs in-process for now: use workers=1 and no "
-                              "address (Ray workers receive the raw oracle)")
         orc = SoftmaxLogitOracle(orc)
         if "line_reach" not in options and config is None:
             cfg = cfg.updated(line_reach=SOFTMAX_LINE_REACH)

@@ -128,6 +128,14 @@ class PickledOracleSpec:
         return self.oracle
 
 
+@dataclass(frozen=True)
+class SoftmaxSpec:
+    """An oracle answering probabilities: workers build ``inner``, journal its raw answers,
+    and turn them into centred log-probabilities (:class:`~distextract.SoftmaxLogitOracle`)."""
+
+    inner: Any
+
+
 def oracle_spec(oracle: Oracle) -> tuple[Any, str | None]:
     """How ``oracle`` travels to the workers.
 
@@ -149,7 +157,11 @@ def oracle_spec(oracle: Oracle) -> tuple[Any, str | None]:
     """
     from ._http import HTTPOracle
     from ._journal import JournaledOracle
+    from ._oracle import SoftmaxLogitOracle
 
+    if isinstance(oracle, SoftmaxLogitOracle):
+        inner, journal = oracle_spec(oracle.inner)
+        return SoftmaxSpec(inner), journal
     journal = None
     if isinstance(oracle, JournaledOracle):
         journal, oracle = oracle.journal_dir, oracle.inner
@@ -460,6 +472,9 @@ class _Worker:
         from .engine.tasks import run_task
 
         spec = ray.get(spec_ref[0])
+        softmax = isinstance(spec, SoftmaxSpec)
+        if softmax:
+            spec = spec.inner
 
         self._run_task = run_task
         self.index = index
@@ -477,6 +492,10 @@ class _Worker:
 
             self.journal = JournaledOracle(self.metered, journal_dir, f"w{index}")
             self.oracle = self.journal
+        if softmax:
+            from ._oracle import SoftmaxLogitOracle
+
+            self.oracle = SoftmaxLogitOracle(self.oracle)
         self.tasks = 0
         self.running = 0
         self.busy_since: float | None = None
@@ -623,16 +642,19 @@ class RayExecutor:
                               f"got {placement!r}")
         spec, journal = oracle_spec(oracle)
         self.journal_dir = journal_dir if journal_dir is not None else journal
+        outer = spec
+        if isinstance(spec, SoftmaxSpec):
+            spec = spec.inner
         if isinstance(spec, HTTPOracleSpec):
             budget = budget if budget is not None else spec.budget
             spec = replace(spec, budget=None)
             if rate is None and rows_rate is None:
                 rate, rows_rate = spec.rate, spec.rows_rate
-        self.spec = spec
+        self.spec = SoftmaxSpec(spec) if isinstance(outer, SoftmaxSpec) else spec
         self.rate, self.rows_rate = rate, rows_rate
         if tasks_per_worker is None:
             tasks_per_worker = 1
-            if isinstance(spec, HTTPOracleSpec) and rate is None:
+            if isinstance(spec, HTTPOracleSpec) and rate is None:  # spec: the unwrapped one
                 in_flight = int(spec.settings.get("max_in_flight") or 1)
                 tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
         self.tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
@@ -660,7 +682,7 @@ class RayExecutor:
         cls = ray.remote(concurrency_groups={STATS_GROUP: 1})(_Worker)
         # The spec travels as a nested reference that this executor keeps alive, so a restarted
         # worker can always fetch it again (constructor arguments are kept for restarts).
-        self._spec_ref = ray.put(spec)
+        self._spec_ref = ray.put(self.spec)
         self.actors = []
         for i in range(self.workers):
             opts = dict(options)

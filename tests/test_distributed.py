@@ -320,3 +320,16 @@ def test_cli_extract_with_workers(ray_local, net, tmp_path):
     assert dist["rows_paid"] == served["rows_served"]
     names = {p.name for p in (tmp_path / "run" / "journal").iterdir()}
     assert {"w0.0001.arrows", "w1.0001.arrows"} <= names
+
+
+def test_softmax_answers_on_workers_match_in_process(ray_local):
+    from distextract._oracle import NetworkOracle
+
+    net = dx.targets.random_network(8, 12, 3, seed=4)
+    oracle = NetworkOracle(net, output="softmax")
+    local = dx.extract(oracle, seed=2, output="softmax")
+    dist = dx.extract(oracle, seed=2, output="softmax", workers=2)
+    assert dist.queries == local.queries
+    X = np.random.default_rng(0).standard_normal((2000, 8))
+    P = oracle.query(X)
+    assert np.max(np.abs(dist.model.predict_proba(X) - P)) <= 1e-6
