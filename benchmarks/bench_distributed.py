@@ -114,7 +114,7 @@ def bench_rate(args: argparse.Namespace, tmp: str) -> None:
     net, path = save_net(d, k, 10, 0, tmp)
     single = extract(net, seed=0)
     with launch_server_process(path, latency_ms=20, max_batch=batch, rate=rate) as server:
-        http = HTTPOracle(server.url, d, max_batch=batch, rate=rate,
+        http = HTTPOracle(server.url, d, max_batch=batch, rate=rate * args.client_rate,
                           max_in_flight=args.in_flight, seed=0)
         res = extract(http, d, seed=0, workers=workers, address=address(args))
         http.close()
@@ -127,7 +127,7 @@ def bench_rate(args: argparse.Namespace, tmp: str) -> None:
     rows_per_req = res.queries / max(1, requests - n429)
     fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
     table(f"(b) rate-limited: serve 20 ms, {rate} req/s, {batch}-row batches, d={d} k={k} m=10, "
-          f"{workers} workers, one leased limit",
+          f"{workers} workers, one leased limit at {args.client_rate:g} x the server's",
           ["run_s", "queries", "single_proc", "ratio", "rows/s", "% of rows limit",
            "req/s", "% of req limit", "rows/req", "429s", "% 429", "rel_L2"],
           [[f"{run_s:.1f}", res.queries, single.queries, f"{res.queries / single.queries:.3f}",
@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8,
                         help="HTTP requests in flight per worker")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    parser.add_argument("--client-rate", type=float, default=1.0,
+                        help="(b): the client's requests/s limit as a fraction of the server's "
+                             "(each 429 pauses every worker for the server's Retry-After)")
     args = parser.parse_args()
     print("command: python " + " ".join(sys.argv))
     print(f"machine: {os.cpu_count()} CPUs, ray {ray.__version__}")
