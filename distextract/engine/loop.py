@@ -235,17 +235,13 @@ class Coordinator:
         self.Yv = self._eval(self.Xv)
 
     # ------------------------------------------------------------------ search
-    def _search(self, line: Line, segments: list, model: ReluNetwork | None,
-                noise: float) -> LineScan:
+    def _search(self, line: Line, segments: list, noise: float) -> LineScan:
         cfg, st = self.cfg, self.st
-        # A residual has few kinks: long slope steps make its slopes precise.
         params = self._search_params(noise)
         ends = np.unique(segment_end_points(segments, cfg.slope_step))
         X = line.points(ends)
         Y = self._eval(X)
         sc = output_scale(Y, st.fref)
-        if model is not None:
-            Y = Y - model.predict(X)
         known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ends)}
         per_task = max(1, int(np.ceil(len(segments) / (4 * self.parallelism))))
         if self.parallelism == 1:
@@ -256,7 +252,7 @@ class Coordinator:
             for a, b in group:
                 for t in segment_end_points([(a, b)], cfg.slope_step):
                     kn[float(t)] = known[float(t)]
-            tasks.append(SearchTask(line, group, params, st.fref, model, kn))
+            tasks.append(SearchTask(line, group, params, st.fref, known=kn))
         results = [r for batch in self.ex.map(tasks) for r in batch]
         extra = [(ends, Y, sc)]
         scan = merge_segments(results, extra)
@@ -280,8 +276,8 @@ class Coordinator:
         task = GuidedTask(line, predicted, params, st.fref)
         return merge_segments(self.ex.map([task])[0])
 
-    def _measure(self, line: Line, scan: LineScan, model: ReluNetwork | None, noise: float,
-                 extra_kinks: np.ndarray | None, only: set | None = None):
+    def _measure(self, line: Line, scan: LineScan, noise: float,
+                 only: set | None = None) -> list:
         cfg, st = self.cfg, self.st
         # centres and baselines for the regions to measure
         want = missing_points(scan, line.reach, regions=only)
@@ -289,17 +285,15 @@ class Coordinator:
             Xw = line.points(want)
             Yw = self._eval(Xw)
             scw = output_scale(Yw, st.fref)
-            if model is not None:
-                Yw = Yw - model.predict(Xw)
             scan = add_points(scan, want, Yw, scw)
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
-                           cfg.stencil_crossing_rate, extra_kinks)
+                           cfg.stencil_crossing_rate)
         if only is not None:
             plans = [p for p in plans if p.region in only]
         # enough tasks for every concurrent slot, at most regions_per_task regions each
         per_task = max(1, min(cfg.regions_per_task, -(-len(plans) // self.parallelism)))
         tasks = [JacobianTask(line, group, noise, cfg.check_factor, cfg.stencil_checks,
-                              self.st.fref, model) for group in _chunks(plans, per_task)]
+                              self.st.fref) for group in _chunks(plans, per_task)]
         regions = [r for batch in self.ex.map(tasks) for r in batch]
         return regions
 
@@ -313,7 +307,7 @@ class Coordinator:
             regions_repaired=sum(r.status == "repaired" for r in regions),
             queries=self.ex.queries - q0))
 
-    def _keep_solve_rows(self, regions: list, model: ReluNetwork | None) -> None:
+    def _keep_solve_rows(self, regions: list) -> None:
         """Keep paid rows for the output solve: every row while a line's regions hold fewer
         than SOLVE_ROW_BUDGET, else a seeded random sample per region (at least
         SOLVE_ROWS_PER_REGION), so a wide network's coordinator does not hold every stencil
@@ -332,7 +326,7 @@ class Coordinator:
             else:
                 idx = np.sort(rng.choice(n, size=per, replace=False))
             X = r.X[idx]
-            Y = r.Y[idx] if model is None else r.Y[idx] + model.predict(X)
+            Y = r.Y[idx]
             self.st.solve_X.append(X)
             self.st.solve_Y.append(Y)
 
@@ -391,10 +385,10 @@ class Coordinator:
         q0 = self.ex.queries
         reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
         line = make_line(0, st.d, self.seed_seq, cfg.input_scale, reach)
-        scan = self._search(line, line.segments(cfg.line_segments), None, st.noise)
+        scan = self._search(line, line.segments(cfg.line_segments), st.noise)
         self._emit("search", line=0, kinks=int(scan.kinks.size))
-        regions = self._measure(line, scan, None, st.noise, None)
-        self._keep_solve_rows(regions, None)
+        regions = self._measure(line, scan, st.noise)
+        self._keep_solve_rows(regions)
         self._keep_jacobians(line, regions)
         ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach))
         st.neurons = dedup(ns, cfg.dedup_factor)
@@ -455,8 +449,8 @@ class Coordinator:
             wanted = set()
             for j in list(unexplained) + list(refine):
                 wanted.update((int(j), int(j) + 1))
-            regions = self._measure(line, scan, None, st.noise, None, wanted)
-            self._keep_solve_rows(regions, None)
+            regions = self._measure(line, scan, st.noise, wanted)
+            self._keep_solve_rows(regions)
             self._keep_jacobians(line, regions)
             found = jumps_to_neurons(line, regions, edges)
             if refine and found.size and scan.kinks.size:
