@@ -49,6 +49,7 @@ from ._errors import (
 from ._oracle import Oracle
 from ._ratelimit import RateLimiter, TokenBucket
 from ._validation import check_positive_int
+from ._wire import dumps_rows, loads
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +382,7 @@ class HTTPOracle(Oracle):
     def _send(self, X: np.ndarray) -> np.ndarray:
         """One batch, with retries; splits on 413. Runs in a pool thread."""
         n = X.shape[0]
-        body = json.dumps({self.input_field: X.tolist()}, allow_nan=False).encode()
+        body = dumps_rows(self.input_field, X)
         transient = limited = 0
         while True:
             try:
@@ -512,7 +513,7 @@ class HTTPOracle(Oracle):
         """Decode and check a 2xx answer for ``n`` rows."""
         where = redact_url(self.url)
         try:
-            body = json.loads(resp.content)
+            body = loads(resp.content)
         except ValueError:
             kind = resp.headers.get("content-type", "no content-type")
             snippet = " ".join(resp.text.split())[:120]

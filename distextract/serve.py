@@ -20,7 +20,7 @@ thread each and no CPU.
 
 from __future__ import annotations
 
-import json
+import collections
 import logging
 import math
 import os
@@ -40,9 +40,12 @@ import numpy as np
 from ._errors import ConfigError
 from ._model import ReluNetwork
 from ._oracle import output_transform
+from ._wire import dumps, dumps_rows, loads
 
 logger = logging.getLogger(__name__)
 
+#: Seconds of history kept in the ``per_second`` counters of ``GET /stats``.
+TIMELINE_SECONDS = 3600
 #: Answers the server can be told to corrupt (rehearsing misbehaving APIs).
 CORRUPT_KINDS = ("html", "shape", "nan")
 
@@ -157,6 +160,8 @@ class _State:
         self.requests = 0
         self.dropped = 0
         self.statuses: Counter = Counter()
+        self.batch_rows: Counter = Counter()
+        self.seconds: collections.deque = collections.deque(maxlen=TIMELINE_SECONDS)
         self.started = time.monotonic()
 
     def draw(self) -> tuple[float, float]:
@@ -167,11 +172,22 @@ class _State:
         with self.lock:
             self.statuses[str(status)] += 1
             self.rows_served += rows
+            if rows:
+                self.batch_rows[rows] += 1
+            second = int(time.monotonic() - self.started)
+            if not self.seconds or self.seconds[-1][0] != second:
+                self.seconds.append([second, 0, 0, 0])
+            entry = self.seconds[-1]
+            entry[1] += 1
+            entry[2] += rows
+            entry[3] += str(status) == "429"
 
     def stats(self) -> dict:
         with self.lock:
             return {"rows_served": self.rows_served, "requests": self.requests,
                     "dropped": self.dropped, "statuses": dict(sorted(self.statuses.items())),
+                    "batch_rows": {str(k): v for k, v in sorted(self.batch_rows.items())},
+                    "per_second": [list(e) for e in self.seconds],
                     "uptime_s": time.monotonic() - self.started,
                     "input_dim": self.network.input_dim, "output_dim": self.network.output_dim}
 
@@ -188,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
     def _send_json(self, status: int, payload: Any, headers: dict | None = None) -> None:
-        data = json.dumps(payload).encode()
+        data = dumps(payload)
         self._send_bytes(status, data, "application/json", headers)
 
     def _send_bytes(self, status: int, data: bytes, ctype: str,
@@ -204,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/stats":
-            data = json.dumps(self.state.stats()).encode()
+            data = dumps(self.state.stats())
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -230,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
                                 {"Retry-After": str(max(1, math.ceil(wait_s)))})
                 return
         try:
-            body = json.loads(raw)
+            body = loads(raw)
             X = np.asarray(body["inputs"], dtype=np.float64)
         except (ValueError, KeyError, TypeError) as exc:
             self._send_json(400, {"error": f"body must be JSON {{\"inputs\": [[...], ...]}}: "
@@ -271,8 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif cfg.corrupt == "nan":
             Y = Y.copy()
             Y[0, 0] = np.nan
-        self._send_bytes(200, json.dumps({"outputs": Y.tolist()}).encode(), "application/json",
-                         rows=n)
+        self._send_bytes(200, dumps_rows("outputs", Y), "application/json", rows=n)
 
 
 class _Server(ThreadingHTTPServer):
@@ -299,7 +314,9 @@ class ServerHandle:
     _state: _State
 
     def stats(self) -> dict:
-        """Counters: rows_served, requests, dropped, statuses (by code)."""
+        """Counters: rows_served, requests, dropped, statuses (by code), batch_rows (answered
+        requests by their number of rows), per_second (``[second, responses, rows, 429s]``
+        for each second since the start)."""
         return self._state.stats()
 
     def stop(self) -> None:
