@@ -68,6 +68,11 @@ class ExtractConfig:
     dedup_factor : float
         Two neurons merge when their hyperplanes agree within ``dedup_factor ×`` their
         estimated errors.
+    polish_query_factor : float
+        With imprecise answers (float32, rounded decimals), hyperplanes are polished from kink
+        positions on further lines (about ``2·n`` queries a line for ``n`` neurons) until the
+        run has spent ``polish_query_factor × n·(d+1)`` queries in all, or the validation
+        error stops improving.
     """
 
     on_mismatch: str = "raise"
@@ -89,10 +94,12 @@ class ExtractConfig:
     solve_max_unknowns: int = 3000
     refine_factor: float = float("inf")
     dedup_factor: float = 30.0
+    polish_query_factor: float = 2.9
 
     def __post_init__(self) -> None:
         positive = ("input_scale", "line_reach", "slope_step", "check_step", "check_factor",
-                    "min_width", "stencil_crossing_rate", "dedup_factor", "refine_factor")
+                    "min_width", "stencil_crossing_rate", "dedup_factor", "refine_factor",
+                    "polish_query_factor")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"config.{name} must be > 0, got {getattr(self, name)!r}")

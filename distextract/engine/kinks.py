@@ -23,6 +23,8 @@ import numpy as np
 Evaluator = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 MAX_DEPTH = 400
+PRED_SIGMAS = 8.0  # a predicted kink is accepted this many prediction errors away
+SIGNATURE_RTOL = 0.25  # ... when its slope change agrees with the prediction this well
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class SearchParams:
     check_step : float
         A candidate kink ``t*`` is confirmed by ``f(t* ∓ η)`` lying on the left / right line,
         ``η = check_step × width``.
+    anchor_step : float or None
+        The guided search's anchor pair in a gap sits at the gap's middle and
+        ``anchor_step × gap`` beyond it (None: ``slope_step``). Imprecise answers need a
+        long anchor pair for a precise slope.
     """
 
     noise: float
@@ -49,6 +55,7 @@ class SearchParams:
     slope_step: float
     min_width: float
     check_step: float = 1e-3
+    anchor_step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -288,7 +295,8 @@ def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
 
 
 def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
-                  params: SearchParams) -> SegmentResult:
+                  params: SearchParams, pred_tol: np.ndarray | None = None,
+                  pred_jump: np.ndarray | None = None) -> SegmentResult:
     """Kink search on a line where known hyperplanes predict most kinks.
 
     One anchor (a point and a slope point) sits in every gap between consecutive predicted
@@ -304,11 +312,19 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
         Predicted kink positions inside ``(-reach, reach)``, sorted.
     reach : float
     params : SearchParams
+    pred_tol : ndarray of shape (K,), optional
+        Uncertainty of each predicted position (imprecise hyperplanes), added to the
+        acceptance window.
+    pred_jump : ndarray of shape (K, m), optional
+        Predicted slope change (right minus left) at each kink; when given, a gap is accepted
+        only if the measured change agrees within ``SIGNATURE_RTOL`` (a second, unknown kink
+        in the gap changes it).
     """
     p = np.asarray(predicted, dtype=np.float64)
     edges = np.concatenate([[-reach], p, [reach]])
     mids = 0.5 * (edges[:-1] + edges[1:])
-    steps = params.slope_step * np.diff(edges)
+    frac = params.slope_step if params.anchor_step is None else params.anchor_step
+    steps = frac * np.diff(edges)
     ts = np.concatenate([mids, mids + steps, [-reach, reach]])
     f, sc = evaluate(ts)
     n = mids.size
@@ -327,7 +343,14 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
             tstar = -float(ds @ c0) / dd
             # position uncertainty: slope errors over the gap, divided by the slope change
             tol = unc / np.sqrt(dd) + params.check_step * gap
-            if abs(tstar - p[i]) <= tol and mids[i] < tstar < mids[i + 1]:
+            if pred_tol is not None:
+                tol += PRED_SIGMAS * pred_tol[i]
+            ok = abs(tstar - p[i]) <= tol and mids[i] < tstar < mids[i + 1]
+            if ok and pred_jump is not None:
+                pj = pred_jump[i]
+                ok = (np.linalg.norm(-ds - pj) <= SIGNATURE_RTOL * np.linalg.norm(pj)
+                      + params.check_factor * (sig[i] + sig[i + 1]))
+            if ok:
                 kinks.append((tstar, True))
                 continue
         bad.append((float(mids[i]), float(mids[i + 1])))

@@ -20,8 +20,9 @@ from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
-from .neurons import EXPLAIN_FACTOR, NeuronSet, dedup, explain_kinks, jumps_to_neurons
-from .regions import LineScan, add_points, make_plans, merge_segments, missing_points, region_edges
+from .neurons import EXPLAIN_FACTOR, MATCH_CEILING, RANK_FACTOR, NeuronSet, dedup, explain_kinks, jumps_to_neurons
+from .polish import HyperplaneEvidence, anchor_points, locate_crossings
+from .regions import LineScan, add_points, kink_jumps, make_plans, merge_segments, missing_points, region_edges
 from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
 from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
 
@@ -42,6 +43,20 @@ NONDETERMINISM_LIMIT = 1e3 * EPS64
 SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
 JACOBIAN_SAMPLES = 2048
+IMPRECISE_NOISE = 1e-10
+IMPRECISE_CHECK_FACTOR = 4.0
+IMPRECISE_ANCHOR_STEP = 0.25
+IMPRECISE_RANK_FACTOR = 1.0
+IMPRECISE_EXPLAIN_FACTOR = 3.0
+IMPRECISE_SOLVE_ROWS = 40
+IMPRECISE_SOLVE_POINTS = 4  # Gaussian points per unknown of the output solve
+IMPRECISE_TARGET_NOISE = 1e3
+JACOBIAN_TARGET_NOISE = 1e5
+POLISH_TARGET_NOISE = 100.0  # polishing stops at this many times the relative noise
+POLISH_STALL = 8  # ... or after this many lines without a 1% better validation error
+POLISH_UNCONFIRMED = 5  # a neuron predicted on this many polish lines but never found goes
+POLISH_OUTLIER = 12.0
+ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
 
 
 @dataclass
@@ -70,6 +85,7 @@ class EngineState:
     noise: float = 4 * EPS64
     fref: float = 1.0
     quantised: bool = False
+    absolute: bool = False
     neurons: NeuronSet | None = None
     model: ReluNetwork | None = None
     val_rel_l2: float = float("inf")
@@ -101,6 +117,26 @@ class EngineResult:
     verdict: str | None = None
 
 
+def is_float32(Y: np.ndarray) -> bool:
+    """Whether every answer is a float32 value (rounded relative to its size)."""
+    return bool(np.all(Y.astype(np.float32).astype(np.float64) == Y))
+
+
+def decimal_quantum(Y: np.ndarray) -> float | None:
+    """``10**-N`` when every answer is a multiple of it (answers rounded to ``N`` decimals,
+    the smallest such ``N``), else None. Float32 answers are not decimal-rounded."""
+    big = float(np.max(np.abs(Y))) if Y.size else 0.0
+    if big == 0.0 or is_float32(Y) and not np.all(Y == np.round(Y, 7)):
+        return None
+    for n in range(0, 16):
+        if big * 10.0 ** n >= 2.0 ** 50:
+            return None
+        Z = Y * 10.0 ** n
+        if np.all(np.abs(Z - np.round(Z)) <= 1e-6):
+            return 10.0 ** -n
+    return None
+
+
 class _PrecisionLimited(Exception):
     """Internal: stop the rounds, the answers are too imprecise to go further."""
 
@@ -125,6 +161,8 @@ class Coordinator:
         self.t_start = time.perf_counter()
         self.Xv = np.zeros((0, d))
         self.Yv = np.zeros((0, 1))
+        self.Xs = np.zeros((0, d))  # Gaussian rows for the output solve (imprecise answers)
+        self.Ys = np.zeros((0, 1))
         self.mismatch_lines = 0
         self.verdict: str | None = None
 
@@ -149,10 +187,41 @@ class Coordinator:
         self.progress(info)
 
     @property
+    def imprecise(self) -> bool:
+        """Answers far coarser than float64 rounding (float32, rounded decimals)."""
+        return self.st.noise > IMPRECISE_NOISE
+
+    @property
+    def check_factor(self) -> float:
+        """Float64 answers carry rounding that grows with intermediate sums the probe does
+        not see, hence the wide default factor; float32 and decimal rounding is bounded by
+        half a unit of the last place, which the probe measures directly."""
+        if self.imprecise:
+            return min(self.cfg.check_factor, IMPRECISE_CHECK_FACTOR)
+        return self.cfg.check_factor
+
+    @property
+    def rank_factor(self) -> float:
+        return IMPRECISE_RANK_FACTOR if self.imprecise else RANK_FACTOR
+
+    @property
+    def match_ceiling(self) -> float:
+        """Two measurements of one hyperplane never differ by more than this (float64: the
+        near-parallel pairs of DESIGN.md §2 stay apart; imprecise answers scatter more)."""
+        return float(max(MATCH_CEILING, min(0.05, 1e5 * self.st.noise)))
+
+    @property
     def target(self) -> float:
         if self.cfg.target_rel_l2 is not None:
             return self.cfg.target_rel_l2
-        return max(1e-7, 1e5 * self.st.noise)
+        # float64: rounding of intermediate sums limits what the Jacobians reach; imprecise
+        # answers are polished from kink positions, which reach about 1e3 × the noise
+        factor = IMPRECISE_TARGET_NOISE if self.imprecise else JACOBIAN_TARGET_NOISE
+        return max(self.target_floor, factor * self.st.noise)
+
+    @property
+    def target_floor(self) -> float:
+        return 1e-7 if self.cfg.target_rel_l2 is None else self.cfg.target_rel_l2
 
     # ------------------------------------------------------------------- probe
     def probe(self) -> None:
@@ -196,14 +265,20 @@ class Coordinator:
         # inside one fine window must not set the precision).
         per_line = np.sort(np.max(d_fine, axis=1))
         noise = max(4 * EPS64, float(per_line[-2] if per_line.size > 1 else per_line[-1]))
-        # Quantised answers (rounded to N decimals) repeat exactly between nearby points;
-        # their precision is the smallest step between distinct answers.
+        # Quantised answers repeat exactly between nearby points. Answers rounded to N
+        # decimals have an absolute error (half a unit of the last decimal) whatever their
+        # size; float32 answers round relative to their size (the fine differences above).
         steps_all = np.abs(np.diff(np.concatenate([fine, coarse], axis=1), axis=1))
-        if np.any(steps_all == 0.0):
+        quantum = decimal_quantum(Y)
+        if quantum is not None:
+            self.st.absolute = True
+            self.st.fref = float(np.median(sc))
+            noise = max(noise, quantum / self.st.fref)
+        elif np.any(steps_all == 0.0) and not is_float32(Y):
             nz = steps_all[steps_all > 0]
             if nz.size:
                 noise = max(noise, float(np.min(nz)) / float(np.median(sc)))
-        self.st.quantised = bool(np.any(steps_all == 0.0))
+        self.st.quantised = bool(np.any(steps_all == 0.0)) or quantum is not None
         rep = float(np.max(np.abs(Y[-1] - Y[0]))) / float(sc[0])
         # Rounded or float32 answers repeat exactly; a random oracle does not.
         if rep > NONDETERMINISM_LIMIT:
@@ -241,7 +316,7 @@ class Coordinator:
         ends = np.unique(segment_end_points(segments, cfg.slope_step))
         X = line.points(ends)
         Y = self._eval(X)
-        sc = output_scale(Y, st.fref)
+        sc = output_scale(Y, st.fref, st.absolute)
         known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ends)}
         per_task = max(1, int(np.ceil(len(segments) / (4 * self.parallelism))))
         if self.parallelism == 1:
@@ -252,7 +327,8 @@ class Coordinator:
             for a, b in group:
                 for t in segment_end_points([(a, b)], cfg.slope_step):
                     kn[float(t)] = known[float(t)]
-            tasks.append(SearchTask(line, group, params, st.fref, known=kn))
+            tasks.append(SearchTask(line, group, params, st.fref, known=kn,
+                                    absolute=st.absolute))
         results = [r for batch in self.ex.map(tasks) for r in batch]
         extra = [(ends, Y, sc)]
         scan = merge_segments(results, extra)
@@ -265,15 +341,18 @@ class Coordinator:
         resolve."""
         cfg = self.cfg
         grow = NOISY_STEP_FACTOR * np.sqrt(noise)
-        return SearchParams(noise=noise, check_factor=cfg.check_factor,
+        return SearchParams(noise=noise, check_factor=self.check_factor,
                             slope_step=float(min(MAX_STEP, max(cfg.slope_step, grow))),
                             min_width=float(max(cfg.min_width, 1e3 * noise)),
-                            check_step=float(min(MAX_STEP, max(cfg.check_step, grow))))
+                            check_step=float(min(MAX_STEP, max(cfg.check_step, grow))),
+                            anchor_step=IMPRECISE_ANCHOR_STEP if self.imprecise else None)
 
-    def _guided(self, line: Line, predicted: np.ndarray) -> LineScan:
+    def _guided(self, line: Line, predicted: np.ndarray, pred_tol: np.ndarray | None = None,
+                pred_jump: np.ndarray | None = None) -> LineScan:
         st = self.st
         params = self._search_params(st.noise)
-        task = GuidedTask(line, predicted, params, st.fref)
+        task = GuidedTask(line, predicted, params, st.fref, absolute=st.absolute,
+                          pred_tol=pred_tol, pred_jump=pred_jump)
         return merge_segments(self.ex.map([task])[0])
 
     def _measure(self, line: Line, scan: LineScan, noise: float,
@@ -284,7 +363,7 @@ class Coordinator:
         if want.size:
             Xw = line.points(want)
             Yw = self._eval(Xw)
-            scw = output_scale(Yw, st.fref)
+            scw = output_scale(Yw, st.fref, st.absolute)
             scan = add_points(scan, want, Yw, scw)
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
                            cfg.stencil_crossing_rate)
@@ -292,8 +371,9 @@ class Coordinator:
             plans = [p for p in plans if p.region in only]
         # enough tasks for every concurrent slot, at most regions_per_task regions each
         per_task = max(1, min(cfg.regions_per_task, -(-len(plans) // self.parallelism)))
-        tasks = [JacobianTask(line, group, noise, cfg.check_factor, cfg.stencil_checks,
-                              self.st.fref) for group in _chunks(plans, per_task)]
+        tasks = [JacobianTask(line, group, noise, self.check_factor, cfg.stencil_checks,
+                              self.st.fref, absolute=self.st.absolute)
+                 for group in _chunks(plans, per_task)]
         regions = [r for batch in self.ex.map(tasks) for r in batch]
         return regions
 
@@ -369,7 +449,13 @@ class Coordinator:
             candidates.append(solve_affine_from_jacobians(
                 ns, np.asarray(st.jac_X), np.asarray(st.jac_F), np.asarray(st.jac_J)))
         if unknowns <= cfg.solve_max_unknowns and X.shape[0] >= 2 * unknowns:
-            candidates.append(solve_full(ns, *sample(8 * unknowns)))
+            # imprecise answers: more rows average the rounding out of the output weights
+            rows = IMPRECISE_SOLVE_ROWS if self.imprecise else 8
+            candidates.append(solve_full(ns, *sample(rows * unknowns)))
+        if self.Xs.shape[0] >= 2 * unknowns and unknowns <= cfg.solve_max_unknowns:
+            # stencil rows cluster around a few hundred line points; Gaussian points spread
+            # the rounding over the measure the model is judged on
+            candidates.append(solve_full(ns, self.Xs, self.Ys))
         best = None
         for cand in candidates:
             err, mx = relative_error(cand, self.Xv, self.Yv)
@@ -390,8 +476,8 @@ class Coordinator:
         regions = self._measure(line, scan, st.noise)
         self._keep_solve_rows(regions)
         self._keep_jacobians(line, regions)
-        ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach))
-        st.neurons = dedup(ns, cfg.dedup_factor)
+        ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach), self.rank_factor)
+        st.neurons = dedup(ns, cfg.dedup_factor, self.match_ceiling)
         self._record_line(line, "first", scan, regions, q0)
         self.assemble()
         st.rounds.append(self._round_info(0, int(scan.kinks.size), st.neurons.size, 0))
@@ -407,14 +493,23 @@ class Coordinator:
         reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
         line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
         ns = st.neurons
+        wv = ns.W @ line.v
         with np.errstate(divide="ignore", invalid="ignore"):
-            tp = -(ns.W @ line.u + ns.b) / (ns.W @ line.v)
-        tp = np.sort(tp[np.isfinite(tp) & (np.abs(tp) < reach * (1 - 1e-9))])
-        tp = tp[np.concatenate([[True], np.diff(tp) > 1e-9 * (1 + np.abs(tp[1:]))])] \
-            if tp.size else tp
-        scan = self._guided(line, tp)
+            tp = -(ns.W @ line.u + ns.b) / wv
+            ptol = ns.err * (np.sqrt(line.u @ line.u + tp ** 2) + 1.0) / np.abs(wv)
+        sel = np.flatnonzero(np.isfinite(tp) & (np.abs(tp) < reach * (1 - 1e-9)))
+        sel = sel[np.argsort(tp[sel])]
+        if sel.size:
+            sel = sel[np.concatenate([[True], np.diff(tp[sel]) > 1e-9 * (1 + np.abs(tp[sel][1:]))])]
+        tp = tp[sel]
+        if self.imprecise:
+            scan = self._guided(line, tp, ptol[sel], ns.a[sel] * np.abs(wv[sel])[:, None])
+        else:
+            scan = self._guided(line, tp)
         self._emit("search", line=index, kinks=int(scan.kinks.size))
-        unexplained, unconfirmed, hits, by, loose = explain_kinks(line, scan.kinks, ns)
+        unexplained, unconfirmed, hits, by, loose = explain_kinks(
+            line, scan.kinks, ns, IMPRECISE_EXPLAIN_FACTOR if self.imprecise else EXPLAIN_FACTOR,
+            wide=self.imprecise, jumps=kink_jumps(scan, reach) if self.imprecise else None)
         # re-measure neurons known less precisely than the rest (or misplaced) where this
         # line crosses them; the better measurement replaces the old one
         limit = cfg.refine_factor * float(np.median(ns.err)) if ns.size else np.inf
@@ -444,6 +539,13 @@ class Coordinator:
         else:
             self.mismatch_lines = 0
         refined = 0
+        # a neuron seen on one line only and missing on this one was a merge artefact;
+        # one confirmed by another line stays (its kink may just be weak or merged here)
+        unconfirmed = unconfirmed[st.neurons.count[unconfirmed] <= 1]
+        keep = np.ones(st.neurons.size, dtype=bool)
+        keep[unconfirmed] = False
+        removed = int(unconfirmed.size)
+        st.removed += removed
         if unexplained.size or refine:
             edges = region_edges(scan, line.reach)
             wanted = set()
@@ -452,7 +554,7 @@ class Coordinator:
             regions = self._measure(line, scan, st.noise, wanted)
             self._keep_solve_rows(regions)
             self._keep_jacobians(line, regions)
-            found = jumps_to_neurons(line, regions, edges)
+            found = jumps_to_neurons(line, regions, edges, self.rank_factor)
             if refine and found.size and scan.kinks.size:
                 at = np.argmin(np.abs(scan.kinks[None, :] - found.t[:, None]), axis=1)
                 W, b, a, err = ns.W.copy(), ns.b.copy(), ns.a.copy(), ns.err.copy()
@@ -467,22 +569,13 @@ class Coordinator:
                         refined += 1
                 ns = NeuronSet(W, b, a, err, ns.rank_residual, ns.line, ns.t, ns.count)
                 found = found.take(np.array(new_rows, dtype=int))
-            before = ns.size
-            merged = dedup(NeuronSet.concat([ns, found]), cfg.dedup_factor)
-            added = merged.size - before
+            ns = ns.take(np.flatnonzero(keep))
+            merged = dedup(NeuronSet.concat([ns, found]), cfg.dedup_factor,
+                           self.match_ceiling)
+            added = merged.size - ns.size
             ns = merged
-        removed = 0
-        # a neuron seen on one line only and missing on this one was a merge artefact;
-        # one confirmed by another line stays (its kink may just be weak or merged here)
-        unconfirmed = unconfirmed[st.neurons.count[unconfirmed] <= 1]
-        if unconfirmed.size:
-            keep = np.ones(st.neurons.size, dtype=bool)
-            keep[unconfirmed] = False
-            removed = int(unconfirmed.size)
-            # indices refer to the neurons before this line's additions (kept first by dedup)
-            ns = ns.take(np.concatenate([np.flatnonzero(keep),
-                                         np.arange(st.neurons.size, ns.size)]))
-            st.removed += removed
+        elif removed:
+            ns = ns.take(np.flatnonzero(keep))
         st.neurons = ns
         if added or removed or refined:
             self.assemble()
@@ -490,6 +583,111 @@ class Coordinator:
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
+
+    # ------------------------------------------------------------------ polish
+    def polish_line(self, index: int, ev: HyperplaneEvidence) -> int:
+        """Locate every predicted crossing of a further line from two anchors per gap and
+        add each located kink to its neuron's constraints. Returns the kinks added."""
+        cfg, st = self.cfg, self.st
+        q0 = self.ex.queries
+        reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
+        line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
+        ns = st.neurons
+        wv = ns.W @ line.v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tm = -(ns.W @ line.u + ns.b) / wv
+            x_norm = np.sqrt(line.u @ line.u + tm ** 2)
+            tol = ns.err * (x_norm + 1.0) / np.abs(wv)
+        inside = np.flatnonzero(np.isfinite(tm) & np.isfinite(tol)
+                                & (np.abs(tm) < reach * (1 - 1e-6)))
+        order = inside[np.argsort(tm[inside])]
+        tp, tolp = tm[order], tol[order]
+        anchors = anchor_points(tp, reach)
+        X = line.points(anchors)
+        Y = self._eval(X)
+        sig = self.st.noise * output_scale(Y, st.fref, st.absolute)
+        found = locate_crossings(tp, order, anchors, Y, sig, ns.W, ns.a, line.v, tolp)
+        ev.predicted[order] += 1
+        ev.add(found, line.u, line.v)
+        st.solve_X.append(X)
+        st.solve_Y.append(Y)
+        scan_kinks = np.sort(np.array([c.t for c in found]))
+        st.lines.append(LineRecord(
+            index=line.index, kind="polish", u=line.u, v=line.v, reach=line.reach,
+            kinks=scan_kinks, resolved=np.ones(scan_kinks.size, dtype=bool),
+            regions_measured=0, regions_failed=0, regions_repaired=0,
+            queries=self.ex.queries - q0))
+        return len(found)
+
+    def refit_hyperplanes(self, ev: HyperplaneEvidence) -> None:
+        """Every neuron with kink constraints gets its posterior hyperplane; a constraint far
+        off its neuron's fit (a kink measured for the wrong neuron) is dropped."""
+        ns = self.st.neurons
+        W, b, err = ns.W.copy(), ns.b.copy(), ns.err.copy()
+        for n in np.flatnonzero(ev.counts()):
+            for _ in range(3):
+                w, bb, e = ev.fit(int(n))
+                r = np.abs(ev.residuals(int(n), w, bb))
+                if r.size <= 2 or r.max() <= POLISH_OUTLIER:
+                    break
+                ev.rows[n].pop(int(np.argmax(r)))
+            W[n], b[n], err[n] = w, bb, e
+        self.st.neurons = NeuronSet(W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)
+
+    def polish(self, index: int) -> int:
+        """Polish lines while the validation error improves (imprecise answers only)."""
+        st, cfg = self.st, self.cfg
+        ns = st.neurons
+        if ns is None or ns.size == 0:
+            return index
+        ev = HyperplaneEvidence.start(ns.W, ns.b, ns.err)
+        unknowns = ns.size + st.d + 1
+        if unknowns <= cfg.solve_max_unknowns:
+            n = IMPRECISE_SOLVE_POINTS * unknowns
+            self.Xs = self._rng(6).standard_normal((n, st.d)) * cfg.input_scale
+            self.Ys = self._eval(self.Xs)
+            self.assemble()
+        best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+        kept = np.zeros(0, dtype=int)  # unconfirmed neurons the model needs
+        stall = 0
+        goal = max(self.target_floor, POLISH_TARGET_NOISE * st.noise)
+        cap = cfg.polish_query_factor * ns.size * (st.d + 1)
+        lines = 0
+        while st.val_rel_l2 > goal and lines < st.d + 1 + POLISH_STALL:
+            cost = 2 * (ns.size + 1)
+            if self.ex.queries + cost > cap:
+                break
+            self.polish_line(index, ev)
+            index += 1
+            lines += 1
+            self.refit_hyperplanes(ev)
+            self.assemble()
+            gone = ev.unconfirmed(POLISH_UNCONFIRMED)
+            gone = gone[~np.isin(gone, kept)] if kept.size else gone
+            if gone.size:
+                # never found on several lines: removed if the model does not get worse
+                before = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+                keep = np.setdiff1d(np.arange(st.neurons.size), gone)
+                st.neurons = st.neurons.take(keep)
+                self.assemble()
+                if st.val_rel_l2 <= 1.01 * before[0]:
+                    ev = ev.take(keep)
+                    kept = np.searchsorted(keep, kept[np.isin(kept, keep)])
+                    st.removed += int(gone.size)
+                else:
+                    st.val_rel_l2, st.model, st.neurons, st.val_max_abs = before
+                    kept = np.union1d(kept, gone)
+            self._emit("polish", line=index - 1)
+            st.rounds.append(self._round_info(index - 1, int(st.lines[-1].kinks.size), 0, 0))
+            if st.val_rel_l2 < 0.99 * best[0]:
+                best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+                stall = 0
+            else:
+                stall += 1
+                if stall >= POLISH_STALL:
+                    break
+        st.val_rel_l2, st.model, st.neurons, st.val_max_abs = best
+        return index
 
     def _replaces(self, found: NeuronSet, f: int, ns: NeuronSet, n: int) -> bool:
         """Whether the new measurement ``found[f]`` should replace neuron ``n``: it must also
@@ -546,6 +744,12 @@ class Coordinator:
                 if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
                     reason = "certified"
                     break
+                # imprecise answers: once lines come back clean at the Jacobians' precision,
+                # kink positions do better than more searched lines
+                if self.imprecise and clean >= cfg.clean_lines and \
+                        st.val_rel_l2 <= JACOBIAN_TARGET_NOISE * st.noise:
+                    reason = "precision_floor"
+                    break
                 # Clean lines but the error stays above target: a neuron may cross every line
                 # so far outside its reach (its normal nearly orthogonal to all directions) —
                 # more lines find it; if they keep finding nothing, the error is a precision
@@ -553,15 +757,24 @@ class Coordinator:
                 if clean >= cfg.clean_lines + cfg.extra_clean_lines:
                     reason = "precision_floor"
                     break
+            if self.imprecise:
+                self.polish(index)
+                reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
         except BudgetExhausted as exc:
             logger.warning("%s; returning the best model so far (not certified)", exc)
             reason = "budget"
             if st.model is None:
                 self.fallback_model()
         except _PrecisionLimited as exc:
-            logger.warning("%s; returning the best model so far (not certified)", exc)
+            logger.warning("%s; polishing the hyperplanes found so far", exc)
             reason = "precision_floor"
-            self.verdict = str(exc)
+            try:
+                self.polish(len(st.lines))
+            except BudgetExhausted as exc2:
+                logger.warning("%s; returning the best model so far (not certified)", exc2)
+                reason = "budget"
+            if st.val_rel_l2 > MISMATCH_ERROR:
+                self.verdict = str(exc)
         except TargetMismatch as exc:
             if cfg.on_mismatch == "raise":
                 raise

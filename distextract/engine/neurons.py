@@ -76,7 +76,7 @@ def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarray,
-                     ) -> NeuronSet:
+                     rank_factor: float = RANK_FACTOR) -> NeuronSet:
     """One neuron per kink whose two neighbouring regions were both measured.
 
     Parameters
@@ -86,6 +86,11 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         Measured regions of ``line`` (any order; failed ones are skipped).
     edges : ndarray of shape (K + 2,)
         Region boundaries ``[-reach, kinks..., reach]``.
+    rank_factor : float
+        A jump whose second singular value exceeds ``rank_factor × err`` of the first is
+        rank two (two merged kinks) and dropped. ``err`` bounds the measurement error; for
+        float64 it is loose (rounding of intermediate sums), for float32 or rounded answers
+        the bound is about ten times the true error, so a factor near one separates them.
     """
     by = {r.region: r for r in regions if r.J is not None}
     rows = []
@@ -124,7 +129,7 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         b = -float(w @ x)
         prec = max(r0.precision, r1.precision)
         err = np.sqrt(2.0 * line.dim) * prec / norm
-        if rr > max(RANK_FLOOR, RANK_FACTOR * err):
+        if rr > max(RANK_FLOOR, rank_factor * err):
             # a rank-two jump: two kinks merged into one; neither neuron is taken from it
             # (later lines cross the two hyperplanes apart)
             continue
@@ -146,12 +151,13 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
 MATCH_CEILING = 1e-4  # never merge hyperplanes further apart than this (near-parallel pairs)
 
 
-def match_pairs(A: NeuronSet, B: NeuronSet, factor: float, floor: float = 1e-12
-                ) -> list[tuple[int, int]]:
+def match_pairs(A: NeuronSet, B: NeuronSet, factor: float, floor: float = 1e-12,
+                ceiling: float = MATCH_CEILING) -> list[tuple[int, int]]:
     """Pairs (i in A, j in B) of the same hyperplane, found by sorting on a projection.
 
     Two neurons match when their canonical normals and biases agree within
-    ``factor × (err_i + err_j) + floor`` (bias relative to ``1 + |b|``). Cost
+    ``factor × (err_i + err_j) + floor``, at most ``ceiling`` each (bias relative to
+    ``1 + |b|``). Cost
     ``O((|A| + |B|) log(|A| + |B|) · d)`` plus the near pairs, never all pairs.
     """
     if A.size == 0 or B.size == 0:
@@ -161,8 +167,8 @@ def match_pairs(A: NeuronSet, B: NeuronSet, factor: float, floor: float = 1e-12
     r /= np.linalg.norm(r)
     ka = A.W @ r + 0.5 * A.b / (1.0 + np.abs(A.b))
     kb = B.W @ r + 0.5 * B.b / (1.0 + np.abs(B.b))
-    tol_a = np.minimum(factor * A.err + floor, MATCH_CEILING)
-    tol_b = np.minimum(factor * B.err + floor, MATCH_CEILING)
+    tol_a = np.minimum(factor * A.err + floor, ceiling)
+    tol_b = np.minimum(factor * B.err + floor, ceiling)
     order = np.argsort(kb)
     kbs = kb[order]
     pairs = []
@@ -181,8 +187,10 @@ def match_pairs(A: NeuronSet, B: NeuronSet, factor: float, floor: float = 1e-12
     return pairs
 
 
-def dedup(ns: NeuronSet, factor: float) -> NeuronSet:
-    """Merge observations of the same hyperplane (averaging, weighted by precision)."""
+def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING) -> NeuronSet:
+    """Merge observations of the same hyperplane (averaging, weighted by precision); never
+    hyperplanes further apart than ``ceiling`` (raised for imprecise answers, whose
+    measurements of one hyperplane scatter more)."""
     if ns.size <= 1:
         return ns
     parent = np.arange(ns.size)
@@ -193,7 +201,7 @@ def dedup(ns: NeuronSet, factor: float) -> NeuronSet:
             i = parent[i]
         return i
 
-    for i, j in match_pairs(ns, ns, factor):
+    for i, j in match_pairs(ns, ns, factor, ceiling=ceiling):
         if i != j:
             ri, rj = find(i), find(j)
             if ri != rj:
@@ -227,15 +235,21 @@ def dedup(ns: NeuronSet, factor: float) -> NeuronSet:
     return NeuronSet(W, b, a, err, rr, ns.line[first], ns.t[first], count)
 
 
+SIGNATURE_RTOL = 0.25  # a measured slope change matches a neuron's prediction this well
 EXPLAIN_FACTOR = 20.0  # a hyperplane explains a kink within this many position errors
 
 
-def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = EXPLAIN_FACTOR
+def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = EXPLAIN_FACTOR,
+                  wide: bool = False, jumps: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Compare the kinks found on ``line`` with the crossings the known hyperplanes predict.
 
     A kink is explained when a known hyperplane crosses the line within
     ``factor × err × (|x| + 1) / |w·v|`` of it (the hyperplane's position uncertainty there).
+    Candidates are looked for within ``1e-3·(1 + |t|)`` of a kink; with ``wide`` (imprecise
+    hyperplanes) within their whole uncertainty, and the closest prediction wins; given the
+    measured slope change at each kink (``jumps``, (K, m)), a neuron explains a kink only if
+    its output vector predicts that change within ``SIGNATURE_RTOL``.
 
     Returns
     -------
@@ -268,14 +282,33 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
     confirmed = np.zeros(ns.size, dtype=bool)
     by = np.full(kinks.size, -1)
     loose = np.zeros(kinks.size, dtype=bool)
+    pairs: list[tuple[float, int, int]] = []
+    span = float(np.max(tol[idx])) if wide and idx.size else 0.0
+    span = min(span, 2.0 * line.reach)
     for j, t in enumerate(kinks):
-        lo = np.searchsorted(ts, t - 1e-3 * (1 + abs(t)))
-        hi = np.searchsorted(ts, t + 1e-3 * (1 + abs(t)))
+        radius = max(1e-3 * (1 + abs(t)), span)
+        lo = np.searchsorted(ts, t - radius)
+        hi = np.searchsorted(ts, t + radius)
+        if wide:
+            cand = idx[lo:hi]
+            cand = cand[np.abs(tm[cand] - t) <= tol[cand]]
+            if jumps is not None and np.all(np.isfinite(jumps[j])) and cand.size:
+                pred = ns.a[cand] * np.abs(wv[cand])[:, None]
+                gap = np.linalg.norm(jumps[j][None, :] - pred, axis=1)
+                cand = cand[gap <= SIGNATURE_RTOL * np.linalg.norm(pred, axis=1)]
+            pairs.extend((abs(float(tm[n]) - float(t)), j, int(n)) for n in cand)
+            continue
         for n in idx[lo:hi]:
             if abs(tm[n] - t) <= tol[n]:
                 explained[j] = True
                 confirmed[n] = True
                 by[j] = n
+    # wide: one kink per neuron and one neuron per kink, closest predictions first
+    for _, j, n in sorted(pairs):
+        if not explained[j] and not confirmed[n]:
+            explained[j] = True
+            confirmed[n] = True
+            by[j] = n
     # A kink between its neighbours that known, otherwise unconfirmed hyperplanes cross is
     # those neurons (two crossings closer than the search resolution merge into one kink).
     for j in np.flatnonzero(~explained):

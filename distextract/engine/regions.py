@@ -187,3 +187,18 @@ def make_plans(scan: LineScan, reach: float, dim: int, n_checks: int, crossing_r
                    max_step)
     return [RegionPlan(region=j, t0=float(centre[j]), f0=f0[j], scale0=float(sc0[j]),
                        slope=slope[j], h=float(h[j])) for j in range(len(ok)) if ok[j]]
+
+
+def kink_jumps(scan: LineScan, reach: float) -> np.ndarray:
+    """Slope change (right minus left) at every kink of ``scan``, from the two paid points
+    furthest apart in each neighbouring region (NaN where a region has fewer than two).
+    Shape (K, m)."""
+    edges = region_edges(scan, reach)
+    R = len(edges) - 1
+    slopes = np.full((R, scan.m), np.nan)
+    for j in range(R):
+        inner = np.flatnonzero(_interior(scan.t, edges[j], edges[j + 1], 1e-3))
+        if inner.size >= 2:
+            i0, i1 = inner[0], inner[-1]
+            slopes[j] = (scan.values[i1] - scan.values[i0]) / (scan.t[i1] - scan.t[i0])
+    return slopes[1:] - slopes[:-1]

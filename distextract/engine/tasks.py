@@ -14,8 +14,12 @@ from .kinks import SearchParams, guided_search, search_segments
 from .lines import Line
 
 
-def output_scale(Y: np.ndarray, fref: float) -> np.ndarray:
-    """Magnitude that sets the rounding error of each answer row."""
+def output_scale(Y: np.ndarray, fref: float, absolute: bool = False) -> np.ndarray:
+    """Magnitude that sets the rounding error of each answer row: ``max|y| + fref`` for
+    relative rounding (float64, float32), the constant ``fref`` for answers rounded to a fixed
+    number of decimals (their error does not grow with the value)."""
+    if absolute:
+        return np.full(Y.shape[0], float(fref))
     return np.max(np.abs(Y), axis=1) + fref
 
 
@@ -29,6 +33,7 @@ class SearchTask:
     fref: float
     model: ReluNetwork | None = None
     known: dict = field(default_factory=dict)
+    absolute: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +47,7 @@ class JacobianTask:
     n_checks: int
     fref: float
     model: ReluNetwork | None = None
+    absolute: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +59,9 @@ class GuidedTask:
     params: SearchParams
     fref: float
     model: ReluNetwork | None = None
+    absolute: bool = False
+    pred_tol: np.ndarray | None = None
+    pred_jump: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,11 +75,11 @@ def run_task(oracle, task):
     """Run one task with ``oracle`` (anything with ``query(X) -> Y``)."""
     if isinstance(task, EvalTask):
         return oracle.query(task.X)
-    line, model, fref = task.line, task.model, task.fref
+    line, model, fref, absolute = task.line, task.model, task.fref, task.absolute
 
     def values(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Y = oracle.query(X)
-        sc = output_scale(Y, fref)
+        sc = output_scale(Y, fref, absolute)
         if model is not None:
             Y = Y - model.predict(X)
         return Y, sc
@@ -80,7 +89,7 @@ def run_task(oracle, task):
                                task.known)
     if isinstance(task, GuidedTask):
         return [guided_search(lambda ts: values(line.points(ts)), task.predicted,
-                              line.reach, task.params)]
+                              line.reach, task.params, task.pred_tol, task.pred_jump)]
     if isinstance(task, JacobianTask):
         return measure_regions(values, line, task.plans, task.noise, task.check_factor,
                                task.n_checks)

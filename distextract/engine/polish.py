@@ -1,0 +1,212 @@
+"""Polish hyperplanes from kink positions, for imprecise (float32, rounded) answers.
+
+A region Jacobian measured by finite differences is only as precise as ``noise/h``, and the
+stencil step ``h`` is bounded by the distance to the nearest hyperplane: with float32 answers
+that leaves a neuron's direction known to about 1e-3. A kink's *position* on a line is far
+more precise: two long chords, one on each side, meet there, and their slopes come from
+points a quarter of a gap apart instead of a stencil step apart.
+
+Every kink found on a further line is a point ``x`` on its neuron's hyperplane:
+``w·x + b = 0``. Once the known hyperplanes predict where a line crosses them, two anchor
+points in every gap between predicted crossings (about two queries per neuron) locate every
+crossing; a neuron seen on ``n`` lines has ``n`` exact linear constraints on ``(w, b)``, and
+the Jacobian estimate fills the directions they do not fix yet (a Gaussian prior with the
+estimate's own error). After ``d + 1`` lines the hyperplane comes from kinks alone.
+
+Pure numpy; the coordinator queries the anchors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: An outer gap (between the line's end and the first or last crossing) is used up to this
+#: many typical gaps wide: its anchors then sit where the two neighbouring gaps' would.
+OUTER_GAPS = 2.0
+#: A measured crossing counts for its neuron when it lies within this many position errors
+#: (measurement and prediction together) of the prediction ...
+ACCEPT_SIGMAS = 8.0
+#: ... and its slope change agrees with the neuron's output vector to this relative error.
+SIGNATURE_RTOL = 0.25
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """One predicted crossing measured on a line.
+
+    Attributes
+    ----------
+    neuron : int
+        Index of the neuron predicted there.
+    t : float
+        Measured position (intersection of the two anchor chords).
+    sigma_t : float
+        Its standard error.
+    jump : ndarray of shape (m,)
+        Measured slope change (right minus left) along the line.
+    """
+
+    neuron: int
+    t: float
+    sigma_t: float
+    jump: np.ndarray
+
+
+def anchor_points(tp: np.ndarray, reach: float) -> np.ndarray:
+    """Two anchors per gap between sorted predicted crossings ``tp`` (and the outer gaps):
+    at a quarter and three quarters of each gap. Shape (2·(K+1),), gap-major."""
+    K = tp.size
+    if K == 0:
+        return np.array([-0.5 * reach, 0.5 * reach])
+    gaps = np.diff(tp)
+    typical = float(np.median(gaps)) if gaps.size else reach
+    lo = max(-reach, tp[0] - OUTER_GAPS * typical)
+    hi = min(reach, tp[-1] + OUTER_GAPS * typical)
+    edges = np.concatenate([[lo], tp, [hi]])
+    left, right = edges[:-1], edges[1:]
+    width = right - left
+    return np.stack([left + 0.25 * width, left + 0.75 * width], axis=1).reshape(-1)
+
+
+def locate_crossings(tp: np.ndarray, neuron: np.ndarray, anchors: np.ndarray,
+                     values: np.ndarray, sigma_f: np.ndarray, W: np.ndarray, a: np.ndarray,
+                     line_v: np.ndarray, tol_pred: np.ndarray) -> list[Crossing]:
+    """Measure every predicted crossing from the anchors of its two gaps.
+
+    Parameters
+    ----------
+    tp : ndarray (K,)
+        Predicted crossings, sorted.
+    neuron : ndarray (K,) int
+        Neuron predicted at each crossing.
+    anchors, values : ndarray (2(K+1),), (2(K+1), m)
+        Anchor positions from :func:`anchor_points` and the answers there.
+    sigma_f : ndarray (2(K+1),)
+        Absolute error of each answer.
+    W : ndarray (n, d), a : ndarray (n, m)
+        Unit normals and output vectors of the known neurons.
+    line_v : ndarray (d,)
+    tol_pred : ndarray (K,)
+        Position uncertainty of each prediction.
+
+    Returns
+    -------
+    list of Crossing, for the crossings that pass the position and signature checks.
+    """
+    K = tp.size
+    if K == 0:
+        return []
+    t1, t2 = anchors[0::2], anchors[1::2]
+    f1, f2 = values[0::2], values[1::2]
+    s1, s2 = sigma_f[0::2], sigma_f[1::2]
+    span = t2 - t1
+    slope = (f2 - f1) / span[:, None]  # (K+1, m)
+    sig_slope = np.hypot(s1, s2) / span
+    out = []
+    for i in range(K):
+        L, R = i, i + 1
+        ds = slope[R] - slope[L]  # right minus left
+        dd = float(ds @ ds)
+        if dd == 0.0:
+            continue
+        # left line through its far anchor point, right line through its near one
+        c0 = (f2[L] - slope[L] * t2[L]) - (f1[R] - slope[R] * t1[R])
+        t = float(ds @ c0) / dd
+        if not (t2[L] < t < t1[R]):
+            continue
+        # error of each line's value at t: anchor errors carried over the distance
+        eL = s2[L] + sig_slope[L] * abs(t - t2[L])
+        eR = s1[R] + sig_slope[R] * abs(t - t1[R])
+        sigma_t = float(np.hypot(eL, eR) / np.sqrt(dd))
+        if abs(t - tp[i]) > ACCEPT_SIGMAS * np.hypot(sigma_t, tol_pred[i]):
+            continue
+        slope_err = float(np.sqrt(sig_slope[L] ** 2 + sig_slope[R] ** 2))
+
+        def fits(j: int) -> bool:
+            n = int(neuron[j])
+            pred = a[n] * abs(float(W[n] @ line_v))
+            pn = float(np.linalg.norm(pred))
+            return pn > 0.0 and np.linalg.norm(ds - pred) <= SIGNATURE_RTOL * pn + 4.0 * slope_err
+
+        if not fits(i):
+            continue
+        # the crossing could be a neighbour's: its prediction is as close and its output
+        # vector fits as well
+        if any(0 <= j < K and abs(t - tp[j]) <= ACCEPT_SIGMAS * np.hypot(sigma_t, tol_pred[j])
+               and fits(j) for j in (i - 1, i + 1)):
+            continue
+        out.append(Crossing(neuron=int(neuron[i]), t=t, sigma_t=sigma_t, jump=ds))
+    return out
+
+
+@dataclass
+class HyperplaneEvidence:
+    """Prior (the Jacobian estimate) and kink constraints of every neuron.
+
+    ``rows[n]`` holds the constraint rows ``(x, 1)/σ`` of neuron ``n`` (``σ``: the standard
+    error of ``w·x + b`` at the measured kink, for unit ``w``).
+    """
+
+    W0: np.ndarray
+    b0: np.ndarray
+    err0: np.ndarray
+    rows: list
+    predicted: np.ndarray  # lines on which each neuron was predicted to cross
+
+    @classmethod
+    def start(cls, W: np.ndarray, b: np.ndarray, err: np.ndarray) -> HyperplaneEvidence:
+        return cls(W.copy(), b.copy(), err.copy(), [[] for _ in range(W.shape[0])],
+                   np.zeros(W.shape[0], dtype=int))
+
+    def take(self, idx: np.ndarray) -> HyperplaneEvidence:
+        """The evidence of neurons ``idx`` only (after removing some)."""
+        return HyperplaneEvidence(self.W0[idx], self.b0[idx], self.err0[idx],
+                                  [self.rows[i] for i in idx], self.predicted[idx])
+
+    def unconfirmed(self, lines: int) -> np.ndarray:
+        """Neurons predicted on at least ``lines`` lines whose kink was never found there:
+        not a hyperplane of the target (a merge of two kinks, a garbage jump)."""
+        return np.flatnonzero((self.predicted >= lines) & (self.counts() == 0))
+
+    def add(self, crossings: list[Crossing], u: np.ndarray, v: np.ndarray) -> None:
+        for c in crossings:
+            n = c.neuron
+            x = u + c.t * v
+            sigma = max(abs(float(self.W0[n] @ v)) * c.sigma_t, 1e-300)
+            self.rows[n].append(np.append(x, 1.0) / sigma)
+
+    def counts(self) -> np.ndarray:
+        return np.array([len(r) for r in self.rows], dtype=int)
+
+    def fit(self, n: int) -> tuple[np.ndarray, float, float]:
+        """Posterior mean of neuron ``n``'s ``(w, b)`` (unit ``w``) and its direction error.
+
+        Minimises ``Σ (x̃_j·p)² + |p − p0|²/σ0²`` (``σ0`` per component from the prior's
+        direction error), in the dual form: ``n_obs × n_obs`` systems, cheap below ``d``.
+        """
+        d = self.W0.shape[1]
+        p0 = np.append(self.W0[n], self.b0[n])
+        s0 = max(float(self.err0[n]), 1e-15) * float(np.linalg.norm(p0)) / np.sqrt(d + 1)
+        if not self.rows[n]:
+            return self.W0[n], float(self.b0[n]), float(self.err0[n])
+        R = np.asarray(self.rows[n])  # (r, d+1)
+        G = s0 * s0 * (R @ R.T) + np.eye(R.shape[0])
+        z = np.linalg.solve(G, R @ p0)
+        p = p0 - s0 * s0 * (R.T @ z)
+        # posterior covariance trace: s0²(d+1) − s0⁴ tr(G⁻¹ R Rᵀ)
+        tr = s0 * s0 * (d + 1) - s0 ** 4 * float(np.trace(np.linalg.solve(G, R @ R.T)))
+        norm = float(np.linalg.norm(p[:d]))
+        err = float(np.sqrt(max(tr, 0.0))) / max(norm, 1e-300)
+        return p[:d] / norm, float(p[d] / norm), err
+
+    def residuals(self, n: int, w: np.ndarray, b: float) -> np.ndarray:
+        """Normalised residuals of neuron ``n``'s constraints at ``(w, b)``."""
+        if not self.rows[n]:
+            return np.zeros(0)
+        R = np.asarray(self.rows[n])
+        return R @ np.append(w, b)
+
+
+__all__ = ["Crossing", "HyperplaneEvidence", "anchor_points", "locate_crossings"]
