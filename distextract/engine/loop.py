@@ -56,6 +56,7 @@ POLISH_TARGET_NOISE = 100.0  # polishing stops at this many times the relative n
 POLISH_STALL = 8  # ... or after this many lines without a 1% better validation error
 POLISH_UNCONFIRMED = 5  # a neuron predicted on this many polish lines but never found goes
 POLISH_OUTLIER = 12.0
+KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
 
 
@@ -476,8 +477,9 @@ class Coordinator:
         regions = self._measure(line, scan, st.noise)
         self._keep_solve_rows(regions)
         self._keep_jacobians(line, regions)
-        ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach), self.rank_factor)
-        st.neurons = dedup(ns, cfg.dedup_factor, self.match_ceiling)
+        ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach), self.rank_factor,
+                              self.imprecise)
+        st.neurons = dedup(ns, cfg.dedup_factor, self.match_ceiling, self.imprecise)
         self._record_line(line, "first", scan, regions, q0)
         self.assemble()
         st.rounds.append(self._round_info(0, int(scan.kinks.size), st.neurons.size, 0))
@@ -554,10 +556,11 @@ class Coordinator:
             regions = self._measure(line, scan, st.noise, wanted)
             self._keep_solve_rows(regions)
             self._keep_jacobians(line, regions)
-            found = jumps_to_neurons(line, regions, edges, self.rank_factor)
+            found = jumps_to_neurons(line, regions, edges, self.rank_factor, self.imprecise)
             if refine and found.size and scan.kinks.size:
                 at = np.argmin(np.abs(scan.kinks[None, :] - found.t[:, None]), axis=1)
                 W, b, a, err = ns.W.copy(), ns.b.copy(), ns.a.copy(), ns.err.copy()
+                at_line, at_t = ns.line.copy(), ns.t.copy()
                 new_rows = []
                 for f, j in enumerate(at):
                     tgt = refine.get(int(j))
@@ -566,12 +569,13 @@ class Coordinator:
                     elif self._replaces(found, f, ns, tgt):
                         W[tgt], b[tgt], a[tgt], err[tgt] = (found.W[f], found.b[f],
                                                             found.a[f], found.err[f])
+                        at_line[tgt], at_t[tgt] = found.line[f], found.t[f]
                         refined += 1
-                ns = NeuronSet(W, b, a, err, ns.rank_residual, ns.line, ns.t, ns.count)
+                ns = NeuronSet(W, b, a, err, ns.rank_residual, at_line, at_t, ns.count)
                 found = found.take(np.array(new_rows, dtype=int))
             ns = ns.take(np.flatnonzero(keep))
             merged = dedup(NeuronSet.concat([ns, found]), cfg.dedup_factor,
-                           self.match_ceiling)
+                           self.match_ceiling, self.imprecise)
             added = merged.size - ns.size
             ns = merged
         elif removed:
@@ -609,6 +613,7 @@ class Coordinator:
         found = locate_crossings(tp, order, anchors, Y, sig, ns.W, ns.a, line.v, tolp)
         ev.predicted[order] += 1
         ev.add(found, line.u, line.v)
+        # ev.doubt(order, {c.neuron for c in found})
         st.solve_X.append(X)
         st.solve_Y.append(Y)
         scan_kinks = np.sort(np.array([c.t for c in found]))
@@ -640,7 +645,12 @@ class Coordinator:
         ns = st.neurons
         if ns is None or ns.size == 0:
             return index
-        ev = HyperplaneEvidence.start(ns.W, ns.b, ns.err)
+        # the kink where each neuron was measured is a point of its hyperplane
+        recs = {r.index: r for r in st.lines}
+        X0 = np.array([recs[int(li)].u + t * recs[int(li)].v for li, t in zip(ns.line, ns.t)])
+        amp = np.linalg.norm(ns.a, axis=1)
+        sig0 = KINK_SIGMA_NOISE * st.noise * st.fref / np.maximum(amp, 1e-300)
+        ev = HyperplaneEvidence.start(ns.W, ns.b, ns.err, X0, sig0)
         unknowns = ns.size + st.d + 1
         if unknowns <= cfg.solve_max_unknowns:
             n = IMPRECISE_SOLVE_POINTS * unknowns
@@ -746,8 +756,7 @@ class Coordinator:
                     break
                 # imprecise answers: once lines come back clean at the Jacobians' precision,
                 # kink positions do better than more searched lines
-                if self.imprecise and clean >= cfg.clean_lines and \
-                        st.val_rel_l2 <= JACOBIAN_TARGET_NOISE * st.noise:
+                if self.imprecise and clean >= cfg.clean_lines:
                     reason = "precision_floor"
                     break
                 # Clean lines but the error stays above target: a neuron may cross every line

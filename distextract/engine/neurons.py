@@ -76,7 +76,7 @@ def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarray,
-                     rank_factor: float = RANK_FACTOR) -> NeuronSet:
+                     rank_factor: float = RANK_FACTOR, at_kinks: bool = False) -> NeuronSet:
     """One neuron per kink whose two neighbouring regions were both measured.
 
     Parameters
@@ -91,6 +91,9 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         rank two (two merged kinks) and dropped. ``err`` bounds the measurement error; for
         float64 it is loose (rounding of intermediate sums), for float32 or rounded answers
         the bound is about ten times the true error, so a factor near one separates them.
+    at_kinks : bool
+        Take the bias from the searched kink position (imprecise answers: the search's long
+        chords place it far better than the region slopes do).
     """
     by = {r.region: r for r in regions if r.J is not None}
     rows = []
@@ -123,7 +126,7 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         c0 = (r1.f0 - s1 * r1.t0) - (r0.f0 - s0 * r0.t0)
         dd = float(ds @ ds)
         tk = float(ds @ c0) / dd if dd > 0 else 0.5 * (edges[j + 1] + edges[j + 1])
-        if not (r0.t0 <= tk <= r1.t0):
+        if at_kinks or not (r0.t0 <= tk <= r1.t0):
             tk = float(edges[j + 1])
         x = line.u + tk * line.v
         b = -float(w @ x)
@@ -187,10 +190,13 @@ def match_pairs(A: NeuronSet, B: NeuronSet, factor: float, floor: float = 1e-12,
     return pairs
 
 
-def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING) -> NeuronSet:
+def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING,
+          robust: bool = False) -> NeuronSet:
     """Merge observations of the same hyperplane (averaging, weighted by precision); never
     hyperplanes further apart than ``ceiling`` (raised for imprecise answers, whose
-    measurements of one hyperplane scatter more)."""
+    measurements of one hyperplane scatter more). ``robust``: keep the most precise
+    observation of each group instead of the average (imprecise answers, where one
+    merged-kink measurement would drag an average off)."""
     if ns.size <= 1:
         return ns
     parent = np.arange(ns.size)
@@ -210,8 +216,19 @@ def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING) -> Neuro
     uniq, inv = np.unique(roots, return_inverse=True)
     if uniq.size == ns.size:
         return ns
-    wts = 1.0 / np.maximum(ns.err, 1e-300) ** 2
     n = uniq.size
+    if robust:
+        best = np.full(n, -1)
+        for i in range(ns.size):
+            g = inv[i]
+            if best[g] < 0 or ns.err[i] < ns.err[best[g]]:
+                best[g] = i
+        out = ns.take(best)
+        count = np.zeros(n, dtype=int)
+        np.add.at(count, inv, ns.count)
+        return NeuronSet(out.W, out.b, out.a, out.err, out.rank_residual, out.line, out.t,
+                         count)
+    wts = 1.0 / np.maximum(ns.err, 1e-300) ** 2
     W = np.zeros((n, ns.W.shape[1]))
     b = np.zeros(n)
     a = np.zeros((n, ns.a.shape[1]))

@@ -154,21 +154,44 @@ class HyperplaneEvidence:
     err0: np.ndarray
     rows: list
     predicted: np.ndarray  # lines on which each neuron was predicted to cross
+    bias_sd: np.ndarray  # prior standard deviation of each bias (normal error × |kink|)
 
     @classmethod
-    def start(cls, W: np.ndarray, b: np.ndarray, err: np.ndarray) -> HyperplaneEvidence:
-        return cls(W.copy(), b.copy(), err.copy(), [[] for _ in range(W.shape[0])],
-                   np.zeros(W.shape[0], dtype=int))
+    def start(cls, W: np.ndarray, b: np.ndarray, err: np.ndarray,
+              kinks: np.ndarray | None = None, kink_sigma: np.ndarray | None = None
+              ) -> HyperplaneEvidence:
+        """Priors from the Jacobian estimates; ``kinks`` (n, d): the point where each neuron
+        was first measured, a constraint with standard error ``kink_sigma`` (n,) (the
+        bias then comes from kinks alone: the prior only holds the normal)."""
+        rows = [[] for _ in range(W.shape[0])]
+        reach = np.abs(b)
+        if kinks is not None:
+            reach = np.linalg.norm(kinks, axis=1)
+            for n in range(W.shape[0]):
+                rows[n].append(np.append(kinks[n], 1.0) / max(float(kink_sigma[n]), 1e-300))
+        return cls(W.copy(), b.copy(), err.copy(), rows, np.zeros(W.shape[0], dtype=int),
+                   err * (1.0 + reach))
 
     def take(self, idx: np.ndarray) -> HyperplaneEvidence:
         """The evidence of neurons ``idx`` only (after removing some)."""
         return HyperplaneEvidence(self.W0[idx], self.b0[idx], self.err0[idx],
-                                  [self.rows[i] for i in idx], self.predicted[idx])
+                                  [self.rows[i] for i in idx], self.predicted[idx],
+                                  self.bias_sd[idx])
 
     def unconfirmed(self, lines: int) -> np.ndarray:
         """Neurons predicted on at least ``lines`` lines whose kink was never found there:
         not a hyperplane of the target (a merge of two kinks, a garbage jump)."""
         return np.flatnonzero((self.predicted >= lines) & (self.counts() == 0))
+
+    def doubt(self, predicted: np.ndarray, found: set) -> None:
+        """Neurons predicted on this line, not found, and found on fewer than half of their
+        lines have a prior that is off by more than its error: widen it (the kink
+        constraints then pull the hyperplane, and the wider prediction finds it again)."""
+        for n in predicted:
+            if n not in found and len(self.rows[n]) < 0.5 * self.predicted[n] \
+                    and self.predicted[n] >= 2:
+                self.err0[n] = min(2.0 * self.err0[n], 1.0)
+                self.bias_sd[n] *= 2.0
 
     def add(self, crossings: list[Crossing], u: np.ndarray, v: np.ndarray) -> None:
         for c in crossings:
@@ -188,15 +211,21 @@ class HyperplaneEvidence:
         """
         d = self.W0.shape[1]
         p0 = np.append(self.W0[n], self.b0[n])
-        s0 = max(float(self.err0[n]), 1e-15) * float(np.linalg.norm(p0)) / np.sqrt(d + 1)
         if not self.rows[n]:
             return self.W0[n], float(self.b0[n]), float(self.err0[n])
+        # prior variances: the normal's direction error spread over its d components; the
+        # bias error is that error carried to the kink the neuron was measured at
+        sw = max(float(self.err0[n]), 1e-15) / np.sqrt(d)
+        P = np.full(d + 1, sw * sw)
+        P[d] = max(float(self.bias_sd[n]), 1e-15) ** 2
         R = np.asarray(self.rows[n])  # (r, d+1)
-        G = s0 * s0 * (R @ R.T) + np.eye(R.shape[0])
+        RP = R * P[None, :]
+        G = RP @ R.T + np.eye(R.shape[0])
         z = np.linalg.solve(G, R @ p0)
-        p = p0 - s0 * s0 * (R.T @ z)
-        # posterior covariance trace: s0²(d+1) − s0⁴ tr(G⁻¹ R Rᵀ)
-        tr = s0 * s0 * (d + 1) - s0 ** 4 * float(np.trace(np.linalg.solve(G, R @ R.T)))
+        p = p0 - RP.T @ z
+        # posterior variance of the normal: tr(P_w) − tr((RP)_w ᵀ G⁻¹ (RP)_w)
+        RPw = RP[:, :d]
+        tr = sw * sw * d - float(np.sum(RPw * np.linalg.solve(G, RPw)))
         norm = float(np.linalg.norm(p[:d]))
         err = float(np.sqrt(max(tr, 0.0))) / max(norm, 1e-300)
         return p[:d] / norm, float(p[d] / norm), err
