@@ -56,6 +56,7 @@ POLISH_TARGET_NOISE = 100.0  # polishing stops at this many times the relative n
 POLISH_STALL = 8  # ... or after this many lines without a 1% better validation error
 POLISH_UNCONFIRMED = 5  # a neuron predicted on this many polish lines but never found goes
 POLISH_OUTLIER = 12.0
+POLISH_MIN_SHARE = 0.5
 KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
 
@@ -661,10 +662,13 @@ class Coordinator:
         kept = np.zeros(0, dtype=int)  # unconfirmed neurons the model needs
         stall = 0
         goal = max(self.target_floor, POLISH_TARGET_NOISE * st.noise)
-        cap = cfg.polish_query_factor * ns.size * (st.d + 1)
+        floor = ns.size * (st.d + 1)
+        # small networks spend more than the factor before polishing (fixed costs): they
+        # still get half a floor's worth of polish lines
+        cap = max(cfg.polish_query_factor * floor, self.ex.queries + POLISH_MIN_SHARE * floor)
         lines = 0
         while st.val_rel_l2 > goal and lines < st.d + 1 + POLISH_STALL:
-            cost = 2 * (ns.size + 1)
+            cost = 2 * (st.neurons.size + 1)
             if self.ex.queries + cost > cap:
                 break
             self.polish_line(index, ev)

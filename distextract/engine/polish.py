@@ -223,9 +223,12 @@ class HyperplaneEvidence:
         G = RP @ R.T + np.eye(R.shape[0])
         z = np.linalg.solve(G, R @ p0)
         p = p0 - RP.T @ z
-        # posterior variance of the normal: tr(P_w) − tr((RP)_w ᵀ G⁻¹ (RP)_w)
-        RPw = RP[:, :d]
-        tr = sw * sw * d - float(np.sum(RPw * np.linalg.solve(G, RPw)))
+        # posterior covariance C = P − (RP)ᵀ G⁻¹ (RP); its trace across the direction of p
+        # (the scale of (w, b) is free, so variance along p is no error)
+        tr = float(np.sum(P)) - float(np.sum(RP * np.linalg.solve(G, RP)))
+        q = p / np.linalg.norm(p)
+        RPq = RP @ q
+        tr -= float(np.sum(P * q * q)) - float(RPq @ np.linalg.solve(G, RPq))
         norm = float(np.linalg.norm(p[:d]))
         err = float(np.sqrt(max(tr, 0.0))) / max(norm, 1e-300)
         return p[:d] / norm, float(p[d] / norm), err

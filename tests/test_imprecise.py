@@ -1,0 +1,106 @@
+"""Imprecise answers (float32, rounded decimals): precision detection, hyperplanes polished
+from kink positions, and end-to-end extractions against real rounding oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import distextract as dx
+from distextract import targets
+from distextract._oracle import NetworkOracle
+from distextract.engine.loop import decimal_quantum, is_float32
+from distextract.engine.polish import HyperplaneEvidence, anchor_points, locate_crossings
+from distextract.fidelity import evaluate_fidelity
+
+
+def test_decimal_quantum_and_float32_detection():
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((20, 4)) * 3
+    assert decimal_quantum(np.round(Y, 6)) == pytest.approx(1e-6)
+    assert decimal_quantum(np.round(Y, 3)) == pytest.approx(1e-3)
+    assert decimal_quantum(Y) is None
+    f32 = Y.astype(np.float32).astype(np.float64)
+    assert is_float32(f32) and not is_float32(Y)
+    assert decimal_quantum(f32) is None
+
+
+def _plane(rng, d):
+    w = rng.standard_normal(d)
+    w /= np.linalg.norm(w)
+    return w, float(rng.standard_normal())
+
+
+def test_evidence_fit_recovers_the_plane_from_points_on_it():
+    rng = np.random.default_rng(1)
+    d = 8
+    w, b = _plane(rng, d)
+    # prior off by about 1e-2 in direction
+    w0 = w + 1e-2 * rng.standard_normal(d) / np.sqrt(d)
+    b0 = b + 1e-2
+    n0 = np.linalg.norm(w0)
+    ev = HyperplaneEvidence.start(w0[None] / n0, np.array([b0 / n0]), np.array([2e-2]))
+    errs = []
+    for _ in range(d + 3):
+        x = rng.standard_normal(d) * 3
+        x -= (w @ x + b) * w  # project onto the plane
+        v = rng.standard_normal(d)
+        v /= np.linalg.norm(v)
+        from distextract.engine.polish import Crossing
+        ev.add([Crossing(neuron=0, t=0.0, sigma_t=1e-9, jump=np.zeros(1))], x, v)
+        wf, bf, err = ev.fit(0)
+        errs.append(err)
+    cos = abs(float(wf @ w))
+    assert 1 - cos < 1e-12
+    assert bf * np.sign(wf @ w) == pytest.approx(b, abs=1e-7)
+    assert errs[-1] < 1e-3 * errs[0]  # the error estimate falls as constraints come in
+
+
+def test_locate_crossings_on_a_piecewise_linear_line():
+    """A line through 5 planted ReLU units: every predicted crossing (predictions off by a
+    little) is measured to ~1e-9; a prediction far off its kink is not accepted."""
+    rng = np.random.default_rng(2)
+    d, k, m = 6, 5, 3
+    W = rng.standard_normal((k, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    A = rng.standard_normal((m, k))
+    u = rng.standard_normal(d)
+    v = rng.standard_normal(d)
+    v /= np.linalg.norm(v)
+    t_true = np.sort(np.linspace(-4, 4, k) + 0.1 * rng.standard_normal(k))
+    b = -(W @ u + t_true * (W @ v))  # kink of unit j at t_true[j]
+
+    def f(ts):
+        X = u[None] + ts[:, None] * v[None]
+        return np.maximum(X @ W.T + b, 0) @ A.T
+
+    a = A.T.copy()  # output vectors per unit normal
+    tp = t_true + 1e-3 * rng.standard_normal(k)
+    tp[2] = t_true[2] + 0.3  # far beyond its stated uncertainty
+    tol = np.full(k, 1e-3)
+    anchors = anchor_points(tp, 50.0)
+    Y = f(anchors)
+    found = locate_crossings(tp, np.arange(k), anchors, Y, np.full(anchors.size, 1e-15), W, a,
+                             v, tol)
+    got = {c.neuron: c.t for c in found}
+    assert 2 not in got
+    assert set(got) == {0, 1, 3, 4}
+    for n, t in got.items():
+        assert t == pytest.approx(t_true[n], abs=1e-9)
+
+
+@pytest.mark.parametrize("output, rel_max", [("float32", 1e-3), ("round:6", 3e-3)])
+def test_extract_imprecise_oracle(output, rel_max):
+    """Real rounding oracles: float32 answers and answers rounded to 6 decimals. The model
+    reaches what the rounding allows within about 3·k·(d+1) queries, and the report says
+    the precision was measured."""
+    d, k, m = 32, 64, 5
+    net = targets.random_network(d, k, m, seed=3)
+    oracle = NetworkOracle(net, output=output)
+    res = dx.extract(oracle, input_dim=d, seed=0, on_mismatch="flag")
+    rep = evaluate_fidelity(res.model, net, n_points=4000, seed=1)
+    assert rep.rel_l2 <= rel_max, rep
+    assert res.queries <= 3.2 * k * (d + 1)
+    assert res.report["precision"]["relative_noise"] > 1e-8
+    kinds = [rec.kind for rec in res.engine.lines]
+    assert "polish" in kinds  # the hyperplanes were polished from kink positions
