@@ -5,13 +5,21 @@ timeouts, typed transport errors (so a lost answer is told apart from a refused 
 and an injectable transport (``httpx.MockTransport``) that lets the retry logic be tested
 without a network.
 
-Concurrency uses a **thread pool around one ``httpx.Client``** rather than an ``AsyncClient`` on a
-background event loop. The oracle interface is synchronous and is called from ordinary threads
+Concurrency uses **``max_in_flight`` sender threads around one ``httpx.Client``** rather than an
+``AsyncClient`` on a background event loop. The oracle interface is synchronous and is called from ordinary threads
 and Ray actors; the rate limiter is a blocking object that the Ray layer replaces by an actor
 proxy (``ray.get`` blocks too). Threads compose with both directly, own no event loop that
 could clash with the caller's (Jupyter, async Ray actors), and at the request rates of a
 priced API (hundreds per second at most) the GIL costs nothing measurable: the threads spend
 their time waiting on sockets and on the limiter.
+
+Coalescing. Queries from every thread go into one queue of rows; a sender thread takes the
+rate-limit permit *first* and only then fills its request with up to ``max_batch`` queued rows,
+oldest first, from as many queries as needed (a query's rows may ride in several requests).
+So concurrent small queries (a kink search round sends a few rows) share requests instead of
+each spending a permit, and rows that arrive while a permit is pending join the request. With
+a rows/s limit the request carries exactly the rows its permit was taken for. Each query gets
+its own rows' answers back; counters and the budget count rows, so they are unchanged.
 
 Accounting. ``rows_paid`` counts rows the server may have charged for: requests answered with a
 2xx status, and requests whose answer was lost after they were sent (read timeout, reset,
@@ -23,17 +31,18 @@ rows; rows are reserved before each request is sent, so concurrent requests neve
 
 from __future__ import annotations
 
+import collections
 import email.utils
 import json
 import logging
 import math
 import os
+import queue
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -140,6 +149,33 @@ class _TooLarge(Exception):
     """The server answered 413 (internal)."""
 
 
+class _Call:
+    """One caller's query: its rows, the answers sender threads put in its inbox (internal)."""
+
+    __slots__ = ("X", "inbox", "queued", "cancelled", "error")
+
+    def __init__(self, X: np.ndarray) -> None:
+        self.X = X
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.queued = 0  # rows of this call still in the queue
+        self.cancelled = False
+        self.error: BaseException | None = None
+
+
+class _Piece:
+    """Rows ``start:stop`` of one call, waiting to ride in a request (internal)."""
+
+    __slots__ = ("call", "start", "stop")
+
+    def __init__(self, call: _Call, start: int, stop: int) -> None:
+        self.call = call
+        self.start = start
+        self.stop = stop
+
+    def rows(self) -> np.ndarray:
+        return self.call.X[self.start:self.stop]
+
+
 class HTTPOracle(Oracle):
     """Query a network behind an HTTP API; several requests in flight, rate-limited, retried.
 
@@ -184,11 +220,17 @@ class HTTPOracle(Oracle):
         Randomness of the backoff jitter.
     transport : httpx.BaseTransport, optional
         Injected transport (tests use ``httpx.MockTransport``).
+    linger : float
+        Longest wait, in seconds, of a partly filled request for rows of other threads that
+        are about to query (only after :meth:`set_activity` says such threads exist; the Ray
+        workers do). Default 2 ms.
 
     Attributes
     ----------
     rows_paid, rows_answered, rows_refused, requests : int
         Counters (see the module docstring); ``requests`` counts HTTP requests attempted.
+    requests_shared : int
+        Requests that carried rows of more than one concurrent query (coalesced).
     retries : dict of str to int
         Retries by kind: ``'429'``, ``'5xx'``, ``'timeout'``, ``'reset'``, ``'connect'``,
         ``'413'`` (a 413 split counts once).
@@ -204,7 +246,7 @@ class HTTPOracle(Oracle):
                  input_field: str = "inputs", output_field: str = "outputs",
                  limiter: RateLimiter | None = None,
                  seed: int | np.random.Generator | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, linger: float = 0.002) -> None:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise ConfigError(f"url must start with http:// or https://, got {url!r}")
         self.url = url
@@ -257,8 +299,18 @@ class HTTPOracle(Oracle):
                                 max_keepalive_connections=self.max_in_flight),
             transport=transport,
         )
-        self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="dx-http")
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: collections.deque[_Piece] = collections.deque()
+        self._queued = 0  # rows waiting in the queue (count against the budget)
+        self._claimed = 0  # rows (or requests) that senders waiting for a permit will take
+        self._blocked = 0  # callers waiting for answers
+        self._senders: list[threading.Thread] = []
+        self._active: Callable[[], int] | None = None
+        self.linger = float(linger)
+        # A limiter without a rows/s limit lets a request fill up to max_batch after its permit
+        self._rows_limited = getattr(limiter, "rows_rate", True) is not None
+        self.requests_shared = 0
         self._reserved = 0
         self.rows_paid = 0
         self.rows_answered = 0
@@ -295,6 +347,7 @@ class HTTPOracle(Oracle):
         with self._lock:
             return {"rows_paid": self.rows_paid, "rows_answered": self.rows_answered,
                     "rows_refused": self.rows_refused, "requests": self.requests,
+                    "requests_shared": self.requests_shared,
                     "retries": dict(self.retries),
                     "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
                     "max_batch": self.max_batch}
@@ -313,8 +366,15 @@ class HTTPOracle(Oracle):
     def close(self) -> None:
         """Stop the worker threads and close the connections."""
         if not self._closed:
-            self._closed = True
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            with self._cond:
+                self._closed = True
+                pending = [p for p in self._queue if not p.call.cancelled]
+                self._queue.clear()
+                self._queued = 0
+                self._cond.notify_all()
+            self._deliver(pending, None, ConfigError("this HTTPOracle was closed"))
+            for t in self._senders:
+                t.join(timeout=self.timeout + 1.0)
             self._client.close()
 
     def __repr__(self) -> str:
@@ -350,43 +410,184 @@ class HTTPOracle(Oracle):
 
     def _stream(self, X: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
         n = X.shape[0]
-        if self.budget is not None:
-            with self._lock:
-                used = self.rows_paid + self._reserved
-            if used + n > self.budget:
-                raise BudgetExhausted(self.budget, used, n)
+        call = _Call(X)
         step = self.max_batch
-        chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
-        futures: dict[Future, slice] = {self._pool.submit(self._send, X[s]): s for s in chunks}
-        error: BaseException | None = None
-        pending = set(futures)
+        with self._cond:
+            if self._closed:
+                raise ConfigError("this HTTPOracle is closed; create a new one")
+            if self.budget is not None:
+                used = self.rows_paid + self._reserved + self._queued
+                if used + n > self.budget:
+                    raise BudgetExhausted(self.budget, used, n)
+            for i in range(0, n, step):
+                self._queue.append(_Piece(call, i, min(i + step, n)))
+            call.queued = n
+            self._queued += n
+            self._blocked += 1
+            self._start_senders()
+            self._cond.notify_all()
+        answered = 0
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: futures[f].start):
-                    exc = fut.exception()
-                    if exc is not None:
-                        if error is None:
-                            error = exc
-                            for other in pending:  # not started yet: nothing paid
-                                other.cancel()
-                        continue
-                    yield futures[fut], fut.result()
-                pending = {f for f in pending if not f.cancelled()}
+            while answered < n:
+                rows, part = call.inbox.get()
+                answered += rows.stop - rows.start
+                if isinstance(part, BaseException):
+                    if call.error is None:
+                        call.error = part
+                        with self._cond:
+                            answered += self._cancel(call)  # not sent yet: nothing paid
+                    continue
+                yield rows, part
         finally:
-            for fut in pending:
-                fut.cancel()
-        if error is not None:
-            raise error
+            with self._cond:
+                self._blocked -= 1
+                self._cancel(call)
+                self._cond.notify_all()
+        if call.error is not None:
+            raise call.error
 
-    def _send(self, X: np.ndarray) -> np.ndarray:
-        """One batch, with retries; splits on 413. Runs in a pool thread."""
+    def _cancel(self, call: _Call) -> int:
+        """Withdraw the rows of ``call`` still waiting in the queue; returns their number
+        (lock held)."""
+        rows, call.queued = call.queued, 0
+        call.cancelled = True
+        self._queued -= rows
+        return rows
+
+    # ------------------------------------------------------------- coalescing
+    def set_activity(self, active: Callable[[], int] | None) -> None:
+        """Tell the client how many threads may query it soon (e.g. a worker's running tasks).
+
+        A partly filled request then waits up to ``linger`` seconds while some of those threads
+        are still computing (not blocked in a query), so their rows can join it. Without it (or
+        when every such thread is blocked here) a request leaves as soon as a sender is free.
+        """
+        self._active = active
+
+    def _start_senders(self) -> None:
+        while len(self._senders) < self.max_in_flight:
+            t = threading.Thread(target=self._sender_loop, daemon=True,
+                                 name=f"dx-http-{len(self._senders)}")
+            self._senders.append(t)
+            t.start()
+
+    def _unclaimed(self) -> int:
+        """Queued rows that no sender waiting for a permit will take (lock held)."""
+        if self._rows_limited:
+            return self._queued - self._claimed
+        return self._queued - self._claimed * self.max_batch
+
+    def _others_computing(self) -> bool:
+        """Whether a thread that may add rows soon is not blocked in a query (lock held)."""
+        active = self._active
+        if active is None:
+            return False
+        try:
+            return int(active()) > self._blocked
+        except Exception:  # noqa: BLE001 - a broken hint must not stop queries
+            return False
+
+    def _sender_loop(self) -> None:
+        """One of ``max_in_flight`` sender threads: permit first, then fill the request.
+
+        The rate-limit permit is taken before the request's rows are chosen, so rows that
+        arrive while the permit is pending (from any caller) ride in the same request, and
+        a request of the client's ``max_batch`` rows uses the permit fully.
+        """
+        while True:
+            with self._cond:
+                while not self._closed and self._unclaimed() <= 0:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                deadline = time.monotonic() + self.linger
+                while (not self._closed and 0 < self._unclaimed() < self.max_batch
+                       and self._others_computing()):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._closed:
+                    return
+                claim = min(self.max_batch, self._unclaimed())
+                if claim <= 0:
+                    continue
+                self._claimed += claim if self._rows_limited else 1
+            error: BaseException | None = None
+            try:
+                self.limiter.acquire(claim)
+            except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                error = exc
+            with self._cond:
+                self._claimed -= claim if self._rows_limited else 1
+                cap = claim if self._rows_limited else self.max_batch
+                pieces = self._take(cap)
+                rows = sum(p.stop - p.start for p in pieces)
+                if error is None and rows:
+                    self._reserved += rows  # from queued to reserved: the budget stays exact
+                    if len({id(p.call) for p in pieces}) > 1:
+                        self.requests_shared += 1
+                self._cond.notify_all()
+            if not pieces:
+                continue
+            if error is not None:
+                self._deliver(pieces, None, error)
+                continue
+            X = pieces[0].rows() if len(pieces) == 1 else np.concatenate(
+                [p.rows() for p in pieces], axis=0)
+            try:
+                Y = self._send(X, reserved=True)
+            except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                self._deliver(pieces, None, exc)
+            else:
+                self._deliver(pieces, Y, None)
+
+    def _take(self, cap: int) -> list[_Piece]:
+        """Pop up to ``cap`` queued rows, oldest first, splitting a piece if needed (lock held)."""
+        out: list[_Piece] = []
+        room = cap
+        while room > 0 and self._queue:
+            piece = self._queue[0]
+            if piece.call.cancelled:
+                self._queue.popleft()
+                continue
+            size = piece.stop - piece.start
+            if size <= room:
+                self._queue.popleft()
+                out.append(piece)
+            else:
+                out.append(_Piece(piece.call, piece.start, piece.start + room))
+                piece.start += room
+                size = room
+            piece.call.queued -= size
+            self._queued -= size
+            room -= size
+        return out
+
+    @staticmethod
+    def _deliver(pieces: list[_Piece], Y: np.ndarray | None,
+                 error: BaseException | None) -> None:
+        offset = 0
+        for p in pieces:
+            size = p.stop - p.start
+            rows = slice(p.start, p.stop)
+            p.call.inbox.put((rows, error if error is not None else Y[offset:offset + size]))
+            offset += size
+
+    def _send(self, X: np.ndarray, reserved: bool = False) -> np.ndarray:
+        """One request, with retries; splits on 413. Runs in a sender thread.
+
+        ``reserved``: the first attempt's rows are already reserved against the budget and its
+        rate-limit permit already taken (by the sender loop).
+        """
         n = X.shape[0]
         body = dumps_rows(self.input_field, X)
         transient = limited = 0
+        first = reserved
         while True:
             try:
-                return self._attempt(X, body)
+                held, first = first, False
+                return self._attempt(X, body, held)
             except _TooLarge:
                 with self._lock:
                     self.retries["413"] += 1
@@ -401,7 +602,14 @@ class HTTPOracle(Oracle):
                         logger.info("server answered 413 for %d rows; max_batch lowered to %d",
                                     n, half)
                         self.max_batch = half
-                return np.concatenate([self._send(X[:half]), self._send(X[half:])], axis=0)
+                # Resend in requests of the current max_batch (other threads may have lowered
+                # it further meanwhile), read again before each part.
+                parts, i = [], 0
+                while i < n:
+                    step = min(self.max_batch, half)
+                    parts.append(self._send(X[i:i + step]))
+                    i += step
+                return np.concatenate(parts, axis=0)
             except _Transient as failure:
                 with self._lock:
                     self.retries[failure.kind] += 1
@@ -454,8 +662,9 @@ class HTTPOracle(Oracle):
 
     def _reserve(self, n: int) -> None:
         with self._lock:
-            if self.budget is not None and self.rows_paid + self._reserved + n > self.budget:
-                raise BudgetExhausted(self.budget, self.rows_paid + self._reserved, n)
+            used = self.rows_paid + self._reserved + self._queued
+            if self.budget is not None and used + n > self.budget:
+                raise BudgetExhausted(self.budget, used, n)
             self._reserved += n
 
     def _settle(self, n: int, paid: bool, status: int | None) -> None:
@@ -468,13 +677,17 @@ class HTTPOracle(Oracle):
             if status is not None:
                 self.statuses[status] += 1
 
-    def _attempt(self, X: np.ndarray, body: bytes) -> np.ndarray:
-        """Send once. Returns the answer or raises _Transient, _TooLarge or a final error."""
+    def _attempt(self, X: np.ndarray, body: bytes, held: bool = False) -> np.ndarray:
+        """Send once. Returns the answer or raises _Transient, _TooLarge or a final error.
+
+        ``held``: rows reserved and permit taken already."""
         n = X.shape[0]
-        self._reserve(n)
+        if not held:
+            self._reserve(n)
         paid, status = False, None
         try:
-            self.limiter.acquire(n)
+            if not held:
+                self.limiter.acquire(n)
             with self._lock:
                 self.requests += 1
             try:

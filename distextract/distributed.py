@@ -17,7 +17,10 @@ Actors::
   (``ray.remote(_Worker).options(max_restarts=..., max_task_retries=..., max_concurrency=...)``).
   Each is a threaded actor running ``tasks_per_worker`` tasks at once (a task is a sequence of
   dependent round trips, so one task per worker leaves the oracle's latency idle); the
-  coordinator cuts its work into about ``workers × tasks_per_worker`` tasks. The rows asked do
+  coordinator cuts its work into about ``workers × tasks_per_worker`` tasks. An HTTP client
+  coalesces the small queries of a worker's concurrent tasks into shared requests (permit
+  first, then fill: :mod:`distextract._http`), so more tasks also mean fuller requests under a
+  requests/s limit. The rows asked do
   not depend on either number. A worker killed
   mid-task is restarted by Ray and its task retried by Ray; with a journal directory (one
   :class:`~distextract._journal.JournaledOracle` segment per worker and attempt) the rows the
@@ -339,11 +342,15 @@ class LeasedLimiter:
         The limiter actor.
     chunk : int
         Slots leased per round trip.
+    rows_rate : float, optional
+        The actor's rows/s limit (None: requests/s only, so the HTTP client may fill a request
+        up to its ``max_batch`` after taking a slot).
     """
 
-    def __init__(self, actor: Any, chunk: int = 1) -> None:
+    def __init__(self, actor: Any, chunk: int = 1, rows_rate: float | None = None) -> None:
         self.actor = actor
         self.chunk = check_positive_int("chunk", chunk)
+        self.rows_rate = rows_rate
         self._slots: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self.waited_s = 0.0
@@ -378,10 +385,10 @@ class LeasedLimiter:
         ray.get(self.actor.penalize.remote(float(seconds)))
 
     def __getstate__(self) -> dict:
-        return {"actor": self.actor, "chunk": self.chunk}
+        return {"actor": self.actor, "chunk": self.chunk, "rows_rate": self.rows_rate}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["actor"], state["chunk"])
+        self.__init__(state["actor"], state["chunk"], state.get("rows_rate"))
 
 
 # ------------------------------------------------------------------------ worker
@@ -468,7 +475,7 @@ class _Worker:
     """
 
     def __init__(self, index: int, spec_ref: list, ledger: Any, limiter: Any, lease_chunk: int,
-                 journal_dir: str | None, seed: int) -> None:
+                 journal_dir: str | None, seed: int, rows_rate: float | None = None) -> None:
         from .engine.tasks import run_task
 
         spec = ray.get(spec_ref[0])
@@ -480,7 +487,7 @@ class _Worker:
         self.index = index
         self.ledger = ledger
         self.attempt = ray.get(ledger.register.remote(index))
-        proxy = None if limiter is None else LeasedLimiter(limiter, lease_chunk)
+        proxy = None if limiter is None else LeasedLimiter(limiter, lease_chunk, rows_rate)
         self.limiter = proxy
         stream = np.random.SeedSequence(seed, spawn_key=(0x7D15, index, self.attempt))
         self.base = spec.build(proxy, stream)
@@ -500,6 +507,11 @@ class _Worker:
         self.running = 0
         self.busy_since: float | None = None
         self._lock = threading.Lock()
+        set_activity = getattr(self.base, "set_activity", None)
+        if callable(set_activity):
+            # the HTTP client lets a partly filled request wait briefly while other tasks of
+            # this worker are still computing their next rows (coalescing)
+            set_activity(lambda: self.running)
         if self.attempt > 1:
             logger.warning("worker %d restarted (attempt %d)", index, self.attempt)
 
@@ -611,10 +623,10 @@ class RayExecutor:
     tasks_per_worker : int, optional
         Tasks each worker runs at once (threads of its default concurrency group), so a worker
         keeps several sequences of dependent round trips in flight. Default: an HTTP oracle's
-        ``max_in_flight`` capped at :data:`MAX_TASKS_PER_WORKER`; 1 under a requests/s limit
-        (``rate``: requests are the scarce resource there, and fewer, larger tasks fill them
-        better — measured in BENCHMARKS.md) and for other oracles (a user's callable need not
-        be thread-safe). The coordinator cuts its work into about
+        ``max_in_flight`` capped at :data:`MAX_TASKS_PER_WORKER` (the client coalesces the
+        concurrent tasks' small queries into shared requests, so under a requests/s limit too
+        more tasks fill requests better — measured in BENCHMARKS.md); 1 for other oracles (a
+        user's callable need not be thread-safe). The coordinator cuts its work into about
         ``workers × tasks_per_worker`` tasks (its ``parallelism``).
     actor_options : dict, optional
         Extra ``.options(...)`` for the worker actors (``resources``, ``runtime_env``, ...).
@@ -654,7 +666,7 @@ class RayExecutor:
         self.rate, self.rows_rate = rate, rows_rate
         if tasks_per_worker is None:
             tasks_per_worker = 1
-            if isinstance(spec, HTTPOracleSpec) and rate is None:  # spec: the unwrapped one
+            if isinstance(spec, HTTPOracleSpec):  # spec: the unwrapped one
                 in_flight = int(spec.settings.get("max_in_flight") or 1)
                 tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
         self.tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
@@ -689,7 +701,7 @@ class RayExecutor:
             opts.update(self._placement_options(i))
             self.actors.append(cls.options(**opts).remote(
                 i, [self._spec_ref], self._ledger, self._limiter, lease_chunk, self.journal_dir,
-                seed))
+                seed, rows_rate))
         infos = self._get([a.ready.remote() for a in self.actors])
         self.nodes = [info["node_id"] for info in infos]
         self.pids = [info["pid"] for info in infos]

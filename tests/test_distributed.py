@@ -106,12 +106,12 @@ def test_concurrent_tasks_per_worker_ask_the_same_rows(ray_local, net, reference
 
 
 def test_tasks_per_worker_default_follows_the_http_client(ray_local):
-    """max_in_flight (up to 8) tasks per worker against a latency-bound API; one task per worker
-    under a requests/s limit (fewer, fuller requests); 1 for other oracles."""
+    """max_in_flight (up to 8) tasks per worker against an HTTP API, rate-limited or not (the
+    client coalesces their queries into shared requests); 1 for other oracles."""
     from distextract._http import HTTPOracle
 
     for kwargs, expected in (({"max_in_flight": 5}, 5), ({"max_in_flight": 32}, 8),
-                             ({"max_in_flight": 8, "rate": 50.0}, 1)):
+                             ({"max_in_flight": 8, "rate": 50.0}, 8)):
         http = HTTPOracle("http://127.0.0.1:9/", 4, **kwargs)  # never queried
         try:
             with RayExecutor(http, 1) as ex:
@@ -252,6 +252,10 @@ def test_rate_limited_http_run_matches_in_process(ray_local, net):
     assert dist["limiter"]["rate"] == 190
     assert served["rows_served"] == res.queries
     assert served["statuses"].get("429", 0) <= 0.01 * served["requests"] + 1
+    # 4 tasks per worker (max_in_flight): their small search queries shared requests
+    assert dist["tasks_per_worker"] == 4
+    assert sum(h["requests_shared"] for h in dist["http"]) >= 1
+    assert sum(h["rows_paid"] for h in dist["http"]) == res.queries
 
 
 def test_http_oracle_travels_as_spec_without_its_key(monkeypatch):

@@ -12,7 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
+from numpy.testing import assert_allclose, assert_array_equal
 
 import distextract as dx
 from distextract._http import HTTPOracle, parse_retry_after, redact_url
@@ -489,6 +489,92 @@ def test_real_budget_never_exceeded_with_concurrency(net):
         oracle.close()
         assert len(failures) == 4
         assert oracle.rows_paid == srv.stats()["rows_served"] <= 200
+
+
+def test_real_small_concurrent_queries_share_requests(net):
+    """Coalescing: 12 threads asking 3 rows at a time under a 20 requests/s limit. Each thread
+    gets exactly its own rows' answers; the server sees few, full requests; counts are exact."""
+    per_thread, rounds = 3, 5
+    results: dict[int, list] = {}
+
+    with start_server(net) as srv:
+        oracle = real(srv.url, max_batch=16, max_in_flight=4, rate=20)
+
+        def ask(seed):
+            rng = np.random.default_rng(seed)
+            got = []
+            for _ in range(rounds):
+                X = rng.normal(size=(per_thread, 4))
+                got.append((X, oracle.query(X)))
+            results[seed] = got
+
+        threads = [threading.Thread(target=ask, args=(s,)) for s in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        oracle.close()
+        stats = srv.stats()
+    for got in results.values():
+        for X, Y in got:  # the server's product over a mixed batch: last-ulp differences only
+            assert_allclose(Y, net.predict(X), rtol=1e-13, atol=1e-14)
+    total = 12 * rounds * per_thread
+    assert oracle.rows_paid == oracle.rows_answered == stats["rows_served"] == total
+    assert oracle.requests == stats["requests"]
+    # 60 queries of 3 rows would be 60 requests one by one; shared, about total / 16
+    assert oracle.requests <= 20
+    assert oracle.requests_shared >= 5
+    assert max(int(k) for k in stats["batch_rows"]) == 16
+
+
+def test_real_budget_exact_with_coalesced_small_queries(net):
+    """Small queries of 1-7 rows from 6 threads coalesced into shared requests: every answered
+    query is exact, every thread ends with BudgetExhausted, and the budget is never exceeded
+    (queued rows count against it before they are sent)."""
+    budget = 150
+    failures, wrong = [], []
+
+    with start_server(net, latency_ms=5) as srv:
+        oracle = real(srv.url, budget=budget, max_batch=16, max_in_flight=3, rate=100)
+
+        def spend(seed):
+            rng = np.random.default_rng(seed)
+            try:
+                while True:
+                    X = rng.normal(size=(int(rng.integers(1, 8)), 4))
+                    if not np.allclose(oracle.query(X), net.predict(X), rtol=1e-13,
+                                       atol=1e-14):
+                        wrong.append(seed)
+            except dx.BudgetExhausted as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=spend, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        oracle.close()
+        stats = srv.stats()
+    assert not wrong and len(failures) == 6
+    assert oracle.rows_paid == oracle.rows_answered == stats["rows_served"] <= budget
+    assert oracle.rows_paid > budget - 8  # only a last query too large to fit was refused
+    assert oracle.requests_shared >= 1
+
+
+def test_query_stream_of_coalesced_query_gives_each_row_once(net):
+    """A query larger than max_batch, sent together with others, streams every row exactly
+    once (slices may be cut anywhere, rows may ride in requests shared with other queries)."""
+    X = np.random.default_rng(5).normal(size=(37, 4))
+    with start_server(net, latency_ms=5) as srv, real(srv.url, max_batch=16, max_in_flight=2,
+                                                      rate=50) as oracle:
+        side = threading.Thread(target=lambda: oracle.query(np.ones((5, 4))))
+        side.start()
+        seen = np.zeros(37, dtype=int)
+        for rows, Y in oracle.query_stream(X):
+            seen[rows] += 1
+            assert_allclose(Y, net.predict(X[rows]), rtol=1e-13, atol=1e-14)
+        side.join()
+    assert (seen == 1).all()
 
 
 def test_real_unreachable_url():
