@@ -133,6 +133,21 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """The wait a 429 asks for: ``Retry-After-Ms`` (milliseconds, sent by some APIs because
+    ``Retry-After`` only carries whole seconds) when present and readable, else ``Retry-After``.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms.strip()) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(0.0, value)
+    return parse_retry_after(headers.get("retry-after"))
+
+
 class _Transient(Exception):
     """One failed attempt that may be retried (internal)."""
 
@@ -152,7 +167,7 @@ class _TooLarge(Exception):
 class _Call:
     """One caller's query: its rows, the answers sender threads put in its inbox (internal)."""
 
-    __slots__ = ("X", "inbox", "queued", "cancelled", "error")
+    __slots__ = ("X", "cancelled", "error", "inbox", "queued")
 
     def __init__(self, X: np.ndarray) -> None:
         self.X = X
@@ -215,7 +230,8 @@ class HTTPOracle(Oracle):
         JSON field names of the request and the answer.
     limiter : RateLimiter, optional
         Shared limiter (e.g. one per API key across workers). Default: a :class:`TokenBucket`
-        from ``rate`` and ``rows_rate``. Every 429 pauses it for the server's Retry-After.
+        from ``rate`` and ``rows_rate``. Every 429 pauses it for the server's Retry-After
+        (``Retry-After-Ms`` when the server sends one: finer than Retry-After's whole seconds).
     seed : int or numpy.random.Generator, optional
         Randomness of the backoff jitter.
     transport : httpx.BaseTransport, optional
@@ -709,7 +725,7 @@ class HTTPOracle(Oracle):
                 raise _TooLarge()
             if status == 429:
                 raise _Transient("429", "HTTP 429", 429,
-                                 parse_retry_after(resp.headers.get("retry-after")))
+                                 retry_after_seconds(resp.headers))
             if status >= 500:
                 raise _Transient("5xx", f"HTTP {status}: {_server_message(resp)}", status)
             hint = ""
@@ -766,4 +782,4 @@ class HTTPOracle(Oracle):
         return Y
 
 
-__all__ = ["HTTPOracle", "parse_retry_after", "redact_url"]
+__all__ = ["HTTPOracle", "parse_retry_after", "redact_url", "retry_after_seconds"]

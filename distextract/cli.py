@@ -174,6 +174,8 @@ Examples:
               help="Requests/s allowed; excess requests get 429 with Retry-After.")
 @click.option("--burst", type=float, default=None,
               help="Requests allowed back to back (default rate/10, at least 1).")
+@click.option("--retry-after-ms", is_flag=True, default=False,
+              help="With 429s, also send Retry-After-Ms (the wait in milliseconds).")
 @click.option("--max-batch", type=int, default=None, help="Most rows per request (else 413).")
 @click.option("--fail-rate", default=0.0, show_default=True,
               help="Probability of a random 503.")

@@ -65,6 +65,9 @@ class ServerConfig:
     rate : float, optional
         Requests per second allowed (token bucket of capacity ``burst``); excess requests get
         429 with ``Retry-After`` (whole seconds, as HTTP defines it).
+    retry_after_ms : bool
+        Also send ``Retry-After-Ms`` with the wait in milliseconds, as some APIs do (the
+        whole-second ``Retry-After`` rounds a 10 ms wait up to 1 s).
     burst : float, optional
         Requests allowed back to back; default ``max(1, rate / 10)``.
     max_batch : int, optional
@@ -91,6 +94,7 @@ class ServerConfig:
     latency_ms: float = 0.0
     rate: float | None = None
     burst: float | None = None
+    retry_after_ms: bool = False
     max_batch: int | None = None
     fail_rate: float = 0.0
     drop_rate: float = 0.0
@@ -203,6 +207,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
+    def _retry_headers(self, wait_s: float) -> dict:
+        headers = {"Retry-After": str(max(1, math.ceil(wait_s)))}
+        if self.state.config.retry_after_ms:
+            headers["Retry-After-Ms"] = str(max(1, math.ceil(wait_s * 1000.0)))
+        return headers
+
     def _send_json(self, status: int, payload: Any, headers: dict | None = None) -> None:
         data = dumps(payload)
         self._send_bytes(status, data, "application/json", headers)
@@ -243,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             wait_s = st.limiter.take()
             if wait_s > 0:
                 self._send_json(429, {"error": f"rate limit of {cfg.rate:g} requests/s exceeded"},
-                                {"Retry-After": str(max(1, math.ceil(wait_s)))})
+                                self._retry_headers(wait_s))
                 return
         try:
             body = loads(raw)
@@ -432,9 +442,10 @@ def launch_server_process(model_path: str | os.PathLike, *, env: dict | None = N
     """
     cmd = [sys.executable, "-m", "distextract", "serve", os.fspath(model_path)]
     for name, value in options.items():
-        if value is None:
+        if value is None or value is False:
             continue
-        cmd += [f"--{name.replace('_', '-')}", str(value)]
+        flag = f"--{name.replace('_', '-')}"
+        cmd += [flag] if value is True else [flag, str(value)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, bufsize=1)
     deadline = time.monotonic() + startup_timeout
