@@ -65,7 +65,7 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
             budget: int | None = None, config: ExtractConfig | None = None,
             workers: int | None = None, address: str | None = None,
             progress: Callable[[dict], None] | None = None, output: str = "logits",
-            **options: Any) -> ExtractionResult:
+            tasks_per_worker: int | None = None, **options: Any) -> ExtractionResult:
     """Extract a one-hidden-layer ReLU network from query access.
 
     Parameters
@@ -84,6 +84,10 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         Number of Ray workers (None or 1 with no ``address``: in-process).
     address : str, optional
         Ray cluster address (``"auto"``, ``"ray://host:10001"``); implies Ray.
+    tasks_per_worker : int, optional
+        Tasks each Ray worker runs at once (threads sharing its oracle client, whose small
+        queries ride in shared requests). Default: an HTTP oracle's ``max_in_flight`` up to 8,
+        else 1. Only with Ray (``workers`` > 1 or ``address``).
     progress : callable, optional
         Called with a dict of counters after each phase.
     output : {"logits", "softmax"}
@@ -106,6 +110,15 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if workers is not None:
         workers = check_positive_int("workers", workers)
+    distributed = address is not None or (workers is not None and workers > 1)
+    executor_options: dict[str, Any] = {}
+    if tasks_per_worker is not None:
+        tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
+        if not distributed:
+            raise ConfigError(
+                f"tasks_per_worker={tasks_per_worker} needs Ray workers: pass workers=N (N > 1) "
+                f"or address=; an in-process run has no workers")
+        executor_options["tasks_per_worker"] = tasks_per_worker
     if output not in ("logits", "softmax"):
         raise ConfigError(f"output must be 'logits' or 'softmax', got {output!r}")
     orc = as_oracle(oracle, input_dim)
@@ -125,11 +138,11 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
     if budget is not None:
         n_val = min(n_val, budget // 10)
     t0 = time.perf_counter()
-    if address is not None or (workers is not None and workers > 1):
+    if distributed:
         from .distributed import run_distributed
 
         eng, queries, extra = run_distributed(orc, d, cfg, int(seed), budget, workers or 2,
-                                              address, progress, n_val)
+                                              address, progress, n_val, **executor_options)
     else:
         counting = CountingOracle(orc, budget)
         ex = LocalExecutor(counting)

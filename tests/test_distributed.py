@@ -122,6 +122,16 @@ def test_tasks_per_worker_default_follows_the_http_client(ray_local):
         assert ex.tasks_per_worker == 1
 
 
+def test_extract_takes_tasks_per_worker(ray_local, net, reference):
+    res = extract(slow_oracle(net, 0.0), 16, seed=3, workers=2, tasks_per_worker=3)
+    assert res.report["distributed"]["tasks_per_worker"] == 3
+    assert res.queries == reference.queries
+    with pytest.raises(ConfigError, match="tasks_per_worker=3 needs Ray workers"):
+        extract(net, seed=3, tasks_per_worker=3)
+    with pytest.raises(ConfigError, match="tasks_per_worker"):
+        extract(net, seed=3, workers=2, tasks_per_worker=0)
+
+
 def test_budget_is_global_across_workers(ray_local, net):
     budget = 500
     res = extract(net, seed=3, workers=2, budget=budget)
