@@ -44,6 +44,8 @@ from ._wire import dumps, dumps_rows, loads
 
 logger = logging.getLogger(__name__)
 
+#: Environment variables that cap BLAS threads (set to 1 for a server child process).
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: Seconds of history kept in the ``per_second`` counters of ``GET /stats``.
 TIMELINE_SECONDS = 3600
 #: Answers the server can be told to corrupt (rehearsing misbehaving APIs).
@@ -436,11 +438,15 @@ def launch_server_process(model_path: str | os.PathLike, *, env: dict | None = N
     model_path : path
         A network file written by :meth:`ReluNetwork.save`.
     env : dict, optional
-        Environment of the child (default: this process's).
+        Environment of the child (default: this process's), plus one BLAS thread
+        (:data:`BLAS_THREAD_VARIABLES` set to 1 unless given).
     options
         :class:`ServerConfig` fields, passed as command-line options.
     """
     cmd = [sys.executable, "-m", "distextract", "serve", os.fspath(model_path)]
+    env = dict(os.environ if env is None else env)
+    for var in BLAS_THREAD_VARIABLES:  # read when numpy loads BLAS: set before the child starts
+        env.setdefault(var, "1")
     for name, value in options.items():
         if value is None or value is False:
             continue
@@ -463,9 +469,25 @@ def launch_server_process(model_path: str | os.PathLike, *, env: dict | None = N
     raise ConfigError(f"the server process did not report its URL: {''.join(lines)[-500:]!r}")
 
 
+def _one_blas_thread() -> None:
+    """Limit BLAS to one thread in this (server) process, where threadpoolctl is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
 def serve_forever(network: ReluNetwork | str | os.PathLike, config: ServerConfig,
                   on_ready: Callable[[str], None] | None = None) -> dict:
-    """Serve in the calling thread until KeyboardInterrupt; returns the final stats."""
+    """Serve in the calling thread until KeyboardInterrupt; returns the final stats.
+
+    BLAS runs on one thread (threadpoolctl, when installed; :func:`launch_server_process` also
+    sets ``OPENBLAS_NUM_THREADS=1`` and friends): a request's product is small, and on a machine
+    shared with workers, BLAS threads spinning in every process made a 64-row product take
+    16 ms instead of 0.2 ms (BENCHMARKS.md, issue 4).
+    """
+    _one_blas_thread()
     server = make_server(network, config)
     if on_ready is not None:
         on_ready(server_url(server))
