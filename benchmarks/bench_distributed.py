@@ -43,6 +43,7 @@ import ray
 import distextract as dx
 from distextract._extract import extract
 from distextract._http import HTTPOracle
+from distextract._wire import BACKEND
 from distextract.serve import launch_server_process
 
 
@@ -99,11 +100,13 @@ def bench_latency(args: argparse.Namespace, tmp: str) -> None:
         base = base or rps
         fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
         rows.append([n, dist["tasks_per_worker"], f"{run_s:.1f}", f"{wall:.1f}", res.queries,
-                     served["requests"], f"{rps:,.0f}", f"{rps / (n * base):.2f}",
+                     served["requests"], f"{res.queries / served['requests']:.1f}",
+                     f"{rps:,.0f}", f"{rps / (n * base):.2f}",
                      f"{100 * rps / ceiling:.0f}", f"{fid.rel_l2:.1e}"])
     table(f"(a) latency-bound: serve 50 ms, 64-row batches, no rate limit, d={d} k={k} m=10, "
           f"{args.in_flight} requests in flight per worker",
-          ["workers", "tasks/worker", "run_s", "wall_s(+ray)", "queries", "requests", "rows/s",
+          ["workers", "tasks/worker", "run_s", "wall_s(+ray)", "queries", "requests", "rows/req",
+           "rows/s",
            "scaling", "% of ceiling", "rel_L2"], rows)
 
 
@@ -113,7 +116,8 @@ def bench_rate(args: argparse.Namespace, tmp: str) -> None:
     rate, batch = 100, 64
     net, path = save_net(d, k, 10, 0, tmp)
     single = extract(net, seed=0)
-    with launch_server_process(path, latency_ms=20, max_batch=batch, rate=rate) as server:
+    with launch_server_process(path, latency_ms=20, max_batch=batch, rate=rate,
+                               retry_after_ms=args.retry_after_ms) as server:
         http = HTTPOracle(server.url, d, max_batch=batch, rate=rate * args.client_rate,
                           max_in_flight=args.in_flight, seed=0)
         res = extract(http, d, seed=0, workers=workers, address=address(args))
@@ -126,8 +130,10 @@ def bench_rate(args: argparse.Namespace, tmp: str) -> None:
     n429 = served["statuses"].get("429", 0)
     rows_per_req = res.queries / max(1, requests - n429)
     fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
+    hint = ", server sends Retry-After-Ms" if args.retry_after_ms else ""
     table(f"(b) rate-limited: serve 20 ms, {rate} req/s, {batch}-row batches, d={d} k={k} m=10, "
-          f"{workers} workers, one leased limit at {args.client_rate:g} x the server's",
+          f"{workers} workers x {dist['tasks_per_worker']} tasks, one leased limit at "
+          f"{args.client_rate:g} x the server's{hint}",
           ["run_s", "queries", "single_proc", "ratio", "rows/s", "% of rows limit",
            "req/s", "% of req limit", "rows/req", "429s", "% 429", "rel_L2"],
           [[f"{run_s:.1f}", res.queries, single.queries, f"{res.queries / single.queries:.3f}",
@@ -170,9 +176,11 @@ def main() -> None:
     parser.add_argument("--client-rate", type=float, default=1.0,
                         help="(b): the client's requests/s limit as a fraction of the server's "
                              "(each 429 pauses every worker for the server's Retry-After)")
+    parser.add_argument("--retry-after-ms", action="store_true",
+                        help="(b): the server also sends Retry-After-Ms with its 429s")
     args = parser.parse_args()
     print("command: python " + " ".join(sys.argv))
-    print(f"machine: {os.cpu_count()} CPUs, ray {ray.__version__}")
+    print(f"machine: {os.cpu_count()} CPUs, ray {ray.__version__}, JSON on the wire: {BACKEND}")
     if args.address is None:
         ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
                  logging_level="ERROR", log_to_driver=False)
