@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest piece of a server message quoted in an exception.
 MESSAGE_CHARS = 300
+#: Seconds an idle sender thread waits for rows before it exits.
+SENDER_IDLE_S = 5.0
 #: Retry kinds counted in :attr:`HTTPOracle.retries`.
 RETRY_KINDS = ("429", "5xx", "timeout", "reset", "connect", "413")
 _SECRET_QUERY = re.compile(r"key|token|secret|sig|auth|pass", re.IGNORECASE)
@@ -389,7 +391,7 @@ class HTTPOracle(Oracle):
                 self._queued = 0
                 self._cond.notify_all()
             self._deliver(pending, None, ConfigError("this HTTPOracle was closed"))
-            for t in self._senders:
+            for t in list(self._senders):
                 t.join(timeout=self.timeout + 1.0)
             self._client.close()
 
@@ -513,7 +515,11 @@ class HTTPOracle(Oracle):
         while True:
             with self._cond:
                 while not self._closed and self._unclaimed() <= 0:
-                    self._cond.wait()
+                    if not self._cond.wait(SENDER_IDLE_S) and self._unclaimed() <= 0:
+                        # idle: exit (a client never closed leaks no threads; the next query
+                        # starts senders again)
+                        self._senders.remove(threading.current_thread())
+                        return
                 if self._closed:
                     return
                 deadline = time.monotonic() + self.linger

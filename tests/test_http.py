@@ -145,6 +145,21 @@ def test_persistent_429_gives_up():
         mock_oracle(rec, rate_limit_retries=2).query(np.ones((1, 3)))
 
 
+def test_idle_sender_threads_exit_and_start_again(monkeypatch, X):
+    import distextract._http as http_module
+
+    monkeypatch.setattr(http_module, "SENDER_IDLE_S", 0.05)
+    oracle = mock_oracle(Recorder(), max_batch=10, max_in_flight=3)
+    assert_array_equal(oracle.query(X), fake_f(X))
+    deadline = time.monotonic() + 5
+    while oracle._senders and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not oracle._senders  # an oracle nobody closes leaves no threads behind
+    assert_array_equal(oracle.query(X), fake_f(X))
+    oracle.close()
+    assert oracle.rows_paid == 50
+
+
 def test_retry_after_ms_is_preferred_to_whole_seconds():
     rec = Recorder([httpx.Response(429, headers={"Retry-After": "1", "Retry-After-Ms": "40"})])
     oracle = mock_oracle(rec)
