@@ -181,9 +181,11 @@ def summarize(data: RunData) -> str:
         kinds = data.lines.column("kind").to_pylist()
         n_k = int(np.sum(data.lines.column("kinks").to_numpy()))
         n_m = int(np.sum(data.lines.column("kinks_matched").to_numpy()))
+        polish = kinds.count("polish")
         out.append(f"Probe lines: {len(kinds)} ({kinds.count('first')} first, "
-                   f"{kinds.count('residual')} residual); {n_k:,} kinks, {n_m:,} matched to a "
-                   f"neuron of the model")
+                   f"{kinds.count('residual')} residual"
+                   + (f", {polish} polish" if polish else "")
+                   + f"); {n_k:,} kinks, {n_m:,} matched to a neuron of the model")
     if data.neurons is not None and data.neurons.num_rows:
         err = data.neurons.column("err").to_numpy()
         err = err[np.isfinite(err)]

@@ -50,8 +50,9 @@ by :class:`~distextract._journal.JournaledOracle`) and ``run.json``:
     column            type                         meaning
     ================= ============================ =============================================
     index             int64                        line index (0: the first line)
-    kind              string                       ``"first"`` or ``"residual"`` (searched on
-                                                   ``F - model``)
+    kind              string                       ``"first"``, ``"residual"`` (guided by the
+                                                   known hyperplanes) or ``"polish"``
+                                                   (imprecise answers: crossings located)
     reach             double                       the line covers ``t ∈ [-reach, reach]``
     u                 fixed_size_list<double>[d]   base point
     v                 fixed_size_list<double>[d]   unit direction
