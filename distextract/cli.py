@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from ._errors import DistextractError
+from .fidelity import BIAS_RTOL, COS_TOL
 from .targets import HARD_CASES
 
 #: Target kinds of ``make-target``: a plain random network and each hard case.
@@ -296,9 +297,17 @@ Examples:
                    "--url].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the points.")
+@click.option("--cos-tol", type=click.FloatRange(min=0, min_open=True), default=COS_TOL,
+              show_default=True,
+              help="A model neuron matches a target neuron when |cos| of their normals > "
+                   "1 - COS_TOL (--target). The default is DESIGN.md's float64 standard; a "
+                   "model extracted from float32 or rounded answers is judged with e.g. 1e-5.")
+@click.option("--bias-rtol", type=click.FloatRange(min=0, min_open=True), default=BIAS_RTOL,
+              show_default=True,
+              help="... and their biases agree within BIAS_RTOL·max(1, |b|) (--target).")
 def evaluate(model_path: str, target_path: str | None, url: str | None,
              api_key_env: str | None, rate: float | None, batch_size: int,
-             points: int | None, seed: int) -> None:
+             points: int | None, seed: int, cos_tol: float, bias_rtol: float) -> None:
     """Compare the model in MODEL_PATH with a target file or a live oracle on fresh
     Gaussian inputs: relative L2 error, max abs error, argmax agreement, neurons matched."""
     from ._http import HTTPOracle
@@ -318,7 +327,8 @@ def evaluate(model_path: str, target_path: str | None, url: str | None,
         where = url
         n = points or 1_000
     try:
-        rep = evaluate_fidelity(model, target, n_points=n, seed=seed)
+        rep = evaluate_fidelity(model, target, n_points=n, seed=seed, cos_tol=cos_tol,
+                                bias_rtol=bias_rtol)
     finally:
         if url is not None:
             target.close()
@@ -331,7 +341,8 @@ def evaluate(model_path: str, target_path: str | None, url: str | None,
     if rep.matched_neurons is not None:
         click.echo(f"  neurons             {rep.matched_neurons} of {rep.live_neurons} live "
                    f"target neurons matched, {rep.spurious_neurons} spurious "
-                   f"(model {rep.model_neurons}, target {rep.target_neurons})")
+                   f"(model {rep.model_neurons}, target {rep.target_neurons}; match: "
+                   f"1-|cos| < {cos_tol:.3g}, bias within {bias_rtol:.3g})")
 
 
 # --------------------------------------------------------------------------- report

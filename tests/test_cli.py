@@ -107,6 +107,27 @@ def test_evaluate_against_a_target_file(run_dir, target_path):
     assert "argmax agreement    100.00%" in out.output
 
 
+def test_evaluate_match_tolerances(tmp_path, target_path):
+    """A model whose normals are off by ~1e-3 (as from float32 answers) matches no neuron at
+    the float64 standard, and every neuron with --cos-tol loosened to 1e-4."""
+    net = dx.ReluNetwork.load(target_path)
+    rng = np.random.default_rng(0)
+    W = net.W + 1e-3 * rng.standard_normal(net.W.shape)
+    near = dx.ReluNetwork(W, net.b, net.A, net.c, net.L)
+    path = tmp_path / "near.arrow"
+    near.save(path)
+    strict = run("evaluate", str(path), "--target", str(target_path), "--points", "500")
+    assert strict.exit_code == 0, strict.output
+    assert f"0 of {K} live target neurons matched" in strict.output
+    loose = run("evaluate", str(path), "--target", str(target_path), "--points", "500",
+                "--cos-tol", "1e-4", "--bias-rtol", "1e-2")
+    assert loose.exit_code == 0, loose.output
+    assert f"{K} of {K} live target neurons matched, 0 spurious" in loose.output
+    assert "1-|cos| < 0.0001, bias within 0.01" in loose.output
+    assert_error(run("evaluate", str(path), "--target", str(target_path), "--cos-tol", "0"),
+                 "--cos-tol")
+
+
 def test_evaluate_against_a_live_oracle(target_path):
     with start_server(target_path) as server:
         out = run("evaluate", str(target_path), "--url", server.url, "--points", "300")
