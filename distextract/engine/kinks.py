@@ -27,6 +27,15 @@ PRED_SIGMAS = 8.0  # a predicted kink is accepted this many prediction errors aw
 SIGNATURE_RTOL = 0.25  # ... when its slope change agrees with the prediction this well
 
 
+def jump_agrees(measured: np.ndarray, predicted: np.ndarray, slack: float = 0.0):
+    """Whether a measured slope change (right minus left, (m,) or (n, m)) matches the one a
+    neuron predicts (its output vector × |w·v|) within ``SIGNATURE_RTOL`` of the prediction
+    plus ``slack`` (the measurement's own slope error). A second kink merged into the
+    measurement changes it; so does a neuron claiming a neighbour's kink."""
+    gap = np.linalg.norm(measured - predicted, axis=-1)
+    return gap <= SIGNATURE_RTOL * np.linalg.norm(predicted, axis=-1) + slack
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Numbers the search needs, derived from the config and the measured precision.
@@ -347,9 +356,8 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
                 tol += PRED_SIGMAS * pred_tol[i]
             ok = abs(tstar - p[i]) <= tol and mids[i] < tstar < mids[i + 1]
             if ok and pred_jump is not None:
-                pj = pred_jump[i]
-                ok = (np.linalg.norm(-ds - pj) <= SIGNATURE_RTOL * np.linalg.norm(pj)
-                      + params.check_factor * (sig[i] + sig[i + 1]))
+                ok = bool(jump_agrees(-ds, pred_jump[i],
+                                      params.check_factor * (sig[i] + sig[i + 1])))
             if ok:
                 kinks.append((tstar, True))
                 continue

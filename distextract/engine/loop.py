@@ -20,9 +20,26 @@ from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
 from .kinks import SearchParams, segment_end_points
 from .lines import Line, make_line
-from .neurons import EXPLAIN_FACTOR, MATCH_CEILING, RANK_FACTOR, NeuronSet, dedup, explain_kinks, jumps_to_neurons
+from .neurons import (
+    EXPLAIN_FACTOR,
+    MATCH_CEILING,
+    RANK_FACTOR,
+    NeuronSet,
+    dedup,
+    explain_kinks,
+    jumps_to_neurons,
+    predicted_crossings,
+)
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
-from .regions import LineScan, add_points, kink_jumps, make_plans, merge_segments, missing_points, region_edges
+from .regions import (
+    LineScan,
+    add_points,
+    kink_jumps,
+    make_plans,
+    merge_segments,
+    missing_points,
+    region_edges,
+)
 from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
 from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
 
@@ -130,7 +147,7 @@ def decimal_quantum(Y: np.ndarray) -> float | None:
     big = float(np.max(np.abs(Y))) if Y.size else 0.0
     if big == 0.0 or is_float32(Y) and not np.all(Y == np.round(Y, 7)):
         return None
-    for n in range(0, 16):
+    for n in range(16):
         if big * 10.0 ** n >= 2.0 ** 50:
             return None
         Z = Y * 10.0 ** n
@@ -172,6 +189,12 @@ class Coordinator:
     def _rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(
             entropy=self.seed_seq.entropy, spawn_key=(*self.seed_seq.spawn_key, *key)))
+
+    def _line(self, index: int) -> Line:
+        """Probe line ``index`` of this run (its own seed, reach ``line_reach·sqrt(d)·s``)."""
+        cfg = self.cfg
+        reach = cfg.line_reach * np.sqrt(self.st.d) * cfg.input_scale
+        return make_line(index, self.st.d, self.seed_seq, cfg.input_scale, reach)
 
     def _eval(self, X: np.ndarray, rows_per_task: int = 512) -> np.ndarray:
         tasks = [EvalTask(X[i:i + rows_per_task]) for i in range(0, X.shape[0], rows_per_task)]
@@ -471,8 +494,7 @@ class Coordinator:
     def first_line(self) -> None:
         cfg, st = self.cfg, self.st
         q0 = self.ex.queries
-        reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
-        line = make_line(0, st.d, self.seed_seq, cfg.input_scale, reach)
+        line = self._line(0)
         scan = self._search(line, line.segments(cfg.line_segments), st.noise)
         self._emit("search", line=0, kinks=int(scan.kinks.size))
         regions = self._measure(line, scan, st.noise)
@@ -493,13 +515,10 @@ class Coordinator:
         changes (new + removed); 0 means the line confirmed the model."""
         cfg, st = self.cfg, self.st
         q0 = self.ex.queries
-        reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
-        line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
+        line = self._line(index)
+        reach = line.reach
         ns = st.neurons
-        wv = ns.W @ line.v
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tp = -(ns.W @ line.u + ns.b) / wv
-            ptol = ns.err * (np.sqrt(line.u @ line.u + tp ** 2) + 1.0) / np.abs(wv)
+        tp, ptol, wv = predicted_crossings(line, ns)
         sel = np.flatnonzero(np.isfinite(tp) & (np.abs(tp) < reach * (1 - 1e-9)))
         sel = sel[np.argsort(tp[sel])]
         if sel.size:
@@ -593,16 +612,12 @@ class Coordinator:
     def polish_line(self, index: int, ev: HyperplaneEvidence) -> int:
         """Locate every predicted crossing of a further line from two anchors per gap and
         add each located kink to its neuron's constraints. Returns the kinks added."""
-        cfg, st = self.cfg, self.st
+        st = self.st
         q0 = self.ex.queries
-        reach = cfg.line_reach * np.sqrt(st.d) * cfg.input_scale
-        line = make_line(index, st.d, self.seed_seq, cfg.input_scale, reach)
+        line = self._line(index)
+        reach = line.reach
         ns = st.neurons
-        wv = ns.W @ line.v
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tm = -(ns.W @ line.u + ns.b) / wv
-            x_norm = np.sqrt(line.u @ line.u + tm ** 2)
-            tol = ns.err * (x_norm + 1.0) / np.abs(wv)
+        tm, tol, _ = predicted_crossings(line, ns)
         inside = np.flatnonzero(np.isfinite(tm) & np.isfinite(tol)
                                 & (np.abs(tm) < reach * (1 - 1e-6)))
         order = inside[np.argsort(tm[inside])]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .jacobians import RegionJacobian
+from .kinks import jump_agrees
 from .lines import Line
 
 
@@ -252,7 +253,18 @@ def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING,
     return NeuronSet(W, b, a, err, rr, ns.line[first], ns.t[first], count)
 
 
-SIGNATURE_RTOL = 0.25  # a measured slope change matches a neuron's prediction this well
+def predicted_crossings(line: Line, ns: NeuronSet
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each known hyperplane crosses ``line``: positions ``t`` (inf/nan when parallel),
+    their uncertainty ``err × (|x| + 1) / |w·v|`` (the hyperplane's position error there) and
+    ``w·v``, each of shape (n,)."""
+    wv = ns.W @ line.v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tm = -(ns.W @ line.u + ns.b) / wv
+        spread = ns.err * (np.sqrt(line.u @ line.u + tm ** 2) + 1.0) / np.abs(wv)
+    return tm, spread, wv
+
+
 EXPLAIN_FACTOR = 20.0  # a hyperplane explains a kink within this many position errors
 
 
@@ -285,12 +297,8 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
     if ns.size == 0:
         return (np.arange(kinks.size), np.zeros(0, dtype=int), np.zeros(0, dtype=bool),
                 np.full(kinks.size, -1), np.zeros(kinks.size, dtype=bool))
-    wv = ns.W @ line.v
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tm = -(ns.W @ line.u + ns.b) / wv
-    x_norm = np.sqrt(line.u @ line.u + tm ** 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tol = factor * ns.err * (x_norm + 1.0) / np.abs(wv) + 1e-9 * (1.0 + np.abs(tm))
+    tm, spread, wv = predicted_crossings(line, ns)
+    tol = factor * spread + 1e-9 * (1.0 + np.abs(tm))
     inside = np.isfinite(tm) & (np.abs(tm) < line.reach * (1 - 1e-6))
     order = np.argsort(tm[inside])
     idx = np.flatnonzero(inside)[order]
@@ -311,8 +319,7 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
             cand = cand[np.abs(tm[cand] - t) <= tol[cand]]
             if jumps is not None and np.all(np.isfinite(jumps[j])) and cand.size:
                 pred = ns.a[cand] * np.abs(wv[cand])[:, None]
-                gap = np.linalg.norm(jumps[j][None, :] - pred, axis=1)
-                cand = cand[gap <= SIGNATURE_RTOL * np.linalg.norm(pred, axis=1)]
+                cand = cand[jump_agrees(jumps[j][None, :], pred)]
             pairs.extend((abs(float(tm[n]) - float(t)), j, int(n)) for n in cand)
             continue
         for n in idx[lo:hi]:

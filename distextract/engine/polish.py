@@ -22,14 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kinks import jump_agrees
+
 #: An outer gap (between the line's end and the first or last crossing) is used up to this
 #: many typical gaps wide: its anchors then sit where the two neighbouring gaps' would.
 OUTER_GAPS = 2.0
 #: A measured crossing counts for its neuron when it lies within this many position errors
-#: (measurement and prediction together) of the prediction ...
+#: (measurement and prediction together) of the prediction, and its slope change agrees
+#: with the neuron's (:func:`.kinks.jump_agrees`).
 ACCEPT_SIGMAS = 8.0
-#: ... and its slope change agrees with the neuron's output vector to this relative error.
-SIGNATURE_RTOL = 0.25
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ def locate_crossings(tp: np.ndarray, neuron: np.ndarray, anchors: np.ndarray,
     s1, s2 = sigma_f[0::2], sigma_f[1::2]
     span = t2 - t1
     slope = (f2 - f1) / span[:, None]  # (K+1, m)
+    # predicted slope change at each crossing: the neuron's output vector × |w·v|
+    pred = a[neuron] * np.abs(W[neuron] @ line_v)[:, None]
+    pred_norm = np.linalg.norm(pred, axis=1)
     sig_slope = np.hypot(s1, s2) / span
     out = []
     for i in range(K):
@@ -122,20 +126,14 @@ def locate_crossings(tp: np.ndarray, neuron: np.ndarray, anchors: np.ndarray,
         sigma_t = float(np.hypot(eL, eR) / np.sqrt(dd))
         if abs(t - tp[i]) > ACCEPT_SIGMAS * np.hypot(sigma_t, tol_pred[i]):
             continue
-        slope_err = float(np.sqrt(sig_slope[L] ** 2 + sig_slope[R] ** 2))
-
-        def fits(j: int) -> bool:
-            n = int(neuron[j])
-            pred = a[n] * abs(float(W[n] @ line_v))
-            pn = float(np.linalg.norm(pred))
-            return pn > 0.0 and np.linalg.norm(ds - pred) <= SIGNATURE_RTOL * pn + 4.0 * slope_err
-
-        if not fits(i):
+        slack = 4.0 * float(np.sqrt(sig_slope[L] ** 2 + sig_slope[R] ** 2))
+        if not (pred_norm[i] > 0.0 and jump_agrees(ds, pred[i], slack)):
             continue
         # the crossing could be a neighbour's: its prediction is as close and its output
         # vector fits as well
         if any(0 <= j < K and abs(t - tp[j]) <= ACCEPT_SIGMAS * np.hypot(sigma_t, tol_pred[j])
-               and fits(j) for j in (i - 1, i + 1)):
+               and pred_norm[j] > 0.0 and jump_agrees(ds, pred[j], slack)
+               for j in (i - 1, i + 1)):
             continue
         out.append(Crossing(neuron=int(neuron[i]), t=t, sigma_t=sigma_t, jump=ds))
     return out
