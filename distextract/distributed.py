@@ -53,8 +53,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import ray
@@ -97,7 +98,7 @@ class HTTPOracleSpec:
     budget: int | None = None
 
     @classmethod
-    def from_oracle(cls, http: Any) -> "HTTPOracleSpec":
+    def from_oracle(cls, http: Any) -> HTTPOracleSpec:
         """Read the settings of a live :class:`~distextract.HTTPOracle`."""
         settings = {"api_key_env": http.api_key_env, "max_batch": http.max_batch,
                     "max_in_flight": http.max_in_flight, "timeout": http.timeout,
@@ -198,7 +199,7 @@ class _RemoteError:
     state: dict
 
     @classmethod
-    def of(cls, exc: BaseException) -> "_RemoteError":
+    def of(cls, exc: BaseException) -> _RemoteError:
         return cls(type(exc), exc.args, dict(vars(exc)))
 
     def rebuild(self) -> BaseException:
@@ -860,10 +861,10 @@ class RayExecutor:
             remove_placement_group(self._pg)
         return finals
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -258,7 +258,7 @@ def test_jumps_give_the_planted_neurons(m):
     line = _line(d, 21)
     planted_t = np.array([-3.0, -0.5, 0.8, 2.5])
     net = _planted_on_line(line, planted_t, m=m, seed=21)
-    regions, edges, t = _measure_around_kinks(net, line)
+    regions, edges, _t = _measure_around_kinks(net, line)
     assert all(r.status == "ok" for r in regions)
     ns = neurons.jumps_to_neurons(line, regions, edges)
     assert ns.size == planted_t.size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -80,7 +81,7 @@ def test_penalize_pauses_every_waiting_caller_then_restarts_steadily():
     assert during == []
     after = [s for s in stamps if s >= penalized_at + 0.3 - 0.005]
     assert len(after) >= 5
-    gaps = [b - a for a, b in zip(after, after[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(after)]
     assert min(gaps) > 0.5 / 100  # no burst after the pause
     assert bucket.penalties == 1
 
