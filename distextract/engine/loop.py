@@ -629,7 +629,6 @@ class Coordinator:
         found = locate_crossings(tp, order, anchors, Y, sig, ns.W, ns.a, line.v, tolp)
         ev.predicted[order] += 1
         ev.add(found, line.u, line.v)
-        # ev.doubt(order, {c.neuron for c in found})
         st.solve_X.append(X)
         st.solve_Y.append(Y)
         scan_kinks = np.sort(np.array([c.t for c in found]))

@@ -181,16 +181,6 @@ class HyperplaneEvidence:
         not a hyperplane of the target (a merge of two kinks, a garbage jump)."""
         return np.flatnonzero((self.predicted >= lines) & (self.counts() == 0))
 
-    def doubt(self, predicted: np.ndarray, found: set) -> None:
-        """Neurons predicted on this line, not found, and found on fewer than half of their
-        lines have a prior that is off by more than its error: widen it (the kink
-        constraints then pull the hyperplane, and the wider prediction finds it again)."""
-        for n in predicted:
-            if n not in found and len(self.rows[n]) < 0.5 * self.predicted[n] \
-                    and self.predicted[n] >= 2:
-                self.err0[n] = min(2.0 * self.err0[n], 1.0)
-                self.bias_sd[n] *= 2.0
-
     def add(self, crossings: list[Crossing], u: np.ndarray, v: np.ndarray) -> None:
         for c in crossings:
             n = c.neuron
