@@ -17,6 +17,7 @@ from distextract.engine.tasks import output_scale
 
 NOISE = 4 * EPS64  # the engine's floor for the relative precision of a float64 oracle
 CFG = ExtractConfig()
+SEGMENTS = 16  # the engine's first-line segment count for float64 answers
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,7 +84,7 @@ def test_kink_search_finds_exactly_the_planted_kinks(d, k, m, seed):
     line = _line(d, seed)
     calls: list = []
     results = kinks.search_segments(_line_evaluator(net, line, calls),
-                                    line.segments(CFG.line_segments), _search_params())
+                                    line.segments(SEGMENTS), _search_params())
     found = np.sort(np.concatenate([r.kinks for r in results]))
     resolved = np.concatenate([r.resolved for r in results])
     planted = _crossings(net, line)
@@ -142,7 +143,7 @@ def test_two_kinks_closer_than_the_slope_step():
     gap = 1e-5
     planted = np.array([-2.3, -1.0, 0.3, 0.3 + gap, 1.2, 3.7])
     net = _planted_on_line(line, planted, m=1, seed=0)
-    segs = line.segments(CFG.line_segments)
+    segs = line.segments(SEGMENTS)
     width = min(b - a for a, b in segs)
     assert gap < CFG.slope_step * width < CFG.check_step * width
 
