@@ -68,8 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds of the rate one limiter lease covers (split between the workers).
 LEASE_HORIZON_S = 0.1
-#: A leased slot older than this is dropped instead of being used late (no bursts).
-STALE_SLOT_S = 0.5
+#: A leased slot older than this is dropped instead of being used late: a worker that woke
+#: late (a busy CPU) and sent its overdue slots at once would burst past the server's bucket.
+STALE_SLOT_S = 0.05
 #: Most tasks one worker actor runs at once by default (threads of its default concurrency
 #: group); an HTTP oracle's default is its ``max_in_flight`` up to this number.
 MAX_TASKS_PER_WORKER = 8
@@ -284,7 +285,7 @@ class _Limiter:
         self.penalties = 0
         self.t0 = time.monotonic()
 
-    def lease(self, n: int, rows: int) -> tuple[list[float], int]:
+    def lease(self, n: int, rows: int) -> tuple[list[float], int, float]:
         """Reserve ``n`` slots of one request of ``rows`` rows each.
 
         Returns
@@ -293,6 +294,10 @@ class _Limiter:
             Seconds from now at which each slot may be used.
         generation : int
             Penalty generation (changes on every 429).
+        now : float
+            This actor's ``time.monotonic()`` the delays count from (a worker maps the slots
+            onto its own clock with it; shifting them by its round trip instead would let
+            slow trips bunch different workers' slots into bursts).
         """
         now = time.monotonic()
         delays = []
@@ -311,7 +316,7 @@ class _Limiter:
         self.granted += n
         self.granted_rows += n * rows
         self.leases += 1
-        return delays, self.generation
+        return delays, self.generation, now
 
     def penalize(self, seconds: float) -> int:
         """Pause every slot not yet granted for ``seconds``; returns the new generation."""
@@ -356,6 +361,8 @@ class LeasedLimiter:
         self._lock = threading.Lock()
         self.waited_s = 0.0
         self.round_trips = 0
+        self._best_rtt = math.inf
+        self._offset = 0.0
 
     def acquire(self, rows: int = 1) -> None:
         """Block until one request of ``rows`` rows may be sent."""
@@ -368,11 +375,20 @@ class LeasedLimiter:
                 if allowance >= rows and at > start - STALE_SLOT_S:
                     break
             else:
-                delays, _ = ray.get(self.actor.lease.remote(self.chunk, rows))
-                self.round_trips += 1
+                sent = time.monotonic()
+                delays, _, actor_now = ray.get(self.actor.lease.remote(self.chunk, rows))
                 got = time.monotonic()
-                self._slots.extend((got + d, rows) for d in delays[1:])
-                at = got + delays[0]
+                self.round_trips += 1
+                # The actor's clock minus ours, from the quickest round trip so far (its
+                # error is at most half that trip): slots keep the actor's spacing
+                # whatever each trip's delay.
+                rtt = got - sent
+                if rtt < self._best_rtt:
+                    self._best_rtt = rtt
+                    self._offset = actor_now - 0.5 * (sent + got)
+                base = max(actor_now - self._offset, sent)
+                self._slots.extend((base + d, rows) for d in delays[1:])
+                at = base + delays[0]
         wait = at - time.monotonic()
         if wait > 0:
             time.sleep(wait)

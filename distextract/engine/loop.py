@@ -60,6 +60,7 @@ NONDETERMINISM_LIMIT = 1e3 * EPS64
 SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
 JACOBIAN_SAMPLES = 2048
+SEARCH_TASKS = 4  # the first line's segments are searched by at most this many tasks
 LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig docs)
 IMPRECISE_LINE_SEGMENTS = 64
 CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs)
@@ -361,9 +362,10 @@ class Coordinator:
         Y = self._eval(X)
         sc = output_scale(Y, st.fref, st.absolute)
         known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ends)}
-        per_task = max(1, int(np.ceil(len(segments) / (4 * self.parallelism))))
-        if self.parallelism == 1:
-            per_task = len(segments)
+        # a few tasks: the search advances in rounds that wait for their answers however it
+        # is cut, and fewer tasks send fuller requests (what counts under a requests/s limit)
+        tasks_wanted = min(self.parallelism, SEARCH_TASKS)
+        per_task = max(1, -(-len(segments) // tasks_wanted))
         tasks = []
         for group in _chunks(segments, per_task):
             kn = {}
