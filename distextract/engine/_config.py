@@ -45,10 +45,12 @@ class ExtractConfig:
     stencil_crossing_rate : float or None
         Target probability that a region's finite-difference stencil crosses a hyperplane;
         sets the stencil step from the local kink density (larger steps: more precision,
-        more repairs). None: 0.1 for float64 answers (a crossing often breaks several
-        columns at once, and the re-measured stencil costs d more queries; the shorter step
-        still leaves the Jacobians ~1e-10 precise), 0.3 for imprecise answers (float32,
-        rounded decimals), whose Jacobian precision grows with the step.
+        more repairs). None: 0.1 for float64 answers when the first line has at most 2048
+        kinks (a crossing often breaks several columns at once, and the re-measured stencil
+        costs d more queries; the shorter step still leaves the Jacobians ~1e-10 precise);
+        0.3 for wider networks (at k=8192 the shorter step's Jacobians left a model at rel
+        L2 4e-3) and for imprecise answers (float32, rounded decimals), whose Jacobian
+        precision grows with the step.
     stencil_checks : int
         Extra points per region that verify the Jacobian and locate a bad stencil row.
     regions_per_task : int

@@ -63,8 +63,10 @@ JACOBIAN_SAMPLES = 2048
 SEARCH_TASKS = 4  # the first line's segments are searched by at most this many tasks
 LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig docs)
 IMPRECISE_LINE_SEGMENTS = 64
-CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs)
-IMPRECISE_CROSSING_RATE = 0.3
+CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs) ...
+CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
+WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step) and
+# imprecise answers
 IMPRECISE_NOISE = 1e-10
 FULL_SOLVE_UNKNOWNS = 512  # float64: output refit always below this many unknowns, ...
 FULL_SOLVE_REACH = 1e3  # ... above only for a model at most this far off its target
@@ -124,6 +126,7 @@ class EngineState:
     lines: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
     removed: int = 0
+    first_kinks: int = 0  # kinks the first line found (about the number of neurons)
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,9 @@ class Coordinator:
     def crossing_rate(self) -> float:
         if self.cfg.stencil_crossing_rate is not None:
             return self.cfg.stencil_crossing_rate
-        return IMPRECISE_CROSSING_RATE if self.imprecise else CROSSING_RATE
+        if self.imprecise or self.st.first_kinks > CROSSING_RATE_MAX_KINKS:
+            return WIDE_CROSSING_RATE
+        return CROSSING_RATE
 
     @property
     def rank_factor(self) -> float:
@@ -529,6 +534,7 @@ class Coordinator:
         q0 = self.ex.queries
         line = self._line(0)
         scan = self._search(line, line.segments(self.line_segments), st.noise)
+        st.first_kinks = int(scan.kinks.size)
         self._emit("search", line=0, kinks=int(scan.kinks.size))
         regions = self._measure(line, scan, st.noise)
         self._keep_solve_rows(regions)
