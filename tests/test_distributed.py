@@ -234,6 +234,49 @@ def test_limiter_actor_leases_evenly_spaced_slots(ray_local):
     assert window.max() <= 22
 
 
+class _SlowReplies:
+    """An actor handle whose lease answers reach the caller ``delay`` seconds late (a slow
+    round trip after the limiter computed the slots)."""
+
+    def __init__(self, actor, delay: float) -> None:
+        self._actor, self._delay = actor, delay
+        self.lease = self
+
+    def remote(self, *args):
+        ref = self._actor.lease.remote(*args)
+        ray.wait([ref])
+        time.sleep(self._delay)
+        return ref
+
+
+def test_slow_lease_round_trips_do_not_bunch_slots(ray_local):
+    """Slots keep the limiter's spacing when one worker's lease answers arrive late (shifted
+    by the trip instead, they would overlap the other worker's slots: twice the rate)."""
+    actor = ray.remote(_Limiter).options(num_cpus=0).remote(100.0, None)
+    quick = LeasedLimiter(actor, chunk=4)
+    slow = LeasedLimiter(actor, chunk=4)
+    slow.acquire(1)  # the first trip is quick: it sets the clock offset
+    slow.actor = _SlowReplies(actor, 0.12)
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def use(proxy):
+        for _ in range(40):
+            proxy.acquire(1)
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=use, args=(p,)) for p in (quick, slow)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s = np.sort(stamps)
+    # 100/s: at most ~10 sends in any 0.1 s window (+3 for scheduling jitter)
+    window = np.searchsorted(s, s + 0.1) - np.arange(s.size)
+    assert window.max() <= 13, window.max()
+
+
 def test_a_429_anywhere_pauses_every_worker(ray_local):
     actor = ray.remote(_Limiter).options(num_cpus=0).remote(1000.0, None)
     a, b = LeasedLimiter(actor, chunk=2), LeasedLimiter(actor, chunk=2)
