@@ -234,6 +234,26 @@ def test_invalid_config_value():
         dx.extract(_net(), line_reach=0)
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("line_segments", 0, r"config.line_segments must be >= 1 or None, got 0"),
+    ("stencil_crossing_rate", -0.1, r"config.stencil_crossing_rate must be > 0 or None, got -0.1"),
+])
+def test_invalid_derived_setting(name, value, message):
+    with pytest.raises(dx.ConfigError, match=message):
+        dx.extract(_net(), **{name: value})
+
+
+def test_derived_settings_can_be_fixed():
+    """The precision-derived segment count and crossing rate take an explicit value; the
+    first line then searches exactly that many segments (more segment ends paid)."""
+    net = _net()
+    auto = dx.extract(net, seed=0)
+    fixed = dx.extract(net, seed=0, line_segments=64, stencil_crossing_rate=0.3)
+    assert auto.certified and fixed.certified
+    assert auto.queries != fixed.queries
+    assert auto.engine.lines[0].queries < fixed.engine.lines[0].queries
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, "0", True, None])
 def test_bad_seed(seed):
     with pytest.raises(dx.ConfigError, match="seed must be a non-negative integer, got"):
