@@ -71,6 +71,8 @@ LEASE_HORIZON_S = 0.1
 #: A leased slot older than this is dropped instead of being used late: a worker that woke
 #: late (a busy CPU) and sent its overdue slots at once would burst past the server's bucket.
 STALE_SLOT_S = 0.05
+#: A lease round trip at most this long maps the limiter's clock onto a worker's.
+CLOCK_RTT_S = 0.01
 #: Most tasks one worker actor runs at once by default (threads of its default concurrency
 #: group); an HTTP oracle's default is its ``max_in_flight`` up to this number.
 MAX_TASKS_PER_WORKER = 8
@@ -380,13 +382,16 @@ class LeasedLimiter:
                 got = time.monotonic()
                 self.round_trips += 1
                 # The actor's clock minus ours, from the quickest round trip so far (its
-                # error is at most half that trip): slots keep the actor's spacing
-                # whatever each trip's delay.
+                # error is at most half that trip): slots keep the actor's spacing whatever
+                # each trip's delay. Until one trip was quick, slots count from the answer.
                 rtt = got - sent
                 if rtt < self._best_rtt:
                     self._best_rtt = rtt
                     self._offset = actor_now - 0.5 * (sent + got)
-                base = max(actor_now - self._offset, sent)
+                if self._best_rtt <= CLOCK_RTT_S:
+                    base = max(actor_now - self._offset, sent)
+                else:
+                    base = got
                 self._slots.extend((base + d, rows) for d in delays[1:])
                 at = base + delays[0]
         wait = at - time.monotonic()

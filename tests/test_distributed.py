@@ -255,7 +255,8 @@ def test_slow_lease_round_trips_do_not_bunch_slots(ray_local):
     actor = ray.remote(_Limiter).options(num_cpus=0).remote(100.0, None)
     quick = LeasedLimiter(actor, chunk=4)
     slow = LeasedLimiter(actor, chunk=4)
-    slow.acquire(1)  # the first trip is quick: it sets the clock offset
+    quick.acquire(1)  # quick first trips: they map the limiter's clock onto the proxies'
+    slow.acquire(1)
     slow.actor = _SlowReplies(actor, 0.12)
     stamps: list[float] = []
     lock = threading.Lock()
