@@ -129,18 +129,18 @@ def test_corrupt_header_is_refused(net, tmp_path):
 
 
 def test_segment_of_another_dimension_is_refused(net, tmp_path):
-    with pa.OSFile(str(tmp_path / "x.0001.arrows"), "w") as sink:
-        with pa.ipc.new_stream(sink, journal_schema(3, 1)):
-            pass
+    with (pa.OSFile(str(tmp_path / "x.0001.arrows"), "w") as sink,
+          pa.ipc.new_stream(sink, journal_schema(3, 1))):
+        pass
     with pytest.raises(dx.JournalError, match="holds rows of input_dim=3, but this run has "
                                               "input_dim=5; .*use a new run directory"):
         JournaledOracle(counted(net), tmp_path, "w0")
 
 
 def test_foreign_arrow_stream_and_other_output_dim_are_refused(net, tmp_path):
-    with pa.OSFile(str(tmp_path / "a.0001.arrows"), "w") as sink:
-        with pa.ipc.new_stream(sink, pa.schema([("z", pa.int64())])):
-            pass
+    with (pa.OSFile(str(tmp_path / "a.0001.arrows"), "w") as sink,
+          pa.ipc.new_stream(sink, pa.schema([("z", pa.int64())]))):
+        pass
     with pytest.raises(dx.JournalError, match="not a distextract journal segment"):
         read_segment(str(tmp_path / "a.0001.arrows"), 5)
     os.remove(tmp_path / "a.0001.arrows")
