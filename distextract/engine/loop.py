@@ -494,29 +494,32 @@ class Coordinator:
 
         # L and c only: d + 1 unknowns per output need few rows (and the hidden activations
         # of a wide network are large: rows × k floats)
-        candidates = [solve_affine(ns, *sample(max(16 * (d + 1), 2048)))]
-        if st.jac_J:
-            candidates.append(solve_affine_from_jacobians(
-                ns, np.asarray(st.jac_X), np.asarray(st.jac_F), np.asarray(st.jac_J)))
-        if (unknowns <= cfg.solve_max_unknowns and X.shape[0] >= 2 * unknowns
-                and self._full_solve_may_help(candidates, unknowns)):
-            # imprecise answers: more rows average the rounding out of the output weights
-            rows = IMPRECISE_SOLVE_ROWS if self.imprecise else 8
-            candidates.append(solve_full(ns, *sample(rows * unknowns)))
-        if self.Xs.shape[0] >= 2 * unknowns and unknowns <= cfg.solve_max_unknowns:
-            # stencil rows cluster around a few hundred line points; Gaussian points spread
-            # the rounding over the measure the model is judged on
-            candidates.append(solve_full(ns, self.Xs, self.Ys))
         best = None
-        for cand in candidates:
+
+        def consider(cand: ReluNetwork) -> None:
+            nonlocal best
             err, mx = relative_error(cand, self.Xv, self.Yv)
             if best is None or not (err >= best[1]):
                 best = (cand, err, mx)
+
+        consider(solve_affine(ns, *sample(max(16 * (d + 1), 2048))))
+        if st.jac_J:
+            consider(solve_affine_from_jacobians(
+                ns, np.asarray(st.jac_X), np.asarray(st.jac_F), np.asarray(st.jac_J)))
+        if (unknowns <= cfg.solve_max_unknowns and X.shape[0] >= 2 * unknowns
+                and self._full_solve_may_help(best[1], unknowns)):
+            # imprecise answers: more rows average the rounding out of the output weights
+            rows = IMPRECISE_SOLVE_ROWS if self.imprecise else 8
+            consider(solve_full(ns, *sample(rows * unknowns)))
+        if self.Xs.shape[0] >= 2 * unknowns and unknowns <= cfg.solve_max_unknowns:
+            # stencil rows cluster around a few hundred line points; Gaussian points spread
+            # the rounding over the measure the model is judged on
+            consider(solve_full(ns, self.Xs, self.Ys))
         st.model, st.val_rel_l2, st.val_max_abs = best
         logger.info("model: %d neurons, validation rel L2 %.3g, max abs %.3g",
                     k, st.val_rel_l2, st.val_max_abs)
 
-    def _full_solve_may_help(self, candidates: list, unknowns: int) -> bool:
+    def _full_solve_may_help(self, best: float, unknowns: int) -> bool:
         """Whether refitting ``A``, ``L``, ``c`` by least squares over the paid rows is worth
         its ``O(rows·unknowns²)`` time. With float64 answers the output vectors from the
         Jacobian jumps are as precise as the hyperplanes (the refit wins on none of the
@@ -525,7 +528,6 @@ class Coordinator:
         refit takes about a second, during which a distributed run's workers wait."""
         if self.imprecise or unknowns <= FULL_SOLVE_UNKNOWNS:
             return True
-        best = min(relative_error(c, self.Xv, self.Yv)[0] for c in candidates)
         return self.target < best <= FULL_SOLVE_REACH * self.target
 
     # ------------------------------------------------------------------ rounds
