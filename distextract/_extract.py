@@ -162,6 +162,7 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
                        "max_abs": eng.val_max_abs},
         "precision": {"relative_noise": eng.noise},
         "verdict": eng.verdict,
+        "refinement": eng.refinement,
         "lines": len(eng.lines), "rounds": eng.rounds, "wall_seconds": wall,
         "seed": int(seed), "config": cfg.to_dict(),
     }

@@ -31,6 +31,7 @@ from .neurons import (
     predicted_crossings,
 )
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
+from .refine import refine_network, refine_work
 from .regions import (
     LineScan,
     add_points,
@@ -83,6 +84,13 @@ POLISH_STALL = 8  # ... or after this many lines without a 1% better validation 
 POLISH_UNCONFIRMED = 5  # a neuron predicted on this many polish lines but never found goes
 POLISH_OUTLIER = 12.0
 POLISH_MIN_SHARE = 0.5
+REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for the refinement
+REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
+REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
+PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
+PRUNE_CHI2 = 1.05  # ... is dropped if the refit misfit stays within this factor
+PRUNE_SINGLES = 8  # candidates tried one by one when dropping them all fails
+REFINE_MAX_WORK = 1e10  # flops of one refinement CG iteration at most (rows are sampled)
 KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
 
@@ -127,6 +135,7 @@ class EngineState:
     rounds: list = field(default_factory=list)
     removed: int = 0
     first_kinks: int = 0  # kinks the first line found (about the number of neurons)
+    refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ class EngineResult:
     lines: list
     rounds: list
     verdict: str | None = None
+    refinement: dict | None = None
 
 
 def is_float32(Y: np.ndarray) -> bool:
@@ -168,6 +178,15 @@ def decimal_quantum(Y: np.ndarray) -> float | None:
 
 class _PrecisionLimited(Exception):
     """Internal: stop the rounds, the answers are too imprecise to go further."""
+
+
+def _neurons_of(model: ReluNetwork, ns: NeuronSet) -> NeuronSet:
+    """``ns`` with the hyperplanes and output vectors of ``model`` (same neurons, same
+    order; unit normals, the scale moved into the output vectors)."""
+    norm = np.linalg.norm(model.W, axis=1)
+    norm[norm == 0] = 1.0
+    return NeuronSet(model.W / norm[:, None], model.b / norm, model.A.T * norm[:, None],
+                     ns.err, ns.rank_residual, ns.line, ns.t, ns.count)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -695,12 +714,115 @@ class Coordinator:
             W[n], b[n], err[n] = w, bb, e
         self.st.neurons = NeuronSet(W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)
 
+    def _refine_rows(self, rows: int) -> bool:
+        """Whether a refinement over ``rows`` rows fits the size gate (REFINE_MAX_WORK)."""
+        st = self.st
+        return refine_work(rows, st.neurons.size, st.d, st.m) <= REFINE_MAX_WORK
+
+    def refine(self, extra_rows: bool = True) -> bool:
+        """Gauss-Newton refinement of every parameter over the paid answers
+        (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
+        REFINE_OBS answers per unknown, within the polish budget). Keeps the refined model
+        when it validates better. Returns False (nothing bought or changed) when the budget
+        or the size gate leaves too few rows to pin every parameter."""
+        st, cfg = self.st, self.cfg
+        ns = st.neurons
+        k, d, m = ns.size, st.d, st.m
+        unknowns = k * (d + 2) + m * (d + 1)
+        n_new = 0
+        if extra_rows:
+            n_new = int(np.ceil(REFINE_OBS * unknowns / m))
+            if not self._refine_rows(self.Xs.shape[0] + n_new):
+                return False
+            # bought in chunks: a budget that runs out keeps the chunks already paid
+            rng = self._rng(7)
+            for lo in range(0, n_new, REFINE_CHUNK):
+                Xn = rng.standard_normal((min(REFINE_CHUNK, n_new - lo), d)) * cfg.input_scale
+                Yn = self._eval(Xn)
+                self.Xs = np.concatenate([self.Xs, Xn], axis=0)
+                self.Ys = np.concatenate([self.Ys.reshape(-1, m), Yn], axis=0)
+            self.assemble()
+        # Gaussian rows only: stencil rows cluster around a few lines (their spread across
+        # directions is a stencil step), which slows the solve ~10x and adds little
+        X, Y = self.Xs, self.Ys.reshape(-1, m)
+        if X.shape[0] * m < REFINE_MIN_OBS * unknowns or not self._refine_rows(X.shape[0]):
+            return n_new > 0
+        sigma = st.noise * output_scale(Y, st.fref, st.absolute)
+        res = refine_network(st.model, X, Y, sigma)
+        keep = np.arange(ns.size)
+        res, keep = self._prune(res, X, Y, sigma, keep)
+        err, mx = relative_error(res.model, self.Xv, self.Yv)
+        logger.info("refine: %d rows, %d steps, %d CG iterations, chi2 %.3g -> %.3g, "
+                    "%d neurons dropped, validation rel L2 %.3g -> %.3g", X.shape[0],
+                    res.steps, res.cg_iterations, res.chi2_start, res.chi2,
+                    ns.size - keep.size, st.val_rel_l2, err)
+        kept = bool(err < st.val_rel_l2)
+        st.refinement = {"rows": int(X.shape[0]), "rows_bought": int(n_new),
+                         "steps": int(res.steps), "cg_iterations": int(res.cg_iterations),
+                         "chi2_per_answer": float(res.chi2),
+                         "neurons_dropped": int(ns.size - keep.size),
+                         "validation_rel_l2_before": float(st.val_rel_l2),
+                         "validation_rel_l2_after": float(err), "kept": kept}
+        if kept:
+            st.model, st.val_rel_l2, st.val_max_abs = res.model, err, mx
+            st.neurons = _neurons_of(res.model, ns.take(keep))
+            st.removed += int(ns.size - keep.size)
+        return True
+
+    def _prune(self, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
+               keep: np.ndarray):
+        """Drop neurons the refinement left without effect (a spurious neuron's output
+        vector goes to about the noise): candidates add less than PRUNE_NOISE answer errors
+        (rms) anywhere on the rows; they go, all at once or else one by one, when the
+        refitted misfit stays within PRUNE_CHI2 of the full model's."""
+        model = res.model
+        H = np.maximum(X @ model.W.T + model.b, 0.0)
+        contrib = np.sqrt(np.mean(H * H, axis=0)) * np.linalg.norm(model.A, axis=0)
+        noise = float(np.sqrt(np.mean(sigma * sigma)))
+        weak = np.flatnonzero(contrib < PRUNE_NOISE * noise)
+        if weak.size == 0:
+            return res, keep
+        dof = X.shape[1] + 2 + model.A.shape[0]
+
+        def without(drop: np.ndarray):
+            idx = np.setdiff1d(np.arange(model.W.shape[0]), drop)
+            cand = ReluNetwork(model.W[idx], model.b[idx], model.A[:, idx], model.c, model.L,
+                               metadata=dict(model.metadata))
+            new = refine_network(cand, X, Y, sigma)
+            allowed = PRUNE_CHI2 * res.chi2 + 4.0 * dof * drop.size / Y.size
+            return (new, idx) if new.chi2 <= allowed else (None, None)
+
+        new, idx = without(weak)
+        if new is not None:
+            return new, keep[idx]
+        if weak.size == 1:
+            return res, keep
+        drop = [j for j in weak[np.argsort(contrib[weak])][:PRUNE_SINGLES]
+                if without(np.array([j]))[0] is not None]
+        if not drop:
+            return res, keep
+        new, idx = without(np.array(drop))
+        return (new, keep[idx]) if new is not None else (res, keep)
+
     def polish(self, index: int) -> int:
-        """Polish lines while the validation error improves (imprecise answers only)."""
+        """Imprecise answers only: refine every parameter over Gaussian rows when the
+        budget affords enough of them (:meth:`refine`); else polish hyperplanes from kinks
+        on further lines while the validation error improves, then refine over the rows
+        paid so far."""
         st, cfg = self.st, self.cfg
         ns = st.neurons
         if ns is None or ns.size == 0:
             return index
+        if self.refine():
+            return index
+        index = self._polish_lines(index)
+        if st.val_rel_l2 > self.target:
+            self.refine(extra_rows=False)
+        return index
+
+    def _polish_lines(self, index: int) -> int:
+        st, cfg = self.st, self.cfg
+        ns = st.neurons
         # the kink where each neuron was measured is a point of its hyperplane
         recs = {r.index: r for r in st.lines}
         X0 = np.array([recs[int(li)].u + t * recs[int(li)].v for li, t in zip(ns.line, ns.t)])
@@ -833,6 +955,8 @@ class Coordinator:
             reason = "budget"
             if st.model is None:
                 self.fallback_model()
+            elif self.imprecise and st.neurons is not None and st.neurons.size:
+                self.refine(extra_rows=False)  # the rows paid so far still sharpen the model
         except _PrecisionLimited as exc:
             logger.warning("%s; polishing the hyperplanes found so far", exc)
             reason = "precision_floor"
@@ -860,4 +984,4 @@ class Coordinator:
                             stop_reason=reason, val_rel_l2=st.val_rel_l2,
                             val_max_abs=st.val_max_abs, noise=st.noise,
                             target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
-                            verdict=self.verdict)
+                            verdict=self.verdict, refinement=st.refinement)
