@@ -69,6 +69,7 @@ CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
 WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step) and
 # imprecise answers
 IMPRECISE_NOISE = 1e-10
+FLOAT32_ROUNDING = 2.0 ** -24  # half a float32 ulp, relative
 FULL_SOLVE_UNKNOWNS = 512  # float64: output refit always below this many unknowns, ...
 FULL_SOLVE_REACH = 1e3  # ... above only for a model at most this far off its target
 IMPRECISE_CHECK_FACTOR = 4.0
@@ -90,6 +91,8 @@ REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
 PRUNE_CHI2 = 1.05  # ... is dropped if the refit misfit stays within this factor
 PRUNE_SINGLES = 8  # candidates tried one by one when dropping them all fails
+PRUNE_MAX_CHI2 = 1.0  # ... and only from a fit down to about the answers' errors
+RECHECK_LINES = 4  # residual lines searched after a refinement that could not fit
 REFINE_MAX_WORK = 1e10  # flops of one refinement CG iteration at most (rows are sampled)
 KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
@@ -342,7 +345,13 @@ class Coordinator:
             self.st.absolute = True
             self.st.fref = float(np.median(sc))
             noise = max(noise, quantum / self.st.fref)
-        elif np.any(steps_all == 0.0) and not is_float32(Y):
+        elif is_float32(Y):
+            # float32 answers round to half a unit in the last place at least, 2^-24 of
+            # the value: with one output the fine second differences are often all exactly
+            # 0 (a measured 4e-16 made a d=64, k=128, m=1 search split on rounding until it
+            # held 3.5 million open intervals)
+            noise = max(noise, FLOAT32_ROUNDING)
+        elif np.any(steps_all == 0.0):
             nz = steps_all[steps_all > 0]
             if nz.size:
                 noise = max(noise, float(np.min(nz)) / float(np.median(sc)))
@@ -722,9 +731,10 @@ class Coordinator:
     def refine(self, extra_rows: bool = True) -> bool:
         """Gauss-Newton refinement of every parameter over the paid answers
         (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
-        REFINE_OBS answers per unknown, within the polish budget). Keeps the refined model
-        when it validates better. Returns False (nothing bought or changed) when the budget
-        or the size gate leaves too few rows to pin every parameter."""
+        REFINE_OBS answers per unknown). Keeps the refined model
+        when it validates better. Returns False (nothing bought or changed) when the size
+        gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
+        parameter."""
         st, cfg = self.st, self.cfg
         ns = st.neurons
         k, d, m = ns.size, st.d, st.m
@@ -757,12 +767,20 @@ class Coordinator:
                     res.steps, res.cg_iterations, res.chi2_start, res.chi2,
                     ns.size - keep.size, st.val_rel_l2, err)
         kept = bool(err < st.val_rel_l2)
-        st.refinement = {"rows": int(X.shape[0]), "rows_bought": int(n_new),
-                         "steps": int(res.steps), "cg_iterations": int(res.cg_iterations),
-                         "chi2_per_answer": float(res.chi2),
-                         "neurons_dropped": int(ns.size - keep.size),
-                         "validation_rel_l2_before": float(st.val_rel_l2),
-                         "validation_rel_l2_after": float(err), "kept": kept}
+        prev = st.refinement or {}
+        st.refinement = {
+            "runs": prev.get("runs", 0) + 1, "rows": int(X.shape[0]),
+            "rows_bought": prev.get("rows_bought", 0) + int(n_new),
+            "steps": prev.get("steps", 0) + int(res.steps),
+            "cg_iterations": prev.get("cg_iterations", 0) + int(res.cg_iterations),
+            "chi2_per_answer": float(res.chi2) if kept else prev.get(
+                "chi2_per_answer", float(res.chi2)),
+            "neurons_dropped": prev.get("neurons_dropped", 0) + (
+                int(ns.size - keep.size) if kept else 0),
+            "validation_rel_l2_before": prev.get("validation_rel_l2_before",
+                                                 float(st.val_rel_l2)),
+            "validation_rel_l2_after": float(min(err, st.val_rel_l2)),
+            "kept": kept or prev.get("kept", False)}
         if kept:
             st.model, st.val_rel_l2, st.val_max_abs = res.model, err, mx
             st.neurons = _neurons_of(res.model, ns.take(keep))
@@ -780,7 +798,8 @@ class Coordinator:
         contrib = np.sqrt(np.mean(H * H, axis=0)) * np.linalg.norm(model.A, axis=0)
         noise = float(np.sqrt(np.mean(sigma * sigma)))
         weak = np.flatnonzero(contrib < PRUNE_NOISE * noise)
-        if weak.size == 0:
+        # an unconverged fit (a neuron missing) says little about which neurons matter
+        if weak.size == 0 or res.chi2 > PRUNE_MAX_CHI2:
             return res, keep
         dof = X.shape[1] + 2 + model.A.shape[0]
 
@@ -804,12 +823,28 @@ class Coordinator:
         new, idx = without(np.array(drop))
         return (new, keep[idx]) if new is not None else (res, keep)
 
+    def _recheck(self, index: int) -> int:
+        """After a refinement that could not fit the answers to their errors (a neuron
+        missing or wrong: the Jacobians' imprecision hid it from the earlier lines), search
+        residual lines against the refined model, whose residual is now near the noise
+        everywhere but at the culprits, and refine again over the rows held."""
+        st = self.st
+        for _ in range(RECHECK_LINES):
+            ref = st.refinement
+            if ref is None or ref["chi2_per_answer"] <= PRUNE_MAX_CHI2:
+                break
+            changes = self.residual_line(index)
+            index += 1
+            if changes:
+                self.refine(extra_rows=False)
+        return index
+
     def polish(self, index: int) -> int:
-        """Imprecise answers only: refine every parameter over Gaussian rows when the
-        budget affords enough of them (:meth:`refine`); else polish hyperplanes from kinks
+        """Imprecise answers only: refine every parameter over bought Gaussian rows
+        (:meth:`refine`); where its size gate rules that out, polish hyperplanes from kinks
         on further lines while the validation error improves, then refine over the rows
-        paid so far."""
-        st, cfg = self.st, self.cfg
+        held if that fits the gate."""
+        st = self.st
         ns = st.neurons
         if ns is None or ns.size == 0:
             return index
@@ -948,7 +983,8 @@ class Coordinator:
                     reason = "precision_floor"
                     break
             if self.imprecise:
-                self.polish(index)
+                index = self.polish(index)
+                index = self._recheck(index)
                 reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
         except BudgetExhausted as exc:
             logger.warning("%s; returning the best model so far (not certified)", exc)

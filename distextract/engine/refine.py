@@ -31,12 +31,12 @@ from .._model import ReluNetwork
 logger = logging.getLogger(__name__)
 
 #: Gauss-Newton steps at most (each one re-linearises at the new activation pattern).
-MAX_STEPS = 10
+MAX_STEPS = 20
 #: A step that lowers the weighted sum of squares by less than this fraction ends the loop.
 MIN_GAIN = 1e-3
 #: Conjugate-gradient iterations per step at most, and the relative (preconditioned)
 #: residual at which they stop.
-CG_MAX = 150
+CG_MAX = 300
 CG_TOL = 1e-12
 #: Ridge on every preconditioner block and on the normal equations, relative to the
 #: block's mean diagonal: far below any information the rows carry.
