@@ -112,7 +112,7 @@ def run_issue5(seed: int) -> None:
     net = targets.random_network(d, k, m, seed=seed)
     X = np.random.default_rng(seed + 1).standard_normal((10_000, d))
     print(f"{'target':<26} {'queries':>8} {'q/k(d+1)':>8} {'rel L2':>9} {'prob err':>9} "
-          f"{'argmax':>7} {'stop':>16}  verdict / measured noise")
+          f"{'argmax':>7} {'neurons':>9} {'stop':>16}  verdict / measured noise")
     for out in ("float32", "round:6", "softmax"):
         w0 = time.perf_counter()
         oracle = NetworkOracle(net, output=out)
@@ -123,14 +123,17 @@ def run_issue5(seed: int) -> None:
             Q = res.model.predict_proba(X)
             rel, perr = float("nan"), float(np.max(np.abs(P - Q)))
             agree = float(np.mean(P.argmax(1) == Q.argmax(1)))
+            neurons = "-"  # logits are known up to a per-row constant: no neuron match
         else:
             rep = evaluate_fidelity(res.model, net, n_points=10_000, seed=seed + 1)
             rel, perr = rep.rel_l2, float("nan")
+            # matched/live+spurious at the default (float64) tolerances: cos 1e-9, bias 1e-6
+            neurons = f"{rep.matched_neurons}/{rep.live_neurons}+{rep.spurious_neurons}"
             agree = float(np.mean(res.model.predict(X).argmax(1) == net.predict(X).argmax(1)))
         note = res.report.get("verdict") or f"noise {res.report['precision']['relative_noise']:.2e}"
         print(f"{'random d64 k128 m10 ' + out:<26} {res.queries:>8} "
               f"{res.queries / (k * (d + 1)):>8.3f} {rel:>9.2e} {perr:>9.2e} {agree:>7.4f} "
-              f"{res.stop_reason:>16}  {note}  ({time.perf_counter() - w0:.1f} s)")
+              f"{neurons:>9} {res.stop_reason:>16}  {note}  ({time.perf_counter() - w0:.1f} s)")
     others = [
         ("gelu d64 k128 m10", targets.gelu_network(d, k, m, seed=seed)),
         ("relu 64-64-64-10", targets.two_layer_relu_network(d, 64, 64, m, seed=seed)),
@@ -144,7 +147,7 @@ def run_issue5(seed: int) -> None:
         except TargetMismatch as exc:
             verdict = f"{type(exc).__name__}: {exc.observation}"
         print(f"{name:<26} {counter.rows:>8} {counter.rows / (k * (d + 1)):>8.3f} "
-              f"{'':>9} {'':>9} {'':>7} {'verdict':>16}  {verdict}")
+              f"{'':>9} {'':>9} {'':>7} {'':>9} {'verdict':>16}  {verdict}")
 
 
 def suite(name: str) -> list[BenchTarget]:
