@@ -109,3 +109,25 @@ def test_extract_imprecise_oracle(output, rel_max):
     ref = res.report["refinement"]
     assert ref["kept"] and ref["rows_bought"] > 0
     assert ref["validation_rel_l2_after"] < 1e-2 * ref["validation_rel_l2_before"]
+
+
+def test_binary_rounding_names_the_format():
+    from distextract.engine.loop import binary_rounding
+
+    Y = np.random.default_rng(0).standard_normal((20, 3))
+    assert binary_rounding(Y) is None
+    assert binary_rounding(Y.astype(np.float32)) == 2.0 ** -24
+    assert binary_rounding(Y.astype(np.float16)) == 2.0 ** -11
+    assert binary_rounding(np.round(Y, 6)) is None
+
+
+def test_float32_single_output_precision_is_not_underestimated():
+    """With one float32 output the probe's fine second differences are often all exactly 0;
+    the run must still treat the answers as float32 (it once measured 4e-16 and split
+    intervals on rounding until it ran out of memory)."""
+    d, k = 64, 128
+    net = targets.random_network(d, k, 1, seed=0)
+    res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0,
+                     on_mismatch="flag", budget=3000)
+    assert res.report["precision"]["relative_noise"] >= 2.0 ** -24
+    assert res.queries <= 3000

@@ -69,7 +69,6 @@ CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
 WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step) and
 # imprecise answers
 IMPRECISE_NOISE = 1e-10
-FLOAT32_ROUNDING = 2.0 ** -24  # half a float32 ulp, relative
 FULL_SOLVE_UNKNOWNS = 512  # float64: output refit always below this many unknowns, ...
 FULL_SOLVE_REACH = 1e3  # ... above only for a model at most this far off its target
 IMPRECISE_CHECK_FACTOR = 4.0
@@ -162,6 +161,20 @@ class EngineResult:
 def is_float32(Y: np.ndarray) -> bool:
     """Whether every answer is a float32 value (rounded relative to its size)."""
     return bool(np.all(Y.astype(np.float32).astype(np.float64) == Y))
+
+
+def binary_rounding(Y: np.ndarray) -> float | None:
+    """Half a unit in the last place, relative (``2^-p``), of the coarsest binary format
+    that holds every answer: bfloat16 (p = 8), float16 (11) or float32 (24); None for
+    answers that need more bits (float64)."""
+    mant, _ = np.frexp(np.asarray(Y, dtype=np.float64)[np.isfinite(Y)])
+    if mant.size == 0 or not np.any(mant):
+        return None
+    for p in (8, 11, 24):
+        scaled = np.ldexp(mant, p)
+        if np.all(scaled == np.round(scaled)):
+            return 2.0 ** -p
+    return None
 
 
 def decimal_quantum(Y: np.ndarray) -> float | None:
@@ -345,12 +358,12 @@ class Coordinator:
             self.st.absolute = True
             self.st.fref = float(np.median(sc))
             noise = max(noise, quantum / self.st.fref)
-        elif is_float32(Y):
-            # float32 answers round to half a unit in the last place at least, 2^-24 of
-            # the value: with one output the fine second differences are often all exactly
-            # 0 (a measured 4e-16 made a d=64, k=128, m=1 search split on rounding until it
-            # held 3.5 million open intervals)
-            noise = max(noise, FLOAT32_ROUNDING)
+        elif binary_rounding(Y) is not None:
+            # float32 (float16, bfloat16) answers round to half a unit in the last place:
+            # with one output the fine second differences are often all exactly 0 (a
+            # measured 4e-16 made a d=64, k=128, m=1 float32 search split on rounding until
+            # it held 3.5 million open intervals)
+            noise = max(noise, binary_rounding(Y))
         elif np.any(steps_all == 0.0):
             nz = steps_all[steps_all > 0]
             if nz.size:
