@@ -21,25 +21,25 @@ KEY = "sk-live-9c2e41d7b3a05f86"
 D = 8
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    net = dx.ReluNetwork(rng.normal(size=(16, D)), rng.normal(size=16),
-                         rng.normal(size=(2, 16)), rng.normal(size=2))
-    path = tmp_path_factory.mktemp("model") / "net.arrow"
+def _saved_network(tmp_path_factory, k: int, seed: int, name: str):
+    """A random d=D, k-neuron, 2-output network saved as an Arrow file; its path."""
+    rng = np.random.default_rng(seed)
+    net = dx.ReluNetwork(rng.normal(size=(k, D)), rng.normal(size=k),
+                         rng.normal(size=(2, k)), rng.normal(size=2))
+    path = tmp_path_factory.mktemp("model") / name
     net.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return _saved_network(tmp_path_factory, 16, 0, "net.arrow")
 
 
 @pytest.fixture(scope="module")
 def wider_model_path(tmp_path_factory):
-    """32 neurons: a ~1,000-row run, so 2% leaves room for the rows a kill can lose."""
-    rng = np.random.default_rng(1)
-    net = dx.ReluNetwork(rng.normal(size=(32, D)), rng.normal(size=32),
-                         rng.normal(size=(2, 32)), rng.normal(size=2))
-    path = tmp_path_factory.mktemp("model") / "wider.arrow"
-    net.save(path)
-    return path
+    """32 neurons: a ~860-row run, so 2% leaves room for the rows a kill can lose."""
+    return _saved_network(tmp_path_factory, 32, 1, "wider.arrow")
 
 
 def served(server) -> int:
@@ -61,8 +61,8 @@ def test_kill_9_and_resume_pays_at_most_2_percent_more(wider_model_path, tmp_pat
                     "--seed", "5", "--batch-size", "4", "--max-in-flight", "1"]
 
         # Uninterrupted reference run.
-        ref = subprocess.run(args(tmp_path / "ref"), env=env, capture_output=True, text=True,
-                             timeout=120)
+        ref = subprocess.run(args(tmp_path / "ref"), env=env, check=False, capture_output=True,
+                             text=True, timeout=120)
         assert ref.returncode == 0, ref.stderr
         full = served(server)
         report = json.loads((tmp_path / "ref" / "report.json").read_text())
@@ -90,8 +90,8 @@ def test_kill_9_and_resume_pays_at_most_2_percent_more(wider_model_path, tmp_pat
         proc.communicate()
         assert full // 2 <= rows < full
         assert not (out / "report.json").exists()
-        resumed = subprocess.run(args(out) + ["--resume"], env=env, capture_output=True,
-                                 text=True, timeout=120)
+        resumed = subprocess.run(args(out) + ["--resume"], env=env, check=False,
+                                 capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 0, resumed.stderr
         assert "Resuming:" in resumed.stdout
         total = served(server) - before
@@ -119,21 +119,21 @@ def test_cli_extract_errors_are_one_line(model_path, tmp_path):
         base = [sys.executable, "-m", "distextract", "extract", "--url", server.url,
                 "--input-dim", str(D)]
         bad = subprocess.run(base + ["--out", str(tmp_path / "x"), "--resume"],
-                             capture_output=True, text=True, timeout=60)
+                             check=False, capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1
         assert bad.stderr.strip().startswith("Error: nothing to resume in")
         assert "Traceback" not in bad.stderr
         wrong_d = subprocess.run(
             [sys.executable, "-m", "distextract", "extract", "--url", server.url,
              "--input-dim", "5", "--out", str(tmp_path / "y")],
-            capture_output=True, text=True, timeout=60)
+            check=False, capture_output=True, text=True, timeout=60)
         assert wrong_d.returncode == 1
         assert "Error: HTTP 400" in wrong_d.stderr and "inputs must have shape (n, 8)" in \
             wrong_d.stderr
         assert "rerun with --resume" in wrong_d.stderr
         env = {k: v for k, v in os.environ.items() if k != "DX_UNSET_KEY"}
         nokey = subprocess.run(base + ["--out", str(tmp_path / "z"), "--api-key-env",
-                                       "DX_UNSET_KEY"], capture_output=True, text=True,
+                                       "DX_UNSET_KEY"], check=False, capture_output=True, text=True,
                                env=env, timeout=60)
         assert nokey.returncode == 1
         assert "Error: environment variable DX_UNSET_KEY (api_key_env) is not set" in nokey.stderr
@@ -144,7 +144,7 @@ def test_failures_and_drops_keep_fidelity_and_paid_equals_served(model_path, tmp
         run = subprocess.run(
             [sys.executable, "-m", "distextract", "extract", "--url", server.url,
              "--input-dim", str(D), "--out", str(tmp_path / "run"), "--batch-size", "8",
-             "--retries", "30"], capture_output=True, text=True, timeout=120)
+             "--retries", "30"], check=False, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         stats = server.stats()
     report = json.loads((tmp_path / "run" / "report.json").read_text())

@@ -10,18 +10,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import distextract as dx  # noqa: E402
-from distextract._errors import BudgetExhausted, ConfigError  # noqa: E402
-from distextract._extract import extract  # noqa: E402
-from distextract._journal import JournaledOracle, load_journal  # noqa: E402
-from distextract.distributed import (  # noqa: E402
+import distextract as dx
+from distextract._errors import BudgetExhausted, ConfigError
+from distextract._extract import extract
+from distextract._journal import JournaledOracle, load_journal
+from distextract.distributed import (
     LeasedLimiter,
     ProgressDisplay,
     RayExecutor,
     _Limiter,
     oracle_spec,
 )
-from distextract.engine.tasks import EvalTask  # noqa: E402
+from distextract.engine.tasks import EvalTask
 
 
 @pytest.fixture(scope="module")
@@ -203,24 +203,36 @@ def test_killed_worker_is_restarted_and_nothing_is_paid_twice(ray_local, net, tm
     assert "w0.0001.arrows" in names and "w1.0001.arrows" in names, names
 
 
-def test_limiter_actor_leases_evenly_spaced_slots(ray_local):
-    actor = ray.remote(_Limiter).options(num_cpus=0).remote(200.0, None)
-    proxies = [LeasedLimiter(actor, chunk=5) for _ in range(2)]
+def _send_from_threads(proxies, sends: int, rows: int) -> np.ndarray:
+    """Each proxy acquires ``sends`` permits of ``rows`` rows from its own thread; the
+    sorted times at which the permits were granted."""
     stamps: list[float] = []
     lock = threading.Lock()
 
     def use(proxy):
-        for _ in range(60):
-            proxy.acquire(8)
+        for _ in range(sends):
+            proxy.acquire(rows)
             with lock:
                 stamps.append(time.monotonic())
 
     threads = [threading.Thread(target=use, args=(p,)) for p in proxies]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return np.sort(stamps)
+
+
+def _most_sends_in(s: np.ndarray, window: float) -> int:
+    """Most of the sorted send times ``s`` in any interval of ``window`` seconds."""
+    return int(np.max(np.searchsorted(s, s + window) - np.arange(s.size)))
+
+
+def test_limiter_actor_leases_evenly_spaced_slots(ray_local):
+    actor = ray.remote(_Limiter).options(num_cpus=0).remote(200.0, None)
+    proxies = [LeasedLimiter(actor, chunk=5) for _ in range(2)]
+    t0 = time.monotonic()
+    s = _send_from_threads(proxies, 60, 8)
     elapsed = time.monotonic() - t0
     # 120 requests at 200/s: at least 119 intervals of 5 ms, no burst, few round trips
     assert elapsed >= 119 / 200 - 0.02
@@ -229,9 +241,7 @@ def test_limiter_actor_leases_evenly_spaced_slots(ray_local):
     stats = ray.get(actor.stats.remote())
     assert stats["granted"] >= 120 and stats["granted_rows"] == stats["granted"] * 8
     # in any 0.1 s window at most ~20 sends (+2 for scheduling jitter)
-    s = np.sort(stamps)
-    window = np.searchsorted(s, s + 0.1) - np.arange(s.size)
-    assert window.max() <= 22
+    assert _most_sends_in(s, 0.1) <= 22
 
 
 class _SlowReplies:
@@ -258,24 +268,10 @@ def test_slow_lease_round_trips_do_not_bunch_slots(ray_local):
     quick.acquire(1)  # quick first trips: they map the limiter's clock onto the proxies'
     slow.acquire(1)
     slow.actor = _SlowReplies(actor, 0.12)
-    stamps: list[float] = []
-    lock = threading.Lock()
-
-    def use(proxy):
-        for _ in range(40):
-            proxy.acquire(1)
-            with lock:
-                stamps.append(time.monotonic())
-
-    threads = [threading.Thread(target=use, args=(p,)) for p in (quick, slow)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    s = np.sort(stamps)
+    s = _send_from_threads((quick, slow), 40, 1)
     # 100/s: at most ~10 sends in any 0.1 s window (+3 for scheduling jitter)
-    window = np.searchsorted(s, s + 0.1) - np.arange(s.size)
-    assert window.max() <= 13, window.max()
+    most = _most_sends_in(s, 0.1)
+    assert most <= 13, most
 
 
 def test_a_429_anywhere_pauses_every_worker(ray_local):

@@ -356,16 +356,17 @@ class Coordinator:
         # size; float32 answers round relative to their size (the fine differences above).
         steps_all = np.abs(np.diff(np.concatenate([fine, coarse], axis=1), axis=1))
         quantum = decimal_quantum(Y)
+        ulp = binary_rounding(Y)
         if quantum is not None:
             self.st.absolute = True
             self.st.fref = float(np.median(sc))
             noise = max(noise, quantum / self.st.fref)
-        elif binary_rounding(Y) is not None:
+        elif ulp is not None:
             # float32 (float16, bfloat16) answers round to half a unit in the last place:
             # with one output the fine second differences are often all exactly 0 (a
             # measured 4e-16 made a d=64, k=128, m=1 float32 search split on rounding until
             # it held 3.5 million open intervals)
-            noise = max(noise, binary_rounding(Y))
+            noise = max(noise, ulp)
         elif np.any(steps_all == 0.0):
             nz = steps_all[steps_all > 0]
             if nz.size:
