@@ -274,11 +274,11 @@ def test_errors_in_a_real_process_exit_1_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "distextract", "evaluate",
                            str(tmp_path / "missing.arrow"), "--target", "t.arrow"],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          check=False, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"Error: model file not found: {tmp_path / 'missing.arrow'}"
     assert "Traceback" not in proc.stderr
     usage = subprocess.run([sys.executable, "-m", "distextract", "no-such-command"],
-                           capture_output=True, text=True, timeout=60)
+                           check=False, capture_output=True, text=True, timeout=60)
     assert usage.returncode == 1
     assert "Error: No such command 'no-such-command'" in usage.stderr
