@@ -11,7 +11,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 import distextract as dx
-from distextract.engine import jacobians, kinks, lines, neurons, refine, solve
+from distextract.engine import jacobians, kinks, lines, neurons, pin, refine, solve
 from distextract.engine._config import EPS64, ExtractConfig
 from distextract.engine.tasks import output_scale
 
@@ -412,3 +412,63 @@ def test_refine_rejects_a_nonpositive_error():
     X = np.ones((10, 4))
     with pytest.raises(ValueError, match="positive standard error"):
         refine.refine_network(net, X, net.predict(X), np.zeros(10))
+
+
+def _unit(net: dx.ReluNetwork):
+    """The planted hyperplanes as unit normals, normalised biases, output vectors."""
+    norm = np.linalg.norm(net.W, axis=1)
+    return net.W / norm[:, None], net.b / norm, net.A.T * norm[:, None]
+
+
+def test_pin_locates_an_offset_bias_along_the_normal():
+    """A weak neuron whose bias is off by 1e-5 and direction by ~1e-6 rad: the kink on the
+    line along its normal through its foot gives the planted normalised bias to ~1e-10."""
+    net = dx.targets.random_network(16, 24, 2, seed=11)
+    A = net.A.copy()
+    A[:, 5] *= 1e-3  # a weak neuron: small output vector
+    net = dx.ReluNetwork(net.W, net.b, A, net.c, net.L)
+    U, beta, a = _unit(net)
+    rng = np.random.default_rng(12)
+    W = U.copy()
+    W[5] += 1e-6 * rng.standard_normal(16)
+    W[5] /= np.linalg.norm(W[5])
+    b = beta.copy()
+    b[5] += 1e-5
+    err = np.full(24, 1e-9)
+    err[5] = 1e-5
+    plans = pin.pin_plans(W, b, err, np.array([5]), 1.0)
+    assert len(plans) == 1 and plans[0].neuron == 5
+    p = plans[0]
+    Y = net.predict(p.points())
+    sigma = NOISE * (np.max(np.abs(Y), axis=1) + 1.0)
+    t = pin.pin_fit(p, Y, sigma, a[5], CFG.check_factor)
+    assert t is not None
+    assert abs((b[5] - t) - beta[5]) < 1e-10 * max(1.0, abs(beta[5])), (b[5] - t, beta[5])
+
+
+def test_pin_refuses_a_side_crossed_by_an_unknown_hyperplane():
+    """A hyperplane the plan does not know crossing between the three points of one side
+    makes that side bend: no offset is taken from it (the same plan without it pins)."""
+    net = dx.targets.random_network(8, 6, 2, seed=13)
+    U, beta, a = _unit(net)
+    plans = pin.pin_plans(U, beta, np.full(6, 1e-9), np.array([2]), 10.0)
+    assert len(plans) == 1
+    p = plans[0]
+    Y = net.predict(p.points())
+    sigma = NOISE * (np.max(np.abs(Y), axis=1) + 1.0)
+    assert pin.pin_fit(p, Y, sigma, a[2], CFG.check_factor) is not None
+    # an unknown neuron whose hyperplane crosses the plan's line between its left points
+    w = np.random.default_rng(15).standard_normal(8)
+    x = p.foot + 0.5 * (p.t[0] + p.t[1]) * p.normal
+    hidden = dx.ReluNetwork(np.vstack([net.W, w]), np.append(net.b, -w @ x),
+                            np.hstack([net.A, np.ones((2, 1))]), net.c, net.L)
+    Y = hidden.predict(p.points())
+    sigma = NOISE * (np.max(np.abs(Y), axis=1) + 1.0)
+    assert pin.pin_fit(p, Y, sigma, a[2], CFG.check_factor) is None
+
+
+def test_pin_plans_skip_a_foot_other_hyperplanes_pass_through():
+    """All-zero biases: every hyperplane passes through the origin, every foot: no gap."""
+    rng = np.random.default_rng(14)
+    W = rng.standard_normal((10, 6))
+    assert pin.pin_plans(W, np.zeros(10), np.full(10, 1e-6), np.arange(10), 1.0) == []

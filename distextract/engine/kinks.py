@@ -27,13 +27,14 @@ PRED_SIGMAS = 8.0  # a predicted kink is accepted this many prediction errors aw
 SIGNATURE_RTOL = 0.25  # ... when its slope change agrees with the prediction this well
 
 
-def jump_agrees(measured: np.ndarray, predicted: np.ndarray, slack: float = 0.0):
+def jump_agrees(measured: np.ndarray, predicted: np.ndarray, slack: float = 0.0,
+                rtol: float = SIGNATURE_RTOL):
     """Whether a measured slope change (right minus left, (m,) or (n, m)) matches the one a
-    neuron predicts (its output vector × |w·v|) within ``SIGNATURE_RTOL`` of the prediction
-    plus ``slack`` (the measurement's own slope error). A second kink merged into the
+    neuron predicts (its output vector × |w·v|) within ``rtol`` of the prediction plus
+    ``slack`` (the measurement's own slope error). A second kink merged into the
     measurement changes it; so does a neuron claiming a neighbour's kink."""
     gap = np.linalg.norm(measured - predicted, axis=-1)
-    return gap <= SIGNATURE_RTOL * np.linalg.norm(predicted, axis=-1) + slack
+    return gap <= rtol * np.linalg.norm(predicted, axis=-1) + slack
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class SearchParams:
         The guided search's anchor pair in a gap sits at the gap's middle and
         ``anchor_step × gap`` beyond it (None: ``slope_step``). Imprecise answers need a
         long anchor pair for a precise slope.
+    jump_rtol : float
+        A predicted kink's measured slope change must agree with the prediction this well
+        (relative) for the guided search to accept its gap.
     """
 
     noise: float
@@ -65,6 +69,7 @@ class SearchParams:
     min_width: float
     check_step: float = 1e-3
     anchor_step: float | None = None
+    jump_rtol: float = SIGNATURE_RTOL
 
 
 @dataclass(frozen=True)
@@ -357,7 +362,8 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
             ok = abs(tstar - p[i]) <= tol and mids[i] < tstar < mids[i + 1]
             if ok and pred_jump is not None:
                 ok = bool(jump_agrees(-ds, pred_jump[i],
-                                      params.check_factor * (sig[i] + sig[i + 1])))
+                                      params.check_factor * (sig[i] + sig[i + 1]),
+                                      params.jump_rtol))
             if ok:
                 kinks.append((tstar, True))
                 continue

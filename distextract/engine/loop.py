@@ -18,7 +18,7 @@ import numpy as np
 from .._errors import BudgetExhausted, NonDeterministicOracle, TargetMismatch
 from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
-from .kinks import SearchParams, segment_end_points
+from .kinks import SIGNATURE_RTOL, SearchParams, segment_end_points
 from .lines import Line, make_line
 from .neurons import (
     EXPLAIN_FACTOR,
@@ -31,6 +31,7 @@ from .neurons import (
     predicted_crossings,
 )
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
+from .pin import pin_fit, pin_plans
 from .refine import refine_network, refine_work
 from .regions import (
     LineScan,
@@ -96,7 +97,14 @@ PRUNE_MAX_CHI2 = 1.0  # ... and only from a fit down to about the answers' error
 RECHECK_LINES = 4  # residual lines searched after a refinement that could not fit
 REFINE_MAX_WORK = 1e10  # flops of one refinement CG iteration at most (rows are sampled)
 KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
+JUMP_RTOL = 1e-3  # float64: a gap whose slope change is off its predicted kink's by more
+# than this (relative) holds a second kink the guided search looks for (k=8192: a missing
+# neuron hides next to a known one)
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
+PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative to
+# max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
+# about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
+PIN_CHUNK = 64  # neurons pinned per batch of queries
 
 
 @dataclass
@@ -439,7 +447,8 @@ class Coordinator:
                             slope_step=float(min(MAX_STEP, max(cfg.slope_step, grow))),
                             min_width=float(max(cfg.min_width, 1e3 * noise)),
                             check_step=float(min(MAX_STEP, max(cfg.check_step, grow))),
-                            anchor_step=IMPRECISE_ANCHOR_STEP if self.imprecise else None)
+                            anchor_step=IMPRECISE_ANCHOR_STEP if self.imprecise else None,
+                            jump_rtol=SIGNATURE_RTOL if self.imprecise else JUMP_RTOL)
 
     def _guided(self, line: Line, predicted: np.ndarray, pred_tol: np.ndarray | None = None,
                 pred_jump: np.ndarray | None = None) -> LineScan:
@@ -609,10 +618,11 @@ class Coordinator:
         if sel.size:
             sel = sel[np.concatenate([[True], np.diff(tp[sel]) > 1e-9 * (1 + np.abs(tp[sel][1:]))])]
         tp = tp[sel]
+        jump = ns.a[sel] * np.abs(wv[sel])[:, None]
         if self.imprecise:
-            scan = self._guided(line, tp, ptol[sel], ns.a[sel] * np.abs(wv[sel])[:, None])
+            scan = self._guided(line, tp, ptol[sel], jump)
         else:
-            scan = self._guided(line, tp)
+            scan = self._guided(line, tp, pred_jump=jump)
         self._emit("search", line=index, kinks=int(scan.kinks.size))
         unexplained, unconfirmed, hits, by, loose = explain_kinks(
             line, scan.kinks, ns, IMPRECISE_EXPLAIN_FACTOR if self.imprecise else EXPLAIN_FACTOR,
@@ -692,6 +702,67 @@ class Coordinator:
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
+
+    # --------------------------------------------------------------------- pin
+    def pin(self) -> int:
+        """Float64 answers: re-locate the offset of every neuron whose direction error could
+        move its bias by more than PIN_ERR (weak neurons: small jumps) from a kink on the
+        line along its normal through its foot (:mod:`.pin`, six queries each). Keeps the
+        result when validation does not get worse. A neuron whose kink is not where its
+        foot says (a weak merge of two hyperplanes) goes if validation does not get worse
+        without it. Returns the neurons pinned."""
+        st = self.st
+        ns = st.neurons
+        if ns is None or ns.size == 0 or self.imprecise:
+            return 0
+        beta = np.abs(ns.b) / np.maximum(np.linalg.norm(ns.W, axis=1), 1e-300)
+        idx = np.flatnonzero(ns.err > PIN_ERR * np.maximum(1.0, beta))
+        if idx.size == 0:
+            return 0
+        plans = pin_plans(ns.W, ns.b, ns.err, idx, self.cfg.input_scale)
+        b = ns.b.copy()
+        pinned, failed = 0, []
+        try:
+            for group in _chunks(plans, PIN_CHUNK):
+                X = np.concatenate([p.points() for p in group], axis=0)
+                Y = self._eval(X)
+                sig = st.noise * output_scale(Y, st.fref, st.absolute)
+                for i, p in enumerate(group):
+                    rows = slice(6 * i, 6 * i + 6)
+                    t = pin_fit(p, Y[rows], sig[rows], ns.a[p.neuron], self.check_factor)
+                    if t is None:
+                        failed.append(p.neuron)
+                        continue
+                    # the foot moves by t along the unit normal
+                    b[p.neuron] -= t * float(np.linalg.norm(ns.W[p.neuron]))
+                    pinned += 1
+        except BudgetExhausted as exc:
+            logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
+        cur = st.neurons
+        if pinned and not self._keep_if_no_worse(NeuronSet(
+                cur.W, b, cur.a, cur.err, cur.rank_residual, cur.line, cur.t, cur.count),
+                self.target):
+            pinned = 0
+        dropped = 0
+        if failed and self._keep_if_no_worse(st.neurons.take(
+                np.setdiff1d(np.arange(st.neurons.size), failed))):
+            dropped = len(failed)
+            st.removed += dropped
+        logger.info("pin: %d of %d imprecise neurons pinned (%d planned), %d dropped",
+                    pinned, idx.size, len(plans), dropped)
+        return pinned
+
+    def _keep_if_no_worse(self, cand: NeuronSet, allowed: float = 0.0) -> bool:
+        """Assemble the model from ``cand``; keep it if its validation error is within 1% of
+        the current one (or at most ``allowed``), else restore the current model."""
+        st = self.st
+        before = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+        st.neurons = cand
+        self.assemble()
+        if st.val_rel_l2 <= max(1.01 * before[0], allowed):
+            return True
+        st.val_rel_l2, st.model, st.neurons, st.val_max_abs = before
+        return False
 
     # ------------------------------------------------------------------ polish
     def polish_line(self, index: int, ev: HyperplaneEvidence) -> int:
@@ -1005,6 +1076,8 @@ class Coordinator:
                 index = self.polish(index)
                 index = self._recheck(index)
                 reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
+            else:
+                self.pin()
         except BudgetExhausted as exc:
             logger.warning("%s; returning the best model so far (not certified)", exc)
             reason = "budget"

@@ -65,7 +65,7 @@ class NeuronSet:
 
 
 RANK_FLOOR = 1e-6    # second / first singular value of a jump above which it is not rank one
-RANK_FACTOR = 100.0  # ... or above this many times the jump's relative measurement error
+RANK_FACTOR = 10.0  # ... or above this many times the jump's relative measurement error
 
 
 def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
