@@ -422,7 +422,8 @@ def _unit(net: dx.ReluNetwork):
 
 def test_pin_locates_an_offset_bias_along_the_normal():
     """A weak neuron whose bias is off by 1e-5 and direction by ~1e-6 rad: the kink on the
-    line along its normal through its foot gives the planted normalised bias to ~1e-10."""
+    line along its normal through its foot gives the planted normalised bias to ~1e-10 and
+    the slope change there its output vector."""
     net = dx.targets.random_network(16, 24, 2, seed=11)
     A = net.A.copy()
     A[:, 5] *= 1e-3  # a weak neuron: small output vector
@@ -441,14 +442,18 @@ def test_pin_locates_an_offset_bias_along_the_normal():
     p = plans[0]
     Y = net.predict(p.points())
     sigma = NOISE * (np.max(np.abs(Y), axis=1) + 1.0)
-    t = pin.pin_fit(p, Y, sigma, a[5], CFG.check_factor)
-    assert t is not None
+    fit = pin.pin_fit(p, Y, sigma, a[5] * (1 + 1e-4), CFG.check_factor)
+    assert fit is not None
+    t, jump = fit
     assert abs((b[5] - t) - beta[5]) < 1e-10 * max(1.0, abs(beta[5])), (b[5] - t, beta[5])
+    # the slope change along the unit normal is the output vector (given 1e-4 off)
+    assert_allclose(jump, a[5], rtol=1e-8)
 
 
 def test_pin_refuses_a_side_crossed_by_an_unknown_hyperplane():
-    """A hyperplane the plan does not know crossing between the three points of one side
-    makes that side bend: no offset is taken from it (the same plan without it pins)."""
+    """A hyperplane the plan does not know crossing between the two points of one side
+    changes the measured slope change: no offset is taken from it (the same plan without
+    it pins)."""
     net = dx.targets.random_network(8, 6, 2, seed=13)
     U, beta, a = _unit(net)
     plans = pin.pin_plans(U, beta, np.full(6, 1e-9), np.array([2]), 10.0)
@@ -472,3 +477,49 @@ def test_pin_plans_skip_a_foot_other_hyperplanes_pass_through():
     rng = np.random.default_rng(14)
     W = rng.standard_normal((10, 6))
     assert pin.pin_plans(W, np.zeros(10), np.full(10, 1e-6), np.arange(10), 1.0) == []
+
+
+def _without(net: dx.ReluNetwork, drop: int) -> dx.ReluNetwork:
+    keep = np.arange(net.W.shape[0]) != drop
+    return dx.ReluNetwork(net.W[keep], net.b[keep], net.A[:, keep], net.c, net.L)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_residual_search_finds_the_kink_the_model_lacks(m):
+    """The model lacks one planted neuron: the residual search returns every planted kink,
+    the known ones where predicted and the missing one located to ~1e-9, for about one
+    query per known kink plus a local search."""
+    net = dx.targets.random_network(12, 40, m, seed=16)
+    line = _line(12, seed=17)
+    true_t = _crossings(net, line)
+    missing = int(np.argsort(np.abs(-(net.W @ line.u + net.b) / (net.W @ line.v)))[3])
+    model = _without(net, missing)
+    predicted = _crossings(model, line)
+    calls: list = []
+    res = kinks.residual_search(_line_evaluator(net, line, calls),
+                                lambda ts: model.predict(line.points(ts)), predicted,
+                                np.zeros(predicted.size), np.zeros(predicted.size),
+                                line.reach, _search_params())
+    assert res.kinks.size == true_t.size
+    assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())
+    # (a full search of the line costs about eight queries per kink)
+    assert sum(calls) < predicted.size + 3 + 100, sum(calls)
+
+
+def test_residual_search_drops_a_kink_the_target_lacks():
+    """The model has a neuron the target lacks: its predicted kink is searched and not
+    returned; every real kink is."""
+    net = dx.targets.random_network(10, 20, 2, seed=18)
+    line = _line(10, seed=19)
+    extra = dx.targets.random_network(10, 1, 2, seed=20)
+    model = dx.ReluNetwork(np.vstack([net.W, extra.W]), np.append(net.b, extra.b),
+                           np.hstack([net.A, extra.A]), net.c, net.L)
+    t_extra = float(-(extra.W[0] @ line.u + extra.b[0]) / (extra.W[0] @ line.v))
+    assert abs(t_extra) < line.reach
+    res = kinks.residual_search(_line_evaluator(net, line),
+                                lambda ts: model.predict(line.points(ts)),
+                                _crossings(model, line), np.zeros(21), np.zeros(21),
+                                line.reach, _search_params())
+    true_t = _crossings(net, line)
+    assert res.kinks.size == true_t.size
+    assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())

@@ -70,6 +70,10 @@ class ExtractConfig:
     solve_max_unknowns : int
         Refit the output weights by least squares when ``k + d + 1`` is at most this; larger
         networks keep the output weights measured from the jumps.
+    residual_scan : bool
+        Float64 answers: later lines look for kinks of the residual ``F − model`` (one
+        query per known kink, :func:`.kinks.residual_search`) instead of re-locating every
+        known kink (two per kink, :func:`.kinks.guided_search`).
     refine_factor : float
         A neuron whose direction error estimate exceeds ``refine_factor ×`` the median is
         measured again where a later line crosses it (off by default: ``inf``).
@@ -103,6 +107,7 @@ class ExtractConfig:
     extra_clean_lines: int = 4
     max_rounds: int = 40
     solve_max_unknowns: int = 3000
+    residual_scan: bool = True
     refine_factor: float = float("inf")
     dedup_factor: float = 30.0
     polish_query_factor: float = 2.9

@@ -395,3 +395,84 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
     return SegmentResult(t=T, values=V[idx], scale=S[idx],
                          kinks=np.array([k[0] for k in ks], dtype=np.float64),
                          resolved=np.array([k[1] for k in ks], dtype=bool))
+
+
+def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
+                    pred_offset: np.ndarray, pred_slope: np.ndarray, reach: float,
+                    params: SearchParams) -> SegmentResult:
+    """Kink search on a line against a model that predicts every kink it knows.
+
+    One point in every gap between consecutive predicted kinks (and both ends): the
+    residual ``r = F − model`` there is linear between the samples wherever the model is
+    right, so its chord slopes change only at a kink the model lacks, a kink it has that
+    ``F`` lacks, or by the model's own error at a predicted kink (``pred_offset``: how far
+    the residual may sit off a line there, from the hyperplane's position error;
+    ``pred_slope``: the error of its slope change). Samples whose chord slopes change by
+    more are searched in full (:func:`search_segments` on ``F`` over the two chords around
+    them); every other predicted kink is taken where predicted. About one query per known
+    kink (the guided search takes two), and a missing neuron's residual is a ramp that
+    stands out whatever its neighbours (k=8192: they found missing neurons one per line).
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(ts) -> (F values (n, m), scale (n,))``.
+    model_values : callable
+        ``model_values(ts) -> (n, m)``: the model along the line.
+    predicted : ndarray of shape (K,)
+        Predicted kink positions inside ``(-reach, reach)``, sorted.
+    pred_offset, pred_slope : ndarray of shape (K,)
+        Model error scales at each predicted kink (value offset, slope-change error).
+    reach : float
+    params : SearchParams
+
+    Returns
+    -------
+    SegmentResult
+        Every kink: predicted ones outside the searched chords, found ones inside.
+    """
+    p = np.asarray(predicted, dtype=np.float64)
+    edges = np.concatenate([[-reach], p, [reach]])
+    ts = np.concatenate([[-reach], 0.5 * (edges[:-1] + edges[1:]), [reach]])
+    f, sc = evaluate(ts)
+    r = f - model_values(ts)
+    h = np.diff(ts)
+    slopes = np.diff(r, axis=0) / h[:, None]  # chord c: samples c, c + 1
+    sigma = 2.0 * params.noise * sc  # answer rounding plus the model's own
+    # chord c = j + 1 holds predicted kink j
+    tol_c = np.zeros(h.size)
+    tol_c[1:-1] = pred_offset / h[1:-1] + pred_slope
+    noise_c = (sigma[:-1] + sigma[1:]) / h
+    change = np.linalg.norm(np.diff(slopes, axis=0), axis=1)  # at samples 1 .. n-2
+    allowed = params.check_factor * (noise_c[:-1] + noise_c[1:]) + tol_c[:-1] + tol_c[1:]
+    flagged = np.flatnonzero(change > allowed) + 1
+    intervals: list[tuple[float, float]] = []
+    for i in flagged:
+        a, b = float(ts[i - 1]), float(ts[i + 1])
+        if intervals and a <= intervals[-1][1]:
+            intervals[-1] = (intervals[-1][0], b)
+        else:
+            intervals.append((a, b))
+    inside = np.zeros(p.size, dtype=bool)
+    kinks = []
+    extra_t, extra_v, extra_s = [ts], [f], [sc]
+    if intervals:
+        lo = np.array([iv[0] for iv in intervals])
+        hi = np.array([iv[1] for iv in intervals])
+        at = np.searchsorted(lo, p, side="right") - 1
+        inside = (at >= 0) & (p < hi[np.maximum(at, 0)])
+        known = {float(t): (f[i], float(sc[i])) for i, t in enumerate(ts)}
+        for res in search_segments(evaluate, intervals, params, known):
+            kinks += [(float(t), bool(ok)) for t, ok in zip(res.kinks, res.resolved)]
+            extra_t.append(res.t)
+            extra_v.append(res.values)
+            extra_s.append(res.scale)
+    kinks += [(float(t), True) for t in p[~inside]]
+    T = np.concatenate(extra_t)
+    V = np.concatenate(extra_v, axis=0)
+    S = np.concatenate(extra_s)
+    T, idx = np.unique(T, return_index=True)
+    ks = sorted(kinks)
+    return SegmentResult(t=T, values=V[idx], scale=S[idx],
+                         kinks=np.array([k[0] for k in ks], dtype=np.float64),
+                         resolved=np.array([k[1] for k in ks], dtype=bool))

@@ -31,7 +31,7 @@ from .neurons import (
     predicted_crossings,
 )
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
-from .pin import pin_fit, pin_plans
+from .pin import PIN_POINTS, PinPlan, foot_crossings, pin_fit, pin_plans, plane_fit
 from .refine import refine_network, refine_work
 from .regions import (
     LineScan,
@@ -43,7 +43,7 @@ from .regions import (
     region_edges,
 )
 from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
-from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
+from .tasks import EvalTask, GuidedTask, JacobianTask, ResidualTask, SearchTask, output_scale
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,22 @@ KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many nois
 JUMP_RTOL = 1e-3  # float64: a gap whose slope change is off its predicted kink's by more
 # than this (relative) holds a second kink the guided search looks for (k=8192: a missing
 # neuron hides next to a known one)
+RESIDUAL_SPREADS = 4.0  # residual search: the model's error at a predicted kink, in error
+# estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
 PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative to
 # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
 # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
 PIN_CHUNK = 64  # neurons pinned per batch of queries
+ORIENT_ERR = 1e-4  # float64: a pinned neuron whose direction error exceeds this (a weak
+# neuron: its jump is small) gets its hyperplane from d + 4 kinks located on it ...
+ORIENT_POINTS = 4  # (d + this many)
+ORIENT_MARGIN = 1.0  # its kinks are looked for within this many direction errors
+ORIENT_SHARE = 0.02  # ... spending at most this share of k·(d+1) queries
+REMEASURE_GOAL = 1e-8  # float64: while validation is above this (DESIGN.md's fidelity for
+# random networks), the neurons with the largest |a|·err are measured again at their foot
+REMEASURE_FACTOR = 5.0  # ... those above this many times the median |a|·err ...
+REMEASURE_SHARE = 0.02  # ... spending at most this share of k·(d+1) queries
 
 
 @dataclass
@@ -458,6 +469,19 @@ class Coordinator:
                           pred_tol=pred_tol, pred_jump=pred_jump)
         return merge_segments(self.ex.map([task])[0])
 
+    def _residual(self, line: Line, predicted: np.ndarray, ns: NeuronSet) -> LineScan:
+        """Residual search of ``line`` against the current model (float64 answers):
+        ``ns`` are the neurons predicted at ``predicted``, whose error estimates bound how
+        far the residual may bend at their crossings."""
+        st = self.st
+        x_norm = np.sqrt(float(line.u @ line.u) + predicted ** 2)
+        amp = np.linalg.norm(ns.a, axis=1)
+        offset = RESIDUAL_SPREADS * amp * ns.err * (x_norm + 1.0)
+        slope = RESIDUAL_SPREADS * amp * ns.err * 2.0
+        task = ResidualTask(line, predicted, offset, slope, self._search_params(st.noise),
+                            st.fref, st.model, absolute=st.absolute)
+        return merge_segments(self.ex.map([task])[0])
+
     def _measure(self, line: Line, scan: LineScan, noise: float,
                  only: set | None = None) -> list:
         cfg, st = self.cfg, self.st
@@ -621,6 +645,8 @@ class Coordinator:
         jump = ns.a[sel] * np.abs(wv[sel])[:, None]
         if self.imprecise:
             scan = self._guided(line, tp, ptol[sel], jump)
+        elif self.cfg.residual_scan and st.model is not None:
+            scan = self._residual(line, tp, ns.take(sel))
         else:
             scan = self._guided(line, tp, pred_jump=jump)
         self._emit("search", line=index, kinks=int(scan.kinks.size))
@@ -705,9 +731,10 @@ class Coordinator:
 
     # --------------------------------------------------------------------- pin
     def pin(self) -> int:
-        """Float64 answers: re-locate the offset of every neuron whose direction error could
-        move its bias by more than PIN_ERR (weak neurons: small jumps) from a kink on the
-        line along its normal through its foot (:mod:`.pin`, six queries each). Keeps the
+        """Float64 answers: re-locate the offset and output vector of every neuron whose
+        direction error could move its bias by more than PIN_ERR (weak neurons: small
+        jumps) from the kink on the line along its normal through its foot (:mod:`.pin`,
+        four queries each). Keeps the
         result when validation does not get worse. A neuron whose kink is not where its
         foot says (a weak merge of two hyperplanes) goes if validation does not get worse
         without it. Returns the neurons pinned."""
@@ -720,29 +747,37 @@ class Coordinator:
         if idx.size == 0:
             return 0
         plans = pin_plans(ns.W, ns.b, ns.err, idx, self.cfg.input_scale)
-        b = ns.b.copy()
+        b, a = ns.b.copy(), ns.a.copy()
         pinned, failed = 0, []
+        kinks: dict[int, tuple[PinPlan, float, np.ndarray]] = {}  # neuron: plan, t, answers
         try:
             for group in _chunks(plans, PIN_CHUNK):
                 X = np.concatenate([p.points() for p in group], axis=0)
                 Y = self._eval(X)
                 sig = st.noise * output_scale(Y, st.fref, st.absolute)
                 for i, p in enumerate(group):
-                    rows = slice(6 * i, 6 * i + 6)
-                    t = pin_fit(p, Y[rows], sig[rows], ns.a[p.neuron], self.check_factor)
-                    if t is None:
+                    rows = slice(PIN_POINTS * i, PIN_POINTS * (i + 1))
+                    fit = pin_fit(p, Y[rows], sig[rows], ns.a[p.neuron], self.check_factor)
+                    if fit is None:
                         failed.append(p.neuron)
                         continue
-                    # the foot moves by t along the unit normal
-                    b[p.neuron] -= t * float(np.linalg.norm(ns.W[p.neuron]))
+                    # the foot moves by t along the unit normal; rows of W are unit
+                    b[p.neuron] -= fit[0] * float(np.linalg.norm(ns.W[p.neuron]))
+                    a[p.neuron] = fit[1]
+                    kinks[p.neuron] = (p, fit[0], Y[rows])
                     pinned += 1
         except BudgetExhausted as exc:
             logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
         cur = st.neurons
         if pinned and not self._keep_if_no_worse(NeuronSet(
-                cur.W, b, cur.a, cur.err, cur.rank_residual, cur.line, cur.t, cur.count),
+                cur.W, b, a, cur.err, cur.rank_residual, cur.line, cur.t, cur.count),
                 self.target):
             pinned = 0
+            kinks.clear()
+        if kinks:
+            self._orient(kinks)
+        if kinks and st.val_rel_l2 > REMEASURE_GOAL:
+            self._remeasure(kinks)
         dropped = 0
         if failed and self._keep_if_no_worse(st.neurons.take(
                 np.setdiff1d(np.arange(st.neurons.size), failed))):
@@ -751,6 +786,138 @@ class Coordinator:
         logger.info("pin: %d of %d imprecise neurons pinned (%d planned), %d dropped",
                     pinned, idx.size, len(plans), dropped)
         return pinned
+
+    def _orient(self, kinks: dict) -> int:
+        """The hyperplane of each pinned neuron whose direction is known worse than
+        ORIENT_ERR, from kinks located on it: lines along its normal through ``d +
+        ORIENT_POINTS`` seeded points of its hyperplane around the foot (four queries each,
+        :func:`.pin.pin_fit`), and a plane through them (:func:`.pin.plane_fit`). A weak
+        neuron's Jacobian jump leaves its direction off by the noise over its small output
+        vector (d=128, k=1024: 1 − cos = 1.9e-9 for output weight 7e-6, past DESIGN.md's
+        1e-9); a kink's position is known to the noise over its slope change, 1e-10 there.
+        Kept when validation does not get worse. Returns the neurons fitted."""
+        st, cfg = self.st, self.cfg
+        ns = st.neurons
+        d, s = st.d, cfg.input_scale
+        n_pts = d + ORIENT_POINTS
+        cap = int(ORIENT_SHARE * ns.size * (d + 1) // (PIN_POINTS * n_pts))
+        picks = [int(j) for j in np.argsort(-ns.err)[:cap]
+                 if int(j) in kinks and ns.err[j] > ORIENT_ERR]
+        if not picks:
+            return 0
+        W, b, err = ns.W.copy(), ns.b.copy(), ns.err.copy()
+        done = 0
+        for j in picks:
+            w0 = ns.W[j] / np.linalg.norm(ns.W[j])
+            # offsets inside the hyperplane, about one input scale long; the kink is looked
+            # for within one (conservative) direction error of each point: the fit refuses
+            # a kink found further off
+            # (twice as many candidates: some have a neighbour too close)
+            z = self._rng(9, j).standard_normal((2 * n_pts, d)) * (s / np.sqrt(d))
+            z -= (z @ w0)[:, None] * w0[None, :]
+            plans = pin_plans(ns.W, ns.b, ns.err, np.full(2 * n_pts, j), s, shift=z,
+                              own_margin=ORIENT_MARGIN)[:n_pts]
+            if len(plans) < d:
+                continue
+            try:
+                Y = self._eval(np.concatenate([p.points() for p in plans], axis=0))
+            except BudgetExhausted as exc:
+                logger.warning("%s; orienting stopped", exc)
+                break
+            sig = st.noise * output_scale(Y, st.fref, st.absolute)
+            plan0, t0, _ = kinks[j]
+            pts = [plan0.foot + t0 * plan0.normal]
+            for i, p in enumerate(plans):
+                rows = slice(PIN_POINTS * i, PIN_POINTS * (i + 1))
+                fit = pin_fit(p, Y[rows], sig[rows], ns.a[j], self.check_factor)
+                if fit is not None:
+                    pts.append(p.foot + fit[0] * p.normal)
+            if len(pts) < d + 1:
+                continue
+            w, beta, resid = plane_fit(np.array(pts), w0)
+            # the points must lie on one plane far better than the old direction placed them
+            if resid > 0.1 * err[j] * (max(1.0, abs(b[j])) + s):
+                continue
+            W[j], b[j], err[j] = w, beta, resid
+            done += 1
+        if done and not self._keep_if_no_worse(NeuronSet(
+                W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)):
+            done = 0
+        logger.info("orient: %d of %d imprecise neurons fitted to kinks on their hyperplane",
+                    done, len(picks))
+        return done
+
+    def _remeasure(self, kinks: dict) -> int:
+        """Measure again, at its foot, the direction of each pinned neuron among those with
+        the largest ``|a|·err`` (the terms that dominate the model's error once every neuron
+        is found: d=128, k=1024, two neurons 20-50x less precise than the median made 90% of
+        rel L2 2.8e-8). The two regions beside the foot on the line along the normal get a
+        stencil each (2·(d + checks + 1) queries); the new direction is averaged with the
+        old by precision, and the bias taken from the pinned kink. Kept when validation does
+        not get worse. Returns the neurons measured again."""
+        st, cfg = self.st, self.cfg
+        ns = st.neurons
+        d = st.d
+        score = np.linalg.norm(ns.a, axis=1) * ns.err
+        cost = 2 * (d + cfg.stencil_checks + 1)
+        cap = int(REMEASURE_SHARE * ns.size * (d + 1) // cost)
+        picks = [int(j) for j in np.argsort(-score)[:cap]
+                 if int(j) in kinks and score[j] > REMEASURE_FACTOR * np.median(score)]
+        if not picks:
+            return 0
+        reach = cfg.line_reach * np.sqrt(d) * cfg.input_scale
+        jobs = []
+        for j in picks:
+            plan, tk, Y4 = kinks[j]
+            t_other = foot_crossings(ns.W, ns.b, plan, reach)
+            line = Line(index=len(st.lines), u=plan.foot, v=plan.normal, reach=float(reach),
+                        seed=int(self._rng(8, j).integers(2**63 - 1)))
+            kk = np.sort(np.append(t_other, tk))
+            own = int(np.searchsorted(kk, tk))
+            lo = kk[own - 1] if own > 0 else -reach
+            hi = kk[own + 1] if own + 1 < kk.size else reach
+            jobs.append((j, line, kk, own, plan, Y4, np.array([0.5 * (lo + tk),
+                                                                0.5 * (tk + hi)])))
+        mids = np.concatenate([job[1].points(job[6]) for job in jobs], axis=0)
+        try:
+            Ym = self._eval(mids)
+            tasks = []
+            for i, (j, line, kk, own, plan, Y4, tm) in enumerate(jobs):
+                t = np.concatenate([plan.t, tm])
+                Y = np.concatenate([Y4, Ym[2 * i:2 * i + 2]], axis=0)
+                order = np.argsort(t)
+                scan = LineScan(t=t[order], values=Y[order],
+                                scale=output_scale(Y[order], st.fref, st.absolute),
+                                kinks=kk, resolved=np.ones(kk.size, dtype=bool))
+                plans = [p for p in make_plans(scan, reach, d, cfg.stencil_checks,
+                                               self.crossing_rate)
+                         if p.region in (own, own + 1)]
+                tasks.append(JacobianTask(line, plans, st.noise, self.check_factor,
+                                          cfg.stencil_checks, st.fref, absolute=st.absolute))
+            results = self.ex.map(tasks)
+        except BudgetExhausted as exc:
+            logger.warning("%s; measuring again stopped", exc)
+            return 0
+        W, b, err = ns.W.copy(), ns.b.copy(), ns.err.copy()
+        done = 0
+        for (j, line, kk, own, plan, Y4, tm), regions in zip(jobs, results):
+            found = jumps_to_neurons(line, regions, np.concatenate([[-reach], kk, [reach]]),
+                                     self.rank_factor)
+            if found.size != 1 or not found.err[0] > 0:
+                continue
+            w_new = found.W[0] * np.sign(found.W[0] @ W[j])
+            wts = np.array([1.0 / err[j] ** 2, 1.0 / found.err[0] ** 2])
+            w = (wts[0] * W[j] + wts[1] * w_new) / wts.sum()
+            w /= np.linalg.norm(w)
+            x_kink = plan.foot + kinks[j][1] * plan.normal
+            W[j], b[j], err[j] = w, -float(w @ x_kink), 1.0 / np.sqrt(wts.sum())
+            done += 1
+        if done and not self._keep_if_no_worse(NeuronSet(
+                W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)):
+            done = 0
+        logger.info("remeasure: %d of %d neurons measured again at their foot", done,
+                    len(picks))
+        return done
 
     def _keep_if_no_worse(self, cand: NeuronSet, allowed: float = 0.0) -> bool:
         """Assemble the model from ``cand``; keep it if its validation error is within 1% of

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._model import ReluNetwork
 from .jacobians import RegionPlan, measure_regions
-from .kinks import SearchParams, guided_search, search_segments
+from .kinks import SearchParams, guided_search, residual_search, search_segments
 from .lines import Line
 
 
@@ -65,6 +65,21 @@ class GuidedTask:
 
 
 @dataclass(frozen=True, eq=False)
+class ResidualTask:
+    """Search ``line`` for kinks of ``F − model`` where ``model`` predicts ``predicted``
+    (:func:`.kinks.residual_search`)."""
+
+    line: Line
+    predicted: np.ndarray
+    pred_offset: np.ndarray
+    pred_slope: np.ndarray
+    params: SearchParams
+    fref: float
+    model: ReluNetwork
+    absolute: bool = False
+
+
+@dataclass(frozen=True, eq=False)
 class EvalTask:
     """Evaluate the oracle at ``X`` (n, d)."""
 
@@ -84,6 +99,14 @@ def run_task(oracle, task):
             Y = Y - model.predict(X)
         return Y, sc
 
+    if isinstance(task, ResidualTask):
+        def raw(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            Y = oracle.query(line.points(ts))
+            return Y, output_scale(Y, fref, absolute)
+
+        return [residual_search(raw, lambda ts: model.predict(line.points(ts)),
+                                task.predicted, task.pred_offset, task.pred_slope,
+                                line.reach, task.params)]
     if isinstance(task, SearchTask):
         return search_segments(lambda ts: values(line.points(ts)), task.segments, task.params,
                                task.known)
@@ -113,4 +136,5 @@ class LocalExecutor:
         pass
 
 
-__all__ = ["EvalTask", "GuidedTask", "JacobianTask", "LocalExecutor", "RegionPlan", "SearchTask", "run_task"]
+__all__ = ["EvalTask", "GuidedTask", "JacobianTask", "LocalExecutor", "RegionPlan", "ResidualTask",
+           "SearchTask", "run_task"]
