@@ -523,3 +523,23 @@ def test_residual_search_drops_a_kink_the_target_lacks():
     true_t = _crossings(net, line)
     assert res.kinks.size == true_t.size
     assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())
+
+
+def test_a_known_hyperplane_explains_one_kink_only():
+    """Two kinks within one known hyperplane's tolerance: the closer is its crossing, the
+    other a missing neuron's (k=8192 networks had such neurons found one per line)."""
+    line = _line(6, seed=21)
+    w = np.random.default_rng(22).standard_normal(6)
+    w /= np.linalg.norm(w)
+    t0 = 1.5
+    b = -float(w @ (line.u + t0 * line.v))
+    ns = neurons.NeuronSet(w[None, :], np.array([b]), np.ones((1, 1)), np.array([1e-4]),
+                           np.zeros(1), np.zeros(1, dtype=int), np.array([t0]),
+                           np.ones(1, dtype=int))
+    tm, spread, _ = neurons.predicted_crossings(line, ns)
+    near = t0 + 0.5 * neurons.EXPLAIN_FACTOR * spread[0]  # inside its tolerance
+    unexplained, unconfirmed, confirmed, by, _ = neurons.explain_kinks(
+        line, np.array([t0 + 1e-12, near]), ns)
+    assert list(unexplained) == [1]
+    assert list(by) == [0, -1]
+    assert confirmed[0] and unconfirmed.size == 0

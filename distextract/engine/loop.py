@@ -107,6 +107,8 @@ PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative
 # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
 # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
 PIN_CHUNK = 64  # neurons pinned per batch of queries
+PIN_RETRIES = 8  # lines tried near a crowded foot, ...
+PIN_SHIFT = 0.1  # ... this many input scales from it
 ORIENT_ERR = 1e-4  # float64: a pinned neuron whose direction error exceeds this (a weak
 # neuron: its jump is small) gets its hyperplane from d + 4 kinks located on it ...
 ORIENT_POINTS = 4  # (d + this many)
@@ -116,6 +118,7 @@ REMEASURE_GOAL = 1e-8  # float64: while validation is above this (DESIGN.md's fi
 # random networks), the neurons with the largest |a|·err are measured again at their foot
 REMEASURE_FACTOR = 5.0  # ... those above this many times the median |a|·err ...
 REMEASURE_SHARE = 0.02  # ... spending at most this share of k·(d+1) queries
+REMEASURE_MIN_SHARE = 0.5  # ... if they hold at least this share of the error estimate
 
 
 @dataclass
@@ -746,7 +749,22 @@ class Coordinator:
         idx = np.flatnonzero(ns.err > PIN_ERR * np.maximum(1.0, beta))
         if idx.size == 0:
             return 0
-        plans = pin_plans(ns.W, ns.b, ns.err, idx, self.cfg.input_scale)
+        scale = self.cfg.input_scale
+        plans = pin_plans(ns.W, ns.b, ns.err, idx, scale)
+        # a foot another hyperplane crowds: a line through a point of the hyperplane near
+        # it (bias error: the direction error times that distance, PIN_SHIFT)
+        rest = np.setdiff1d(idx, [p.neuron for p in plans])
+        if rest.size:
+            many = np.repeat(rest, PIN_RETRIES)
+            z = self._rng(10).standard_normal((many.size, st.d))
+            U = ns.W[many] / np.linalg.norm(ns.W[many], axis=1, keepdims=True)
+            z -= np.sum(z * U, axis=1, keepdims=True) * U
+            z *= PIN_SHIFT * scale / np.linalg.norm(z, axis=1, keepdims=True)
+            seen: set[int] = set()
+            for p in pin_plans(ns.W, ns.b, ns.err, many, scale, shift=z):
+                if p.neuron not in seen:
+                    seen.add(p.neuron)
+                    plans.append(p)
         b, a = ns.b.copy(), ns.a.copy()
         pinned, failed = 0, []
         kinks: dict[int, tuple[PinPlan, float, np.ndarray]] = {}  # neuron: plan, t, answers
@@ -863,7 +881,13 @@ class Coordinator:
         cap = int(REMEASURE_SHARE * ns.size * (d + 1) // cost)
         picks = [int(j) for j in np.argsort(-score)[:cap]
                  if int(j) in kinks and score[j] > REMEASURE_FACTOR * np.median(score)]
-        if not picks:
+        # worth it only if these terms are most of the error (score² as their share; the
+        # error of a wide network is spread over many neurons)
+        share = float(np.sum(score[picks] ** 2) / max(np.sum(score ** 2), 1e-300))
+        if not picks or share < REMEASURE_MIN_SHARE:
+            logger.info("remeasure: not worth it (%d candidates hold %.0f%% of the error "
+                        "estimate, validation %.3g)", len(picks), 100 * share,
+                        st.val_rel_l2)
             return 0
         reach = cfg.line_reach * np.sqrt(d) * cfg.input_scale
         jobs = []

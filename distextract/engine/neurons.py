@@ -324,15 +324,21 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
             continue
         for n in idx[lo:hi]:
             if abs(tm[n] - t) <= tol[n]:
-                explained[j] = True
-                confirmed[n] = True
-                by[j] = n
-    # wide: one kink per neuron and one neuron per kink, closest predictions first
+                pairs.append((abs(float(tm[n]) - float(t)), j, int(n)))
+    # one kink per neuron and one neuron per kink, closest predictions first: a missing
+    # neuron's kink next to a known one's is not explained by it (k=8192: such neurons
+    # were found one per line). Float64: every neuron within reach of a kink still counts
+    # as seen (two crossings closer than the search resolution make one kink).
+    used = np.zeros(ns.size, dtype=bool)
     for _, j, n in sorted(pairs):
-        if not explained[j] and not confirmed[n]:
+        if not explained[j] and not used[n]:
             explained[j] = True
-            confirmed[n] = True
+            used[n] = True
             by[j] = n
+    confirmed |= used
+    if not wide:
+        for _, j, n in pairs:
+            confirmed[n] = True
     # A kink between its neighbours that known, otherwise unconfirmed hyperplanes cross is
     # those neurons (two crossings closer than the search resolution merge into one kink).
     for j in np.flatnonzero(~explained):
