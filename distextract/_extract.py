@@ -163,6 +163,7 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         "precision": {"relative_noise": eng.noise},
         "verdict": eng.verdict,
         "refinement": eng.refinement,
+        "finishing": eng.finishing,
         "lines": len(eng.lines), "rounds": eng.rounds, "wall_seconds": wall,
         "seed": int(seed), "config": cfg.to_dict(),
     }

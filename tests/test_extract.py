@@ -293,3 +293,15 @@ def test_errors_stop_before_querying():
     with pytest.raises(dx.ConfigError):
         dx.extract(oracle, input_dim=6, budget=3)
     assert oracle.rows == 0
+
+
+def test_report_says_what_the_finishing_pass_did():
+    net = dx.targets.random_network(16, 24, 2, seed=7)
+    res = dx.extract(net, seed=7)
+    fin = res.report["finishing"]
+    assert set(fin) >= {"candidates", "planned", "pinned", "dropped", "oriented",
+                        "remeasured", "queries", "validation_rel_l2_before",
+                        "validation_rel_l2_after"}
+    assert 0 <= fin["pinned"] <= fin["planned"] <= fin["candidates"]
+    assert fin["queries"] >= 4 * fin["pinned"]
+    assert fin["validation_rel_l2_after"] == res.val_rel_l2

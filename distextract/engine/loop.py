@@ -107,6 +107,7 @@ PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative
 # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
 # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
 PIN_CHUNK = 64  # neurons pinned per batch of queries
+PIN_SCORE = 3.0  # ... and, above REMEASURE_GOAL, one whose |a|·err is this many medians
 PIN_RETRIES = 8  # lines tried near a crowded foot, ...
 PIN_SHIFT = 0.1  # ... this many input scales from it
 ORIENT_ERR = 1e-4  # float64: a pinned neuron whose direction error exceeds this (a weak
@@ -162,6 +163,7 @@ class EngineState:
     removed: int = 0
     first_kinks: int = 0  # kinks the first line found (about the number of neurons)
     refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
+    finishing: dict | None = None  # what the float64 finishing pass did (pins, re-measures)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ class EngineResult:
     rounds: list
     verdict: str | None = None
     refinement: dict | None = None
+    finishing: dict | None = None
 
 
 def is_float32(Y: np.ndarray) -> bool:
@@ -737,16 +740,26 @@ class Coordinator:
         """Float64 answers: re-locate the offset and output vector of every neuron whose
         direction error could move its bias by more than PIN_ERR (weak neurons: small
         jumps) from the kink on the line along its normal through its foot (:mod:`.pin`,
-        four queries each). Keeps the
-        result when validation does not get worse. A neuron whose kink is not where its
-        foot says (a weak merge of two hyperplanes) goes if validation does not get worse
-        without it. Returns the neurons pinned."""
+        four queries each), then :meth:`_orient` and :meth:`_remeasure`. Keeps each step
+        when validation does not get worse. A neuron whose kink is not where its foot says
+        (a weak merge of two hyperplanes) goes if validation does not get worse without
+        it. Records what it did in ``st.finishing``; returns the neurons pinned."""
         st = self.st
         ns = st.neurons
         if ns is None or ns.size == 0 or self.imprecise:
             return 0
+        q0, val0 = self.ex.queries, st.val_rel_l2
         beta = np.abs(ns.b) / np.maximum(np.linalg.norm(ns.W, axis=1), 1e-300)
-        idx = np.flatnonzero(ns.err > PIN_ERR * np.maximum(1.0, beta))
+        weak = ns.err > PIN_ERR * np.maximum(1.0, beta)
+        if st.val_rel_l2 > REMEASURE_GOAL:
+            # above the fidelity goal: also the neurons whose bias error weighs most
+            score = np.linalg.norm(ns.a, axis=1) * ns.err * np.maximum(1.0, beta)
+            weak |= score > PIN_SCORE * np.median(score)
+        idx = np.flatnonzero(weak)
+        st.finishing = {"candidates": int(idx.size), "planned": 0, "pinned": 0,
+                        "dropped": 0, "oriented": 0, "remeasured": 0, "queries": 0,
+                        "validation_rel_l2_before": float(val0),
+                        "validation_rel_l2_after": float(val0)}
         if idx.size == 0:
             return 0
         scale = self.cfg.input_scale
@@ -792,10 +805,9 @@ class Coordinator:
                 self.target):
             pinned = 0
             kinks.clear()
-        if kinks:
-            self._orient(kinks)
-        if kinks and st.val_rel_l2 > REMEASURE_GOAL:
-            self._remeasure(kinks)
+        oriented = self._orient(kinks) if kinks else 0
+        remeasured = (self._remeasure(kinks)
+                      if kinks and st.val_rel_l2 > REMEASURE_GOAL else 0)
         dropped = 0
         if failed and self._keep_if_no_worse(st.neurons.take(
                 np.setdiff1d(np.arange(st.neurons.size), failed))):
@@ -803,6 +815,10 @@ class Coordinator:
             st.removed += dropped
         logger.info("pin: %d of %d imprecise neurons pinned (%d planned), %d dropped",
                     pinned, idx.size, len(plans), dropped)
+        st.finishing.update(planned=len(plans), pinned=int(pinned), dropped=int(dropped),
+                            oriented=int(oriented), remeasured=int(remeasured),
+                            queries=int(self.ex.queries - q0),
+                            validation_rel_l2_after=float(st.val_rel_l2))
         return pinned
 
     def _orient(self, kinks: dict) -> int:
@@ -1303,4 +1319,5 @@ class Coordinator:
                             stop_reason=reason, val_rel_l2=st.val_rel_l2,
                             val_max_abs=st.val_max_abs, noise=st.noise,
                             target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
-                            verdict=self.verdict, refinement=st.refinement)
+                            verdict=self.verdict, refinement=st.refinement,
+                            finishing=st.finishing)
