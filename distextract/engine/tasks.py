@@ -23,6 +23,9 @@ def output_scale(Y: np.ndarray, fref: float, absolute: bool = False) -> np.ndarr
     return np.max(np.abs(Y), axis=1) + fref
 
 
+MODEL_BLOCK = 512  # points per block when a task evaluates the model
+
+
 @dataclass(frozen=True, eq=False)
 class SearchTask:
     """Search ``segments`` of ``line`` for kinks of ``F`` (or of ``F - model``)."""
@@ -104,7 +107,12 @@ def run_task(oracle, task):
             Y = oracle.query(line.points(ts))
             return Y, output_scale(Y, fref, absolute)
 
-        return [residual_search(raw, lambda ts: model.predict(line.points(ts)),
+        def model_values(ts: np.ndarray) -> np.ndarray:
+            # in blocks: one row of hidden activations per point is k floats
+            return np.concatenate([model.predict(line.points(ts[i:i + MODEL_BLOCK]))
+                                   for i in range(0, ts.size, MODEL_BLOCK)], axis=0)
+
+        return [residual_search(raw, model_values,
                                 task.predicted, task.pred_offset, task.pred_slope,
                                 line.reach, task.params)]
     if isinstance(task, SearchTask):
