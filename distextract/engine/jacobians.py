@@ -22,7 +22,8 @@ from .lines import Line
 Query = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]  # X -> (values, scale)
 
 MAX_ATTEMPTS = 4
-SHRINK = 16.0
+SHRINK = 4.0  # a crossed stencil is re-measured with a step this much shorter (16 left
+# those regions' neurons 16x less precise: k=8192 rel L2 2.3e-8 -> 1.8e-8 at 4)
 
 
 @dataclass(frozen=True)
