@@ -536,7 +536,7 @@ def test_a_known_hyperplane_explains_one_kink_only():
     ns = neurons.NeuronSet(w[None, :], np.array([b]), np.ones((1, 1)), np.array([1e-4]),
                            np.zeros(1), np.zeros(1, dtype=int), np.array([t0]),
                            np.ones(1, dtype=int))
-    tm, spread, _ = neurons.predicted_crossings(line, ns)
+    _, spread, _ = neurons.predicted_crossings(line, ns)
     near = t0 + 0.5 * neurons.EXPLAIN_FACTOR * spread[0]  # inside its tolerance
     unexplained, unconfirmed, confirmed, by, _ = neurons.explain_kinks(
         line, np.array([t0 + 1e-12, near]), ns)

@@ -30,8 +30,8 @@ from .neurons import (
     jumps_to_neurons,
     predicted_crossings,
 )
-from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .pin import PIN_POINTS, PinPlan, foot_crossings, pin_fit, pin_plans, plane_fit
+from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
 from .regions import (
     LineScan,

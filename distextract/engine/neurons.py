@@ -276,9 +276,10 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
     A kink is explained when a known hyperplane crosses the line within
     ``factor × err × (|x| + 1) / |w·v|`` of it (the hyperplane's position uncertainty there).
     Candidates are looked for within ``1e-3·(1 + |t|)`` of a kink; with ``wide`` (imprecise
-    hyperplanes) within their whole uncertainty, and the closest prediction wins; given the
-    measured slope change at each kink (``jumps``, (K, m)), a neuron explains a kink only if
-    its output vector predicts that change within ``SIGNATURE_RTOL``.
+    hyperplanes) within their whole uncertainty. A neuron explains one kink and a kink is
+    explained by one neuron, closest pairs first; given the measured slope change at each
+    kink (``jumps``, (K, m)), a neuron explains a kink only if its output vector predicts
+    that change within ``SIGNATURE_RTOL``.
 
     Returns
     -------
