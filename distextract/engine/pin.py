@@ -82,16 +82,24 @@ def pin_plans(W: np.ndarray, b: np.ndarray, err: np.ndarray, idx: np.ndarray,
             feet = feet + shift[lo_i:lo_i + 256]
             off = np.linalg.norm(shift[lo_i:lo_i + 256], axis=1)
         wv = U @ N.T                    # (k, P)
+        # a neighbour's signed distance along the line: g(t) = g0 + t·(w·v), known to
+        # PIN_MARGIN·err·(|x| + 1); it may meet the segment [0, H] on a side when
+        # |g0| − unc(0) ≤ H·(|w·v| if it approaches on that side, else 0) + H·PIN_MARGIN·err
+        # (a nearly parallel neighbour with a poor direction blocks by its distance and
+        # uncertainty here, not by its far-away crossing's)
+        g0 = U @ feet.T + beta[:, None]
+        e = PIN_MARGIN * err[:, None]
+        avail = np.abs(g0) - e * (np.linalg.norm(feet, axis=1)[None, :] + 1.0)
+        approach_right = np.sign(g0) * wv < 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = -(U @ feet.T + beta[:, None]) / wv
-            spread = (err[:, None] * (np.linalg.norm(feet, axis=1)[None, :] + np.abs(t) + 1.0)
-                      / np.abs(wv))
-        t[sel, np.arange(sel.size)] = np.nan
-        near = PIN_MARGIN * spread
-        left = np.where(t <= 0, np.abs(t) - near, np.inf)
-        right = np.where(t >= 0, t - near, np.inf)
-        left = np.nan_to_num(left, nan=np.inf)
+            right = avail / (np.where(approach_right, np.abs(wv), 0.0) + e)
+            left = avail / (np.where(approach_right, 0.0, np.abs(wv)) + e)
+        right = np.where(avail > 0, right, 0.0)
+        left = np.where(avail > 0, left, 0.0)
+        right[sel, np.arange(sel.size)] = np.inf
+        left[sel, np.arange(sel.size)] = np.inf
         right = np.nan_to_num(right, nan=np.inf)
+        left = np.nan_to_num(left, nan=np.inf)
         half_l = np.minimum(np.min(left, axis=0), scale)
         half_r = np.minimum(np.min(right, axis=0), scale)
         own = own_margin * err[sel] * (np.maximum(1.0, np.abs(beta[sel])) + off)
