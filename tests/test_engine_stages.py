@@ -11,7 +11,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 import distextract as dx
-from distextract.engine import jacobians, kinks, lines, neurons, pin, refine, solve
+from distextract.engine import jacobians, kinks, lines, neurons, pin, refine, regions, solve
 from distextract.engine._config import EPS64, ExtractConfig
 from distextract.engine.tasks import output_scale
 
@@ -496,10 +496,10 @@ def test_residual_search_finds_the_kink_the_model_lacks(m):
     model = _without(net, missing)
     predicted = _crossings(model, line)
     calls: list = []
-    res = kinks.residual_search(_line_evaluator(net, line, calls),
-                                lambda ts: model.predict(line.points(ts)), predicted,
-                                np.zeros(predicted.size), np.zeros(predicted.size),
-                                line.reach, _search_params())
+    res = regions.merge_segments(kinks.residual_search(
+        _line_evaluator(net, line, calls), lambda ts: model.predict(line.points(ts)),
+        predicted, np.zeros(predicted.size), np.zeros(predicted.size), line.reach,
+        _search_params()))
     assert res.kinks.size == true_t.size
     assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())
     # (a full search of the line costs about eight queries per kink)
@@ -516,10 +516,9 @@ def test_residual_search_drops_a_kink_the_target_lacks():
                            np.hstack([net.A, extra.A]), net.c, net.L)
     t_extra = float(-(extra.W[0] @ line.u + extra.b[0]) / (extra.W[0] @ line.v))
     assert abs(t_extra) < line.reach
-    res = kinks.residual_search(_line_evaluator(net, line),
-                                lambda ts: model.predict(line.points(ts)),
-                                _crossings(model, line), np.zeros(21), np.zeros(21),
-                                line.reach, _search_params())
+    res = regions.merge_segments(kinks.residual_search(
+        _line_evaluator(net, line), lambda ts: model.predict(line.points(ts)),
+        _crossings(model, line), np.zeros(21), np.zeros(21), line.reach, _search_params()))
     true_t = _crossings(net, line)
     assert res.kinks.size == true_t.size
     assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())

@@ -397,21 +397,70 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
                          resolved=np.array([k[1] for k in ks], dtype=bool))
 
 
+def residual_points(predicted: np.ndarray, reach: float) -> np.ndarray:
+    """Where :func:`residual_search` samples a line: both ends and the middle of every gap
+    between the sorted predicted kinks. Shape (K + 3,)."""
+    p = np.asarray(predicted, dtype=np.float64)
+    edges = np.concatenate([[-reach], p, [reach]])
+    return np.concatenate([[-reach], 0.5 * (edges[:-1] + edges[1:]), [reach]])
+
+
+def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, pred_offset: np.ndarray,
+                   pred_slope: np.ndarray, params: SearchParams) -> list[tuple[float, float]]:
+    """The intervals of the line to search in full: around every sample of
+    :func:`residual_points` where the residual ``r`` (K + 3, m) bends by more than the
+    answers' rounding and the model's error at the predicted kink of each chord allow."""
+    h = np.diff(ts)
+    slopes = np.diff(r, axis=0) / h[:, None]  # chord c: samples c, c + 1
+    sigma = 2.0 * params.noise * scale  # answer rounding plus the model's own
+    # chord c = j + 1 holds predicted kink j
+    tol_c = np.zeros(h.size)
+    tol_c[1:-1] = pred_offset / h[1:-1] + pred_slope
+    noise_c = (sigma[:-1] + sigma[1:]) / h
+    change = np.linalg.norm(np.diff(slopes, axis=0), axis=1)  # at samples 1 .. n-2
+    allowed = params.check_factor * (noise_c[:-1] + noise_c[1:]) + tol_c[:-1] + tol_c[1:]
+    intervals: list[tuple[float, float]] = []
+    for i in np.flatnonzero(change > allowed) + 1:
+        a, b = float(ts[i - 1]), float(ts[i + 1])
+        if intervals and a <= intervals[-1][1]:
+            intervals[-1] = (intervals[-1][0], b)
+        else:
+            intervals.append((a, b))
+    return intervals
+
+
+def predicted_outside(predicted: np.ndarray, intervals: list[tuple[float, float]],
+                      m: int) -> SegmentResult:
+    """The predicted kinks outside the searched ``intervals``, taken where predicted."""
+    p = np.asarray(predicted, dtype=np.float64)
+    inside = np.zeros(p.size, dtype=bool)
+    if intervals:
+        lo = np.array([iv[0] for iv in intervals])
+        hi = np.array([iv[1] for iv in intervals])
+        at = np.searchsorted(lo, p, side="right") - 1
+        inside = (at >= 0) & (p < hi[np.maximum(at, 0)])
+    keep = p[~inside]
+    return SegmentResult(t=np.zeros(0), values=np.zeros((0, m)), scale=np.zeros(0),
+                         kinks=keep, resolved=np.ones(keep.size, dtype=bool))
+
+
 def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
                     pred_offset: np.ndarray, pred_slope: np.ndarray, reach: float,
-                    params: SearchParams) -> SegmentResult:
+                    params: SearchParams) -> list[SegmentResult]:
     """Kink search on a line against a model that predicts every kink it knows.
 
-    One point in every gap between consecutive predicted kinks (and both ends): the
-    residual ``r = F − model`` there is linear between the samples wherever the model is
-    right, so its chord slopes change only at a kink the model lacks, a kink it has that
-    ``F`` lacks, or by the model's own error at a predicted kink (``pred_offset``: how far
-    the residual may sit off a line there, from the hyperplane's position error;
-    ``pred_slope``: the error of its slope change). Samples whose chord slopes change by
-    more are searched in full (:func:`search_segments` on ``F`` over the two chords around
-    them); every other predicted kink is taken where predicted. About one query per known
-    kink (the guided search takes two), and a missing neuron's residual is a ramp that
-    stands out whatever its neighbours (k=8192: they found missing neurons one per line).
+    One point in every gap between consecutive predicted kinks (and both ends,
+    :func:`residual_points`): the residual ``r = F − model`` there is linear between the
+    samples wherever the model is right, so its chord slopes change only at a kink the model
+    lacks, a kink it has that ``F`` lacks, or by the model's own error at a predicted kink
+    (``pred_offset``: how far the residual may sit off a line there, from the hyperplane's
+    position error; ``pred_slope``: the error of its slope change). Samples whose chord
+    slopes change by more are searched in full (:func:`search_segments` on ``F`` over the two
+    chords around them, :func:`residual_flags`); every other predicted kink is taken where
+    predicted. About one query per known kink (the guided search takes two), and a missing
+    neuron's residual is a ramp that stands out whatever its neighbours. (The coordinator
+    runs the same steps with the model evaluated on its side and the sampling and the
+    searches spread over tasks.)
 
     Parameters
     ----------
@@ -428,51 +477,18 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
 
     Returns
     -------
-    SegmentResult
-        Every kink: predicted ones outside the searched chords, found ones inside.
+    list of SegmentResult
+        The samples, the searched intervals' results and the predicted kinks outside them;
+        :func:`.regions.merge_segments` makes one scan of them.
     """
-    p = np.asarray(predicted, dtype=np.float64)
-    edges = np.concatenate([[-reach], p, [reach]])
-    ts = np.concatenate([[-reach], 0.5 * (edges[:-1] + edges[1:]), [reach]])
+    ts = residual_points(predicted, reach)
     f, sc = evaluate(ts)
-    r = f - model_values(ts)
-    h = np.diff(ts)
-    slopes = np.diff(r, axis=0) / h[:, None]  # chord c: samples c, c + 1
-    sigma = 2.0 * params.noise * sc  # answer rounding plus the model's own
-    # chord c = j + 1 holds predicted kink j
-    tol_c = np.zeros(h.size)
-    tol_c[1:-1] = pred_offset / h[1:-1] + pred_slope
-    noise_c = (sigma[:-1] + sigma[1:]) / h
-    change = np.linalg.norm(np.diff(slopes, axis=0), axis=1)  # at samples 1 .. n-2
-    allowed = params.check_factor * (noise_c[:-1] + noise_c[1:]) + tol_c[:-1] + tol_c[1:]
-    flagged = np.flatnonzero(change > allowed) + 1
-    intervals: list[tuple[float, float]] = []
-    for i in flagged:
-        a, b = float(ts[i - 1]), float(ts[i + 1])
-        if intervals and a <= intervals[-1][1]:
-            intervals[-1] = (intervals[-1][0], b)
-        else:
-            intervals.append((a, b))
-    inside = np.zeros(p.size, dtype=bool)
-    kinks = []
-    extra_t, extra_v, extra_s = [ts], [f], [sc]
+    intervals = residual_flags(ts, f - model_values(ts), sc, pred_offset, pred_slope, params)
+    m = f.shape[1]
+    out = [SegmentResult(t=ts, values=f, scale=sc, kinks=np.zeros(0),
+                         resolved=np.zeros(0, dtype=bool)),
+           predicted_outside(predicted, intervals, m)]
     if intervals:
-        lo = np.array([iv[0] for iv in intervals])
-        hi = np.array([iv[1] for iv in intervals])
-        at = np.searchsorted(lo, p, side="right") - 1
-        inside = (at >= 0) & (p < hi[np.maximum(at, 0)])
         known = {float(t): (f[i], float(sc[i])) for i, t in enumerate(ts)}
-        for res in search_segments(evaluate, intervals, params, known):
-            kinks += [(float(t), bool(ok)) for t, ok in zip(res.kinks, res.resolved)]
-            extra_t.append(res.t)
-            extra_v.append(res.values)
-            extra_s.append(res.scale)
-    kinks += [(float(t), True) for t in p[~inside]]
-    T = np.concatenate(extra_t)
-    V = np.concatenate(extra_v, axis=0)
-    S = np.concatenate(extra_s)
-    T, idx = np.unique(T, return_index=True)
-    ks = sorted(kinks)
-    return SegmentResult(t=T, values=V[idx], scale=S[idx],
-                         kinks=np.array([k[0] for k in ks], dtype=np.float64),
-                         resolved=np.array([k[1] for k in ks], dtype=bool))
+        out += search_segments(evaluate, intervals, params, known)
+    return out

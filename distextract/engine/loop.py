@@ -18,7 +18,14 @@ import numpy as np
 from .._errors import BudgetExhausted, NonDeterministicOracle, TargetMismatch
 from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
-from .kinks import SIGNATURE_RTOL, SearchParams, segment_end_points
+from .kinks import (
+    SIGNATURE_RTOL,
+    SearchParams,
+    predicted_outside,
+    residual_flags,
+    residual_points,
+    segment_end_points,
+)
 from .lines import Line, make_line
 from .neurons import (
     EXPLAIN_FACTOR,
@@ -43,7 +50,7 @@ from .regions import (
     region_edges,
 )
 from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
-from .tasks import EvalTask, GuidedTask, JacobianTask, ResidualTask, SearchTask, output_scale
+from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +107,7 @@ KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many nois
 JUMP_RTOL = 1e-3  # float64: a gap whose slope change is off its predicted kink's by more
 # than this (relative) holds a second kink the guided search looks for (k=8192: a missing
 # neuron hides next to a known one)
+MODEL_BLOCK = 512  # points per block when the coordinator evaluates the model
 RESIDUAL_SPREADS = 4.0  # residual search: the model's error at a predicted kink, in error
 # estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
 ACCEPT_PAIR = 1.0  # a kink constraint this many errors off its neuron's fit is dropped
@@ -476,17 +484,38 @@ class Coordinator:
         return merge_segments(self.ex.map([task])[0])
 
     def _residual(self, line: Line, predicted: np.ndarray, ns: NeuronSet) -> LineScan:
-        """Residual search of ``line`` against the current model (float64 answers):
-        ``ns`` are the neurons predicted at ``predicted``, whose error estimates bound how
-        far the residual may bend at their crossings."""
+        """Residual search of ``line`` against the current model (float64 answers,
+        :func:`.kinks.residual_search`): the samples are evaluated by the executor's tasks,
+        the model here (it never travels), the flagged intervals searched by up to
+        SEARCH_TASKS tasks. ``ns`` are the neurons predicted at ``predicted``; their error
+        estimates bound how far the residual may bend at their crossings."""
         st = self.st
+        params = self._search_params(st.noise)
+        ts = residual_points(predicted, line.reach)
+        X = line.points(ts)
+        Y = self._eval(X)
+        sc = output_scale(Y, st.fref, st.absolute)
+        model_Y = np.concatenate([st.model.predict(X[i:i + MODEL_BLOCK])
+                                  for i in range(0, X.shape[0], MODEL_BLOCK)], axis=0)
         x_norm = np.sqrt(float(line.u @ line.u) + predicted ** 2)
         amp = np.linalg.norm(ns.a, axis=1)
         offset = RESIDUAL_SPREADS * amp * ns.err * (x_norm + 1.0)
         slope = RESIDUAL_SPREADS * amp * ns.err * 2.0
-        task = ResidualTask(line, predicted, offset, slope, self._search_params(st.noise),
-                            st.fref, st.model, absolute=st.absolute)
-        return merge_segments(self.ex.map([task])[0])
+        intervals = residual_flags(ts, Y - model_Y, sc, offset, slope, params)
+        results = [predicted_outside(predicted, intervals, Y.shape[1])]
+        if intervals:
+            known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
+            per_task = max(1, -(-len(intervals) // min(self.parallelism, SEARCH_TASKS)))
+            tasks = []
+            for group in _chunks(intervals, per_task):
+                kn = {}
+                for a, b in group:
+                    for t in (a, b):
+                        kn[float(t)] = known[float(t)]
+                tasks.append(SearchTask(line, group, params, st.fref, known=kn,
+                                        absolute=st.absolute))
+            results += [r for batch in self.ex.map(tasks) for r in batch]
+        return merge_segments(results, [(ts, Y, sc)])
 
     def _measure(self, line: Line, scan: LineScan, noise: float,
                  only: set | None = None) -> list:

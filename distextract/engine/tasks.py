@@ -10,7 +10,7 @@ import numpy as np
 
 from .._model import ReluNetwork
 from .jacobians import RegionPlan, measure_regions
-from .kinks import SearchParams, guided_search, residual_search, search_segments
+from .kinks import SearchParams, guided_search, search_segments
 from .lines import Line
 
 
@@ -21,9 +21,6 @@ def output_scale(Y: np.ndarray, fref: float, absolute: bool = False) -> np.ndarr
     if absolute:
         return np.full(Y.shape[0], float(fref))
     return np.max(np.abs(Y), axis=1) + fref
-
-
-MODEL_BLOCK = 512  # points per block when a task evaluates the model
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,21 +65,6 @@ class GuidedTask:
 
 
 @dataclass(frozen=True, eq=False)
-class ResidualTask:
-    """Search ``line`` for kinks of ``F − model`` where ``model`` predicts ``predicted``
-    (:func:`.kinks.residual_search`)."""
-
-    line: Line
-    predicted: np.ndarray
-    pred_offset: np.ndarray
-    pred_slope: np.ndarray
-    params: SearchParams
-    fref: float
-    model: ReluNetwork
-    absolute: bool = False
-
-
-@dataclass(frozen=True, eq=False)
 class EvalTask:
     """Evaluate the oracle at ``X`` (n, d)."""
 
@@ -102,19 +84,6 @@ def run_task(oracle, task):
             Y = Y - model.predict(X)
         return Y, sc
 
-    if isinstance(task, ResidualTask):
-        def raw(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            Y = oracle.query(line.points(ts))
-            return Y, output_scale(Y, fref, absolute)
-
-        def model_values(ts: np.ndarray) -> np.ndarray:
-            # in blocks: one row of hidden activations per point is k floats
-            return np.concatenate([model.predict(line.points(ts[i:i + MODEL_BLOCK]))
-                                   for i in range(0, ts.size, MODEL_BLOCK)], axis=0)
-
-        return [residual_search(raw, model_values,
-                                task.predicted, task.pred_offset, task.pred_slope,
-                                line.reach, task.params)]
     if isinstance(task, SearchTask):
         return search_segments(lambda ts: values(line.points(ts)), task.segments, task.params,
                                task.known)
@@ -144,5 +113,4 @@ class LocalExecutor:
         pass
 
 
-__all__ = ["EvalTask", "GuidedTask", "JacobianTask", "LocalExecutor", "RegionPlan", "ResidualTask",
-           "SearchTask", "run_task"]
+__all__ = ["EvalTask", "GuidedTask", "JacobianTask", "LocalExecutor", "RegionPlan", "SearchTask", "run_task"]
