@@ -202,7 +202,7 @@ def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
     kinks: list[list[tuple[float, bool]]] = [[] for _ in segments]
 
     while open_:
-        # ---- plan: one probe per open interval (t* check, midpoint check or slope refresh)
+        # ---- plan: probes per open interval (t* check, midpoint check, split or refresh)
         probes: list[float] = []
         plans = []
         for seg, ea, eb, depth in open_:
@@ -230,8 +230,12 @@ def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
                 plans.append(("kink", seg, ea, eb, depth, len(probes)))
                 probes += [tstar - eta, tstar + eta]
             else:
+                # the split point and its slope point in this round's request (one round
+                # trip instead of two)
+                mid = 0.5 * (ea.t + eb.t)
+                h = params.slope_step * w
                 plans.append(("split", seg, ea, eb, depth, len(probes)))
-                probes.append(0.5 * (ea.t + eb.t))
+                probes += [mid, mid + h if mid + h < eb.t else mid - h]
         if not plans:
             break
         f, sc = S.query(probes)
@@ -280,7 +284,9 @@ def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
                 new_open.append((seg, ep, eb, depth + 1))
                 continue
             else:
-                splits.append((seg, ea, eb, depth, t, ft, st))
+                em = _make_end(t, ft, st, probes[j + 1], f[j + 1], float(sc[j + 1]), noise)
+                new_open.append((seg, ea, em, depth + 1))
+                new_open.append((seg, em, eb, depth + 1))
         if splits:
             sp_ts = []
             for seg, ea, eb, depth, t, ft, st in splits:
