@@ -305,3 +305,17 @@ def test_report_says_what_the_finishing_pass_did():
     assert 0 <= fin["pinned"] <= fin["planned"] <= fin["candidates"]
     assert fin["queries"] >= 4 * fin["pinned"]
     assert fin["validation_rel_l2_after"] == res.val_rel_l2
+
+
+def test_guided_later_lines_still_recover_the_network():
+    # ExtractConfig(residual_scan=False): later lines re-locate every known kink (two
+    # queries each) instead of searching the residual; same recovery, more queries
+    net = dx.targets.random_network(24, 48, 2, seed=12)
+    guided = dx.extract(net, seed=12, config=dx.ExtractConfig(residual_scan=False))
+    residual = dx.extract(net, seed=12)
+    for res in (guided, residual):
+        rep = _fidelity(res, net)
+        assert rep.matched_neurons == rep.live_neurons == 48, rep
+        assert rep.spurious_neurons == 0 and rep.rel_l2 <= EXACT_REL_L2, rep
+        assert res.certified
+    assert residual.report["config"]["residual_scan"] is True
