@@ -11,7 +11,7 @@ import abc
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from ._errors import (
 )
 from ._model import ReluNetwork
 from ._validation import as_matrix, check_positive_int
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations only (3.10 supported)
 
 
 class Oracle(abc.ABC):
@@ -74,7 +77,7 @@ class Oracle(abc.ABC):
         return {"type": type(self).__name__, "input_dim": self.input_dim,
                 "output_dim": self.output_dim}
 
-    def __enter__(self) -> Oracle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

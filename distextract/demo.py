@@ -185,23 +185,23 @@ def format_summary(summary: dict) -> str:
     ray = f", Ray start {t['ray_start_s']:.1f} s" if t.get("ray_start_s") else ""
     lines = [
         "Summary",
-        f"  queries     {q['rows']:,} rows paid in {q['requests']:,} requests{floor}; "
-        f"{refused} answered 429 (rate limited)",
-        f"  throughput  {tp['rows_per_s']:,.0f} rows/s over {tp['seconds']:.1f} s of extraction; "
-        f"limit {tp['limit_rows_per_s']:,.0f} rows/s{util}",
-        f"  neurons     {n['found']} found / {n['true']} true ({n['matched']} of {n['live']} "
-        f"live matched, {n['spurious']} spurious)",
-        f"  fidelity    relative L2 {f['rel_l2']:.2g}, max abs error {f['max_abs_error']:.2g}"
-        f"{agree} on {f['points']:,} fresh N(0, I) points",
+        (f"  queries     {q['rows']:,} rows paid in {q['requests']:,} requests{floor}; "
+         f"{refused} answered 429 (rate limited)"),
+        (f"  throughput  {tp['rows_per_s']:,.0f} rows/s over {tp['seconds']:.1f} s of extraction; "
+         f"limit {tp['limit_rows_per_s']:,.0f} rows/s{util}"),
+        (f"  neurons     {n['found']} found / {n['true']} true ({n['matched']} of {n['live']} "
+         f"live matched, {n['spurious']} spurious)"),
+        (f"  fidelity    relative L2 {f['rel_l2']:.2g}, max abs error {f['max_abs_error']:.2g}"
+         f"{agree} on {f['points']:,} fresh N(0, I) points"),
         f"  result      certified={summary['certified']} (stop: {summary['stop_reason']})",
         f"  wall time   {t['wall_s']:.1f} s (extraction {t['extract_s']:.1f} s{ray})",
-        f"  run dir     {summary['run_dir']}: model.arrow, report.json, summary.txt, "
-        f"{len(summary['plots'])} PNG plots",
+        (f"  run dir     {summary['run_dir']}: model.arrow, report.json, summary.txt, "
+         f"{len(summary['plots'])} PNG plots"),
         "Next:",
         f"  distextract report {summary['run_dir']}",
         f"  distextract export {os.path.join(summary['run_dir'], 'model.arrow')} --to onnx",
-        f"  distextract evaluate {os.path.join(summary['run_dir'], 'model.arrow')} "
-        f"--target {summary['target']['path']}",
+        (f"  distextract evaluate {os.path.join(summary['run_dir'], 'model.arrow')} "
+         f"--target {summary['target']['path']}"),
     ]
     return "\n".join(lines)
 

@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -63,6 +63,9 @@ import ray
 from ._errors import BudgetExhausted, ConfigError, DistextractError
 from ._oracle import CountingOracle, Oracle
 from ._validation import check_positive_int
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations only (3.10 supported)
 
 logger = logging.getLogger(__name__)
 
@@ -882,7 +885,7 @@ class RayExecutor:
             remove_placement_group(self._pg)
         return finals
 
-    def __enter__(self) -> RayExecutor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from ._errors import ConfigError
 from ._model import ReluNetwork
 from ._oracle import output_transform
 from ._wire import dumps, dumps_rows, loads
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations only (3.10 supported)
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +340,7 @@ class ServerHandle:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> ServerHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -421,7 +424,7 @@ class ServerProcess:
             out, _ = self.proc.communicate()
         return out or ""
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
