@@ -445,22 +445,24 @@ class Coordinator:
         Y = self._eval(X)
         sc = output_scale(Y, st.fref, st.absolute)
         known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ends)}
-        # a few tasks: the search advances in rounds that wait for their answers however it
-        # is cut, and fewer tasks send fuller requests (what counts under a requests/s limit)
-        tasks_wanted = min(self.parallelism, SEARCH_TASKS)
-        per_task = max(1, -(-len(segments) // tasks_wanted))
+        return merge_segments(self._search_segments(line, segments, params, known),
+                              [(ends, Y, sc)])
+
+    def _search_segments(self, line: Line, segments: list, params: SearchParams,
+                         known: dict) -> list:
+        """Search ``segments`` of ``line`` in full, cut into a few tasks (the search
+        advances in rounds that wait for their answers however it is cut, and fewer tasks
+        send fuller requests: what counts under a requests/s limit); each task is handed
+        the answers already paid (``known``) at its segments' ends and slope points."""
+        st = self.st
+        per_task = max(1, -(-len(segments) // min(self.parallelism, SEARCH_TASKS)))
         tasks = []
         for group in _chunks(segments, per_task):
-            kn = {}
-            for a, b in group:
-                for t in segment_end_points([(a, b)], cfg.slope_step):
-                    kn[float(t)] = known[float(t)]
+            points = (float(t) for t in segment_end_points(group, params.slope_step))
+            kn = {t: known[t] for t in points if t in known}
             tasks.append(SearchTask(line, group, params, st.fref, known=kn,
                                     absolute=st.absolute))
-        results = [r for batch in self.ex.map(tasks) for r in batch]
-        extra = [(ends, Y, sc)]
-        scan = merge_segments(results, extra)
-        return scan
+        return [r for batch in self.ex.map(tasks) for r in batch]
 
     def _search_params(self, noise: float) -> SearchParams:
         """Search steps derived from the measured precision: a slope over a step ``δ`` is
@@ -506,16 +508,7 @@ class Coordinator:
         results = [predicted_outside(predicted, intervals, Y.shape[1])]
         if intervals:
             known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
-            per_task = max(1, -(-len(intervals) // min(self.parallelism, SEARCH_TASKS)))
-            tasks = []
-            for group in _chunks(intervals, per_task):
-                kn = {}
-                for a, b in group:
-                    for t in (a, b):
-                        kn[float(t)] = known[float(t)]
-                tasks.append(SearchTask(line, group, params, st.fref, known=kn,
-                                        absolute=st.absolute))
-            results += [r for batch in self.ex.map(tasks) for r in batch]
+            results += self._search_segments(line, intervals, params, known)
         return merge_segments(results, [(ts, Y, sc)])
 
     def _measure(self, line: Line, scan: LineScan, noise: float,
@@ -813,19 +806,14 @@ class Coordinator:
         kinks: dict[int, tuple[PinPlan, float, np.ndarray]] = {}  # neuron: plan, t, answers
         try:
             for group in _chunks(plans, PIN_CHUNK):
-                X = np.concatenate([p.points() for p in group], axis=0)
-                Y = self._eval(X)
-                sig = st.noise * output_scale(Y, st.fref, st.absolute)
-                for i, p in enumerate(group):
-                    rows = slice(PIN_POINTS * i, PIN_POINTS * (i + 1))
-                    fit = pin_fit(p, Y[rows], sig[rows], ns.a[p.neuron], self.check_factor)
+                for p, (fit, Yp) in zip(group, self._fit_pins(group, ns.a)):
                     if fit is None:
                         failed.append(p.neuron)
                         continue
                     # the foot moves by t along the unit normal; rows of W are unit
                     b[p.neuron] -= fit[0] * float(np.linalg.norm(ns.W[p.neuron]))
                     a[p.neuron] = fit[1]
-                    kinks[p.neuron] = (p, fit[0], Y[rows])
+                    kinks[p.neuron] = (p, fit[0], Yp)
                     pinned += 1
         except BudgetExhausted as exc:
             logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
@@ -854,6 +842,20 @@ class Coordinator:
                             queries=int(self.ex.queries - q0),
                             validation_rel_l2_after=float(st.val_rel_l2))
         return pinned
+
+    def _fit_pins(self, plans: list, a: np.ndarray) -> list:
+        """Query the points of ``plans`` in one batch and fit each
+        (:func:`.pin.pin_fit`, against the output vectors ``a`` of the neurons, indexed by
+        ``plan.neuron``): one ``(fit or None, its answers)`` per plan."""
+        st = self.st
+        Y = self._eval(np.concatenate([p.points() for p in plans], axis=0))
+        sig = st.noise * output_scale(Y, st.fref, st.absolute)
+        out = []
+        for i, p in enumerate(plans):
+            rows = slice(PIN_POINTS * i, PIN_POINTS * (i + 1))
+            out.append((pin_fit(p, Y[rows], sig[rows], a[p.neuron], self.check_factor),
+                        Y[rows]))
+        return out
 
     def _orient(self, kinks: dict) -> int:
         """The hyperplane of each pinned neuron whose direction is known worse than
@@ -888,18 +890,14 @@ class Coordinator:
             if len(plans) < d:
                 continue
             try:
-                Y = self._eval(np.concatenate([p.points() for p in plans], axis=0))
+                fits = self._fit_pins(plans, ns.a)
             except BudgetExhausted as exc:
                 logger.warning("%s; orienting stopped", exc)
                 break
-            sig = st.noise * output_scale(Y, st.fref, st.absolute)
             plan0, t0, _ = kinks[j]
             pts = [plan0.foot + t0 * plan0.normal]
-            for i, p in enumerate(plans):
-                rows = slice(PIN_POINTS * i, PIN_POINTS * (i + 1))
-                fit = pin_fit(p, Y[rows], sig[rows], ns.a[j], self.check_factor)
-                if fit is not None:
-                    pts.append(p.foot + fit[0] * p.normal)
+            pts += [p.foot + fit[0] * p.normal for p, (fit, _) in zip(plans, fits)
+                    if fit is not None]
             if len(pts) < d + 1:
                 continue
             w, beta, resid = plane_fit(np.array(pts), w0)
@@ -1222,16 +1220,12 @@ class Coordinator:
             gone = gone[~np.isin(gone, kept)] if kept.size else gone
             if gone.size:
                 # never found on several lines: removed if the model does not get worse
-                before = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
                 keep = np.setdiff1d(np.arange(st.neurons.size), gone)
-                st.neurons = st.neurons.take(keep)
-                self.assemble()
-                if st.val_rel_l2 <= 1.01 * before[0]:
+                if self._keep_if_no_worse(st.neurons.take(keep)):
                     ev = ev.take(keep)
                     kept = np.searchsorted(keep, kept[np.isin(kept, keep)])
                     st.removed += int(gone.size)
                 else:
-                    st.val_rel_l2, st.model, st.neurons, st.val_max_abs = before
                     kept = np.union1d(kept, gone)
             self._emit("polish", line=index - 1)
             st.rounds.append(self._round_info(index - 1, int(st.lines[-1].kinks.size), 0, 0))
