@@ -827,6 +827,11 @@ class RayExecutor:
         """Rows sent to the oracle by all workers (every attempt), exact."""
         return int(ray.get(self._ledger.total.remote()))
 
+    @property
+    def remaining(self) -> int | None:
+        """Rows left in the global budget (None: no budget)."""
+        return None if self.budget is None else self.budget - self.queries
+
     # ------------------------------------------------------------------ counters
     def ledger_stats(self) -> dict:
         """Global counters (paid rows, per-worker rows, attempts, timings)."""

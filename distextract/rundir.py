@@ -51,8 +51,11 @@ by :class:`~distextract._journal.JournaledOracle`) and ``run.json``:
     ================= ============================ =============================================
     index             int64                        line index (0: the first line)
     kind              string                       ``"first"``, ``"residual"`` (guided by the
-                                                   known hyperplanes) or ``"polish"``
-                                                   (imprecise answers: crossings located)
+                                                   known hyperplanes), ``"sensitive"`` (searched
+                                                   in full with long slope steps, once, when a
+                                                   clean line leaves the error above target) or
+                                                   ``"polish"`` (imprecise answers: crossings
+                                                   located)
     reach             double                       the line covers ``t ∈ [-reach, reach]``
     u                 fixed_size_list<double>[d]   base point
     v                 fixed_size_list<double>[d]   unit direction

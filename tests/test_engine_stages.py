@@ -6,6 +6,8 @@ checks one stage of :mod:`distextract.engine` against them with an explicit tole
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -163,6 +165,54 @@ def test_two_kinks_closer_than_the_slope_step():
     else:  # merged: one kink within the check step of the pair
         eta = CFG.check_step * width
         assert close.sum() == 1 and 0.3 - eta <= found[close][0] <= 0.3 + gap + eta
+
+
+def _ramp_evaluator(kinks_at, bends, calls: list):
+    """``evaluate(ts)``: ``1 + 0.3 t + Σ bend · relu(t − kink)``, one output; logs call sizes."""
+    kk, bb = np.asarray(kinks_at, dtype=np.float64), np.asarray(bends, dtype=np.float64)
+
+    def evaluate(ts):
+        calls.append(len(ts))
+        t = np.asarray(ts, dtype=np.float64)
+        Y = (np.maximum(t[:, None] - kk[None, :], 0.0) @ bb)[:, None] + 0.3 * t[:, None] + 1.0
+        return Y, output_scale(Y, 1.0)
+    return evaluate
+
+
+@pytest.mark.parametrize("gap", [1e-3, 1e-4])
+def test_split_points_separate_a_close_pair_in_fewer_rounds(gap):
+    """Two kinks of nearly opposite bends: the ends' lines meet far outside the interval, so
+    it is cut without a kink guess; three cut points per round separate the pair in fewer
+    rounds than a midpoint (both find it exactly)."""
+    planted = [0.3, 0.3 + gap]
+    rounds = {}
+    for points in (1, 3):
+        calls: list = []
+        params = replace(_search_params(check_step=1e-7), split_points=points)
+        res = kinks.search_segments(_ramp_evaluator(planted, [1.0, -1.0001], calls),
+                                    [(0.0, 1.0)], params)[0]
+        assert res.resolved.all()
+        assert_allclose(res.kinks, planted, rtol=0, atol=1e-12)
+        rounds[points] = len(calls)
+    assert rounds[3] < rounds[1], rounds
+
+
+@pytest.mark.parametrize("ratio", [1e-6, 1e-7])
+def test_longer_slope_steps_see_a_weak_kink_beside_a_strong_one(ratio):
+    """A kink ``ratio`` times weaker than its neighbour 2e-3 away hides under the slope error
+    of the default slope step (1e-4 of the interval); the engine's sensitive line
+    (``SENSITIVE_STEP_FACTOR`` times longer steps) sees it."""
+    from distextract.engine.loop import SENSITIVE_STEP_FACTOR
+
+    planted = [0.5, 0.502]
+    default = kinks.search_segments(_ramp_evaluator(planted, [1.0, ratio], []), [(0.0, 1.0)],
+                                    _search_params())[0]
+    assert default.kinks.size == 1  # the weak kink is missed
+    params = replace(_search_params(), slope_step=SENSITIVE_STEP_FACTOR * CFG.slope_step)
+    sensitive = kinks.search_segments(_ramp_evaluator(planted, [1.0, ratio], []),
+                                      [(0.0, 1.0)], params)[0]
+    # (a weak kink is placed to the noise over its bend: 1e-9 for the 1e-7 one)
+    assert_allclose(sensitive.kinks, planted, rtol=0, atol=1e-8)
 
 
 def test_extract_recovers_two_kinks_closer_than_the_slope_step():

@@ -23,10 +23,12 @@ class RowCounter:
         self.flat = flat
         self.rows = 0
         self.calls = 0
+        self.sizes: list[int] = []
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         self.rows += X.shape[0]
         self.calls += 1
+        self.sizes.append(X.shape[0])
         Y = self.net.predict(X)
         return Y[:, 0] if self.flat else Y
 
@@ -80,6 +82,39 @@ def test_weak_neurons_are_pinned_to_the_matching_tolerances(k, seed, rel_l2):
     assert rep.matched_neurons == rep.live_neurons == k, rep
     assert rep.spurious_neurons == 0, rep
     assert res.certified and rep.rel_l2 <= rel_l2, rep
+
+
+# random_network(128, 1024, seed=1): one neuron has output weight 3.9e-7 (the median is 2e-2).
+# The first line crosses it 2.5e-3 from a strong neuron, under the slope error of the search's
+# short slope steps; on later lines its slope change (~2e-8) hides under the model's own error
+# at its neighbours' kinks. It left rel L2 5.3e-7 (precision_floor) until one line searched
+# in full with long slope steps found it.
+def test_a_weak_neuron_under_the_models_error_is_found_by_the_sensitive_line():
+    net = dx.targets.random_network(128, 1024, 1, seed=1)
+    res = dx.extract(net, seed=1)
+    kinds = [rec.kind for rec in res.engine.lines]
+    assert kinds.count("sensitive") == 1, kinds
+    rep = _fidelity(res, net)
+    assert res.certified and rep.rel_l2 <= 1e-7, rep
+    weak = int(np.argmin(np.abs(net.A[0])))
+    w = net.W[weak] / np.linalg.norm(net.W[weak])
+    cos = (res.model.W @ w) / np.linalg.norm(res.model.W, axis=1)
+    assert np.max(np.abs(cos)) > 1 - 1e-6
+
+
+def test_probe_validation_and_first_line_ends_share_one_request():
+    """One round trip instead of three (each costs a slow API's latency); with a budget
+    too small to pay for them all at once they go one after another."""
+    net = dx.targets.random_network(16, 32, 1, seed=1)
+    opening = 29 + 128 + 49  # probe, validation points, 16 segment ends and slope points
+    oracle = RowCounter(net)
+    dx.extract(oracle, input_dim=16, seed=0)
+    assert oracle.sizes[0] == opening
+    small = RowCounter(net)
+    # 500 rows: 50 validation points (budget // 10), an opening of 128 rows; the engine
+    # sends it at once only when the budget holds four times as many
+    dx.extract(small, input_dim=16, seed=0, budget=500)
+    assert small.sizes[:2] == [29, 50]
 
 
 # --------------------------------------------------------------------------- hard cases

@@ -61,6 +61,11 @@ class SearchParams:
     jump_rtol : float
         A predicted kink's measured slope change must agree with the prediction this well
         (relative) for the guided search to accept its gap.
+    split_points : int
+        Where the ends' lines do not meet inside an interval (two close kinks hide each
+        other's bend), it is cut at this many evenly spaced points (each with a slope
+        point) instead of its midpoint: ``log(width / gap) / log(split_points + 1)``
+        rounds to separate the pair instead of ``log2(width / gap)``.
     """
 
     noise: float
@@ -70,6 +75,7 @@ class SearchParams:
     check_step: float = 1e-3
     anchor_step: float | None = None
     jump_rtol: float = SIGNATURE_RTOL
+    split_points: int = 1
 
 
 @dataclass(frozen=True)
@@ -232,10 +238,12 @@ def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
             else:
                 # the split point and its slope point in this round's request (one round
                 # trip instead of two)
-                mid = 0.5 * (ea.t + eb.t)
+                nsp = params.split_points
                 h = params.slope_step * w
                 plans.append(("split", seg, ea, eb, depth, len(probes)))
-                probes += [mid, mid + h if mid + h < eb.t else mid - h]
+                for q in range(1, nsp + 1):
+                    mid = ea.t + w * q / (nsp + 1)
+                    probes += [mid, mid + h if mid + h < eb.t else mid - h]
         if not plans:
             break
         f, sc = S.query(probes)
@@ -284,9 +292,14 @@ def search_segments(evaluate: Evaluator, segments: list[tuple[float, float]],
                 new_open.append((seg, ep, eb, depth + 1))
                 continue
             else:
-                em = _make_end(t, ft, st, probes[j + 1], f[j + 1], float(sc[j + 1]), noise)
-                new_open.append((seg, ea, em, depth + 1))
-                new_open.append((seg, em, eb, depth + 1))
+                left = ea
+                for q in range(params.split_points):
+                    jj = j + 2 * q
+                    em = _make_end(probes[jj], f[jj], float(sc[jj]), probes[jj + 1], f[jj + 1],
+                                   float(sc[jj + 1]), noise)
+                    new_open.append((seg, left, em, depth + 1))
+                    left = em
+                new_open.append((seg, left, eb, depth + 1))
         if splits:
             sp_ts = []
             for seg, ea, eb, depth, t, ft, st in splits:

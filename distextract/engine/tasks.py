@@ -109,6 +109,11 @@ class LocalExecutor:
     def queries(self) -> int:
         return int(self.oracle.queries)
 
+    @property
+    def remaining(self) -> int | None:
+        """Rows left in the budget (None: no budget)."""
+        return getattr(self.oracle, "remaining", None)
+
     def close(self) -> None:
         pass
 
