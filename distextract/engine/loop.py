@@ -68,7 +68,6 @@ MAX_STEP = 0.05
 # 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
 # rounds but cost 0.5-6% more queries on small networks
 RESIDUAL_SPLIT_POINTS = 3
-MISPLACED_SIGMAS = 5.0  # a measured kink this many position errors off its neuron: re-measure
 SENSITIVE_STEP_FACTOR = 100.0  # slope steps of the one sensitive line (run loop)
 BEND_VERDICT_NOISE = 1e-10
 NONDETERMINISM_LIMIT = 1e3 * EPS64
@@ -544,7 +543,15 @@ class Coordinator:
         SEARCH_TASKS tasks. ``ns`` are the neurons predicted at ``predicted``; their error
         estimates bound how far the residual may bend at their crossings."""
         st = self.st
-        params = replace(self._search_params(st.noise), split_points=RESIDUAL_SPLIT_POINTS)
+        # a flagged gap holds what bends the residual, often a weak kink next to a strong
+        # one (why earlier lines missed it): long slope steps see 100x weaker slope changes
+        # (norm_range d64-k256: with the default steps the pieces' search missed 4 of the
+        # 10 kinks line 1 flagged and the lines never came back clean)
+        base = self._search_params(st.noise)
+        params = replace(base, split_points=RESIDUAL_SPLIT_POINTS)
+        if st.val_rel_l2 > self.target:
+            params = replace(params, slope_step=min(
+                MAX_STEP, SENSITIVE_STEP_FACTOR * base.slope_step))
         ts = residual_points(predicted, line.reach)
         X = line.points(ts)
         Y = self._eval(X)
@@ -740,8 +747,6 @@ class Coordinator:
         unexplained, unconfirmed, hits, by, loose = explain_kinks(
             line, scan.kinks, ns, IMPRECISE_EXPLAIN_FACTOR if self.imprecise else EXPLAIN_FACTOR,
             wide=self.imprecise, jumps=kink_jumps(scan, reach) if self.imprecise else None)
-        if not self.imprecise:
-            loose = loose | self._misplaced(line, scan.kinks, ns, by)
         # re-measure neurons known less precisely than the rest (or misplaced) where this
         # line crosses them; the better measurement replaces the old one
         limit = cfg.refine_factor * float(np.median(ns.err)) if ns.size else np.inf
@@ -822,25 +827,6 @@ class Coordinator:
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
-
-    def _misplaced(self, line: Line, kinks: np.ndarray, ns: NeuronSet,
-                   by: np.ndarray) -> np.ndarray:
-        """Kinks (bool, per kink) that their neuron explains from more than
-        MISPLACED_SIGMAS position errors away: its error estimate is too small for what the
-        kink shows (explaining tolerates EXPLAIN_FACTOR errors), e.g. a kink mislocated
-        where the neuron was first measured left its bias off. They are measured again.
-        (The estimates are conservative: the median kink sits within 0.01 of them.) Kinks
-        taken where predicted (not searched) are exactly on their neuron's plane."""
-        far = np.zeros(kinks.size, dtype=bool)
-        sel = np.flatnonzero(by >= 0)
-        if sel.size == 0:
-            return far
-        n = by[sel]
-        wv = ns.W[n] @ line.v
-        tm = -(ns.W[n] @ line.u + ns.b[n]) / wv
-        spread = ns.err[n] * (np.sqrt(float(line.u @ line.u) + tm ** 2) + 1.0) / np.abs(wv)
-        far[sel] = np.abs(kinks[sel] - tm) > MISPLACED_SIGMAS * spread
-        return far
 
     def _settle(self, disputed: list) -> int:
         """A neuron measured again on a later line whose new measurement does not explain
