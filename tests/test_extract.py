@@ -96,10 +96,9 @@ def test_a_weak_neuron_under_the_models_error_is_found_by_the_sensitive_line():
     assert kinds.count("sensitive") == 1, kinds
     rep = _fidelity(res, net)
     assert res.certified and rep.rel_l2 <= 1e-7, rep
-    weak = int(np.argmin(np.abs(net.A[0])))
-    w = net.W[weak] / np.linalg.norm(net.W[weak])
-    cos = (res.model.W @ w) / np.linalg.norm(res.model.W, axis=1)
-    assert np.max(np.abs(cos)) > 1 - 1e-6
+    # its error estimate (1.8e-2 rad, ~50x the true one) left no gap wide enough for its pin
+    # and kink-fitted direction among 1,024 hyperplanes until a tighter window was tried
+    assert rep.matched_neurons == rep.live_neurons == 1024 and rep.spurious_neurons == 0, rep
 
 
 @pytest.mark.parametrize("delta", [1e-6, 3e-5])

@@ -37,7 +37,7 @@ from .neurons import (
     jumps_to_neurons,
     predicted_crossings,
 )
-from .pin import PIN_POINTS, PinPlan, foot_crossings, pin_fit, pin_plans, plane_fit
+from .pin import OWN_MARGIN, PIN_POINTS, PinPlan, foot_crossings, pin_fit, pin_plans, plane_fit
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
 from .regions import (
@@ -121,6 +121,7 @@ PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative
 # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
 # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
 PIN_CHUNK = 64  # neurons pinned per batch of queries
+PIN_TIGHT = 0.1  # second pass: own window this fraction of the error estimate's
 PIN_SCORE = 3.0  # ... and, above REMEASURE_GOAL, one whose |a|·err is this many medians
 PIN_KEEP = 1.1  # the pinned model is kept unless validation gets worse than this factor
 PIN_RETRIES = 8  # lines tried near a crowded foot, ...
@@ -880,16 +881,24 @@ class Coordinator:
         scale = self.cfg.input_scale
         plans = pin_plans(ns.W, ns.b, ns.err, idx, scale)
         # a foot another hyperplane crowds: a line through a point of the hyperplane near
-        # it (bias error: the direction error times that distance, PIN_SHIFT)
-        rest = np.setdiff1d(idx, [p.neuron for p in plans])
-        if rest.size:
+        # it (bias error: the direction error times that distance, PIN_SHIFT); then, for
+        # the neurons still without a line, a window PIN_TIGHT times the error estimate
+        # (estimates run ~10x the true error: a weak neuron's own window of 0.07 found no
+        # gap among 1,024 hyperplanes; pin_fit still requires the neuron's own slope change)
+        for margin in (OWN_MARGIN, PIN_TIGHT * OWN_MARGIN):
+            rest = np.setdiff1d(idx, [p.neuron for p in plans])
+            if rest.size == 0:
+                break
+            if margin < OWN_MARGIN:
+                plans += pin_plans(ns.W, ns.b, ns.err, rest, scale, own_margin=margin)
+                rest = np.setdiff1d(idx, [p.neuron for p in plans])
             many = np.repeat(rest, PIN_RETRIES)
             z = self._rng(10).standard_normal((many.size, st.d))
             U = ns.W[many] / np.linalg.norm(ns.W[many], axis=1, keepdims=True)
             z -= np.sum(z * U, axis=1, keepdims=True) * U
             z *= PIN_SHIFT * scale / np.linalg.norm(z, axis=1, keepdims=True)
             seen: set[int] = set()
-            for p in pin_plans(ns.W, ns.b, ns.err, many, scale, shift=z):
+            for p in pin_plans(ns.W, ns.b, ns.err, many, scale, shift=z, own_margin=margin):
                 if p.neuron not in seen:
                     seen.add(p.neuron)
                     plans.append(p)
@@ -979,11 +988,15 @@ class Coordinator:
             # offsets inside the hyperplane, about one input scale long; the kink is looked
             # for within one (conservative) direction error of each point: the fit refuses
             # a kink found further off
-            # (twice as many candidates: some have a neighbour too close)
-            z = self._rng(9, j).standard_normal((2 * n_pts, d)) * (s / np.sqrt(d))
-            z -= (z @ w0)[:, None] * w0[None, :]
-            plans = pin_plans(ns.W, ns.b, ns.err, np.full(2 * n_pts, j), s, shift=z,
-                              own_margin=ORIENT_MARGIN)[:n_pts]
+            # (twice as many candidates: some have a neighbour too close; then, as pin()
+            # does, a window PIN_TIGHT times the estimate from four times as many)
+            for margin, many in ((ORIENT_MARGIN, 2), (PIN_TIGHT * ORIENT_MARGIN, 4)):
+                z = self._rng(9, j).standard_normal((many * n_pts, d)) * (s / np.sqrt(d))
+                z -= (z @ w0)[:, None] * w0[None, :]
+                plans = pin_plans(ns.W, ns.b, ns.err, np.full(many * n_pts, j), s, shift=z,
+                                  own_margin=margin)[:n_pts]
+                if len(plans) >= d:
+                    break
             if len(plans) >= d:
                 jobs.append((j, w0, plans))
         # every neuron's points in one round trip when the budget holds them all
