@@ -73,6 +73,7 @@ BEND_VERDICT_NOISE = 1e-10
 NONDETERMINISM_LIMIT = 1e3 * EPS64
 SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
+AFFINE_ROWS_PER_UNKNOWN = 4  # rows of the L, c least-squares fit per unknown (assemble)
 JACOBIAN_SAMPLES = 2048
 SEARCH_TASKS = 4  # the first line's segments are searched by at most this many tasks
 LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig docs)
@@ -649,18 +650,30 @@ class Coordinator:
     def assemble(self) -> None:
         st, cfg = self.st, self.cfg
         ns = st.neurons
-        X = np.concatenate(st.solve_X, axis=0) if st.solve_X else np.zeros((0, st.d))
-        Y = np.concatenate(st.solve_Y, axis=0) if st.solve_Y else np.zeros((0, st.m))
+        sizes = np.array([x.shape[0] for x in st.solve_X], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        total = int(ends[-1]) if sizes.size else 0
         k, d = ns.size, st.d
         unknowns = k + d + 1
         rng = self._rng(3, len(st.lines))
 
         def sample(cap: int):
-            rows = X.shape[0]
-            if rows <= cap:
-                return X, Y
-            sel = np.sort(rng.choice(rows, size=cap, replace=False))
-            return X[sel], Y[sel]
+            """``cap`` random rows of those kept (all if fewer), gathered from the kept
+            blocks without joining them (at d=784 the join copied ~400 MB per assemble)."""
+            if total <= cap:
+                if not sizes.size:
+                    return np.zeros((0, d)), np.zeros((0, st.m))
+                return (np.concatenate(st.solve_X, axis=0),
+                        np.concatenate(st.solve_Y, axis=0))
+            sel = np.sort(rng.choice(total, size=cap, replace=False))
+            block = np.searchsorted(ends, sel, side="right")
+            Xs = np.empty((cap, d))
+            Ys = np.empty((cap, st.solve_Y[0].shape[1]))
+            for p in np.unique(block):
+                at = block == p
+                rows = sel[at] - (ends[p] - sizes[p])
+                Xs[at], Ys[at] = st.solve_X[p][rows], st.solve_Y[p][rows]
+            return Xs, Ys
 
         # L and c only: d + 1 unknowns per output need few rows (and the hidden activations
         # of a wide network are large: rows × k floats)
@@ -672,11 +685,14 @@ class Coordinator:
             if best is None or not (err >= best[1]):
                 best = (cand, err, mx)
 
-        consider(solve_affine(ns, *sample(max(16 * (d + 1), 2048))))
+        # (with the model right, the Jacobian-based L and c below are 1e3-1e5x more precise
+        # than these; these win only while neurons are missing, when any L, c is far off:
+        # 4 rows per unknown are plenty, and a d=784 solve over 16 took 0.5-0.7 s)
+        consider(solve_affine(ns, *sample(max(AFFINE_ROWS_PER_UNKNOWN * (d + 1), 2048))))
         if st.jac_J:
             consider(solve_affine_from_jacobians(
                 ns, np.asarray(st.jac_X), np.asarray(st.jac_F), np.asarray(st.jac_J)))
-        if (unknowns <= cfg.solve_max_unknowns and X.shape[0] >= 2 * unknowns
+        if (unknowns <= cfg.solve_max_unknowns and total >= 2 * unknowns
                 and self._full_solve_may_help(best[1], unknowns)):
             # imprecise answers: more rows average the rounding out of the output weights
             rows = IMPRECISE_SOLVE_ROWS if self.imprecise else 8
