@@ -148,7 +148,9 @@ def summarize(data: RunData) -> str:
                    f"m={m.output_dim} outputs (model.arrow)")
     else:
         out.append("Model: model.arrow missing")
-    q = rep.get("queries") or {}
+    # a run directory written by ``write_run_outputs`` alone holds the extraction report,
+    # whose "queries" is the row count; ``distextract extract`` writes a dict of counters
+    q = rep.get("queries") if isinstance(rep.get("queries"), dict) else {}
     rows = q.get("rows", ext.get("queries"))
     if rows is not None:
         line = f"Queries: {rows:,} rows"
@@ -181,9 +183,10 @@ def summarize(data: RunData) -> str:
         kinds = data.lines.column("kind").to_pylist()
         n_k = int(np.sum(data.lines.column("kinks").to_numpy()))
         n_m = int(np.sum(data.lines.column("kinks_matched").to_numpy()))
-        polish = kinds.count("polish")
+        polish, sensitive = kinds.count("polish"), kinds.count("sensitive")
         out.append(f"Probe lines: {len(kinds)} ({kinds.count('first')} first, "
                    f"{kinds.count('residual')} residual"
+                   + (f", {sensitive} sensitive" if sensitive else "")
                    + (f", {polish} polish" if polish else "")
                    + f"); {n_k:,} kinks, {n_m:,} matched to a neuron of the model")
     if data.neurons is not None and data.neurons.num_rows:

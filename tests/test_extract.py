@@ -89,11 +89,17 @@ def test_weak_neurons_are_pinned_to_the_matching_tolerances(k, seed, rel_l2):
 # short slope steps; on later lines its slope change (~2e-8) hides under the model's own error
 # at its neighbours' kinks. It left rel L2 5.3e-7 (precision_floor) until one line searched
 # in full with long slope steps found it.
-def test_a_weak_neuron_under_the_models_error_is_found_by_the_sensitive_line():
+def test_a_weak_neuron_under_the_models_error_is_found_by_the_sensitive_line(tmp_path):
+    from distextract.report import RunData, summarize
+    from distextract.rundir import write_run_outputs
+
     net = dx.targets.random_network(128, 1024, 1, seed=1)
     res = dx.extract(net, seed=1)
     kinds = [rec.kind for rec in res.engine.lines]
     assert kinds.count("sensitive") == 1, kinds
+    write_run_outputs(tmp_path, res)  # lines.arrow says which line it was; so does the summary
+    assert RunData(tmp_path).lines.column("kind").to_pylist() == kinds
+    assert "1 sensitive" in summarize(RunData(tmp_path))
     rep = _fidelity(res, net)
     assert res.certified and rep.rel_l2 <= 1e-7, rep
     # its error estimate (1.8e-2 rad, ~50x the true one) left no gap wide enough for its pin

@@ -101,3 +101,15 @@ def test_match_kinks_nearest_crossing_and_tolerance():
 def test_write_run_outputs_refuses_other_objects(tmp_path):
     with pytest.raises(ConfigError, match="ExtractionResult returned by extract"):
         write_run_outputs(tmp_path, object())
+
+
+def test_report_of_a_run_directory_written_from_python(outputs):
+    """``write_run_outputs`` alone writes the extraction report, whose "queries" is the row
+    count (``distextract extract`` writes a dict of counters): the summary and plots of
+    ``distextract report`` read both (it raised AttributeError on an int)."""
+    from distextract.report import write_report
+
+    _, result, run, _ = outputs
+    text, files = write_report(run)
+    assert f"Queries: {result.queries:,} rows" in text
+    assert "Probe lines:" in text and "kinks.png" in files
