@@ -141,14 +141,15 @@ def test_a_neuron_mislocated_on_the_first_line_is_corrected(delta):
     assert rep.matched_neurons == rep.live_neurons == 64 and rep.spurious_neurons == 0, rep
 
 
-def test_probe_validation_and_first_line_ends_share_one_request():
-    """One round trip instead of three (each costs a slow API's latency); with a budget
-    too small to pay for them all at once they go one after another."""
+def test_probe_and_first_line_ends_share_one_request():
+    """One round trip instead of two (each costs a slow API's latency); the validation
+    points go with the first line's region centres. With a budget too small to pay for
+    them all at once the probe and the validation points go first, one after the other."""
     net = dx.targets.random_network(16, 32, 1, seed=1)
-    opening = 29 + 128 + 49  # probe, validation points, 16 segment ends and slope points
     oracle = RowCounter(net)
     dx.extract(oracle, input_dim=16, seed=0)
-    assert oracle.sizes[0] == opening
+    assert oracle.sizes[0] == 29 + 49  # probe, 16 segment ends and their slope points
+    assert 128 not in oracle.sizes  # no request of the validation points alone
     small = RowCounter(net)
     # 500 rows: 50 validation points (budget // 10), an opening of 128 rows; the engine
     # sends it at once only when the budget holds four times as many

@@ -48,9 +48,9 @@ def test_unknown_output_kind():
 def test_smooth_activation_is_refused_by_the_probe(make):
     with pytest.raises(dx.TargetMismatch, match="no sharp kinks") as info:
         dx.extract(make(), input_dim=16, seed=0)
-    # the opening request alone: the probe (29 rows), the validation points (128) and the
-    # first line's 16 segment ends with their slope points (49), sent together; no search
-    assert info.value.queries == 29 + 128 + 49
+    # the opening request alone: the probe (29 rows) and the first line's 16 segment ends
+    # with their slope points (49), sent together; no search, no validation points
+    assert info.value.queries == 29 + 49
 
 
 @pytest.mark.parametrize("d, h, m", [(16, 16, 3), (64, 64, 10)])

@@ -274,6 +274,7 @@ class Coordinator:
         self.mismatch_lines = 0
         self.verdict: str | None = None
         self.first_ends: dict = {}  # first line's segment ends paid with the probe
+        self.validation_pending = False  # validation points to go with the next request
         self.sensitive_done = False
 
     # ----------------------------------------------------------------- helpers
@@ -368,30 +369,41 @@ class Coordinator:
                                np.nextafter(base[:1], np.inf)], axis=0)
 
     def opening(self) -> None:
-        """The probe, the validation points and the first line's segment ends (with their
-        slope points) in one round trip instead of three: with a slow oracle every
-        sequential round costs its latency. The ends are those of float64 answers; if the
-        probe finds coarser answers the first line is cut finer and only the ends shared
-        by both cuts are reused (at most ``4 × LINE_SEGMENTS`` rows unused). With a budget
-        too small to pay for all three at once, they go one after another as before (each
-        finished step keeps what it paid for)."""
+        """The probe and the first line's segment ends (with their slope points) in one
+        round trip instead of two: with a slow oracle every sequential round costs its
+        latency. The validation points travel later with the first line's region centres
+        (:meth:`_eval_paying_validation`), so a target the probe refuses costs the probe and
+        the ends only. The ends are those of float64 answers; if the probe finds coarser
+        answers the first line is cut finer and only the ends shared by both cuts are
+        reused (at most ``4 × LINE_SEGMENTS`` rows unused). With a budget too small to pay
+        for all of them at once, the probe and the validation points go first, one after
+        the other, as before (each finished step keeps what it paid for)."""
         cfg = self.cfg
         Xp = self._probe_points()
-        Xv = self._validation_points()
         ends = np.unique(segment_end_points(self._line(0).segments(LINE_SEGMENTS),
                                             cfg.slope_step))
         left = self.ex.remaining
-        if left is not None and left < OPENING_BUDGET_FACTOR * (Xp.shape[0] + Xv.shape[0]
+        if left is not None and left < OPENING_BUDGET_FACTOR * (Xp.shape[0] + self.n_val
                                                                 + ends.size):
             self.probe()
             self.validation_set()
             return
-        X = np.concatenate([Xp, Xv, self._line(0).points(ends)], axis=0)
-        Y = self._eval(X)
-        n1, n2 = Xp.shape[0], Xp.shape[0] + Xv.shape[0]
+        Y = self._eval(np.concatenate([Xp, self._line(0).points(ends)], axis=0))
+        n1 = Xp.shape[0]
         self.probe(Y[:n1])
-        self.validation_set(Y[n1:n2])
-        self.first_ends = {float(t): Y[n2 + i] for i, t in enumerate(ends)}
+        self.validation_pending = self.n_val > 0
+        self.first_ends = {float(t): Y[n1 + i] for i, t in enumerate(ends)}
+
+    def _eval_paying_validation(self, X: np.ndarray) -> np.ndarray:
+        """Answers at ``X``, with the validation points in the same round trip while they
+        are still to be paid (:meth:`opening`)."""
+        if not self.validation_pending:
+            return self._eval(X)
+        Xv = self._validation_points()
+        Y = self._eval(np.concatenate([X, Xv], axis=0))
+        self.validation_pending = False
+        self.validation_set(Y[X.shape[0]:])
+        return Y[:X.shape[0]]
 
     def probe(self, Y: np.ndarray | None = None) -> None:
         """Measure output precision, determinism and smoothness (``Y``: the answers at
@@ -583,7 +595,7 @@ class Coordinator:
         want = missing_points(scan, line.reach, regions=only)
         if want.size:
             Xw = line.points(want)
-            Yw = self._eval(Xw)
+            Yw = self._eval_paying_validation(Xw)
             scw = output_scale(Yw, st.fref, st.absolute)
             scan = add_points(scan, want, Yw, scw)
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
@@ -649,6 +661,9 @@ class Coordinator:
     # -------------------------------------------------------------- assemble
     def assemble(self) -> None:
         st, cfg = self.st, self.cfg
+        if self.validation_pending:  # no region centre went out with them
+            self.validation_pending = False
+            self.validation_set()
         ns = st.neurons
         sizes = np.array([x.shape[0] for x in st.solve_X], dtype=np.int64)
         ends = np.cumsum(sizes)
