@@ -5,9 +5,10 @@ a very wide network.
     limit, no rate limit; network d=64, k=512, m=10; wall time and rows/s with 1, 2, 4, 8 Ray
     workers (each keeping ``--in-flight`` requests in flight and running as many tasks at once,
     up to 8) and the scaling ratio ``(rows/s with n) / (n · rows/s with 1)``. A first line
-    measures this machine's ceiling: one client with 64 requests in flight against the same
-    server, no extraction (JSON encoding and the server's Python cost per request, not the
-    50 ms latency, bound it on a small machine).
+    measures this machine's ceiling: client processes with 64 requests in flight each against
+    the same server, no extraction, one alone and ``--ceiling-clients`` at once (a single
+    client is bound by its own process's JSON and HTTP work on a small machine, not by the
+    server; "% of ceiling" is against the several clients' sum).
 (b) rate-limited: 20 ms latency, 100 requests/s, 64-row batches, d=128, k=1024, m=10, 8 workers
     sharing one leased limit: rows/s against the limit (100 × 64 rows/s), share of 429s, and
     queries against the single-process engine's count on the same network and seed.
@@ -31,6 +32,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import multiprocessing
 import resource
 import sys
 import tempfile
@@ -68,22 +70,44 @@ def save_net(d: int, k: int, m: int, seed: int, tmp: str) -> tuple[dx.ReluNetwor
     return net, path
 
 
+def _client(url: str, d: int, out) -> None:
+    """One client process: rows/s of 3 queries of 64 × 64 rows, 64 requests in flight."""
+    http = HTTPOracle(url, d, max_batch=64, max_in_flight=64, seed=0)
+    X = np.random.default_rng(0).standard_normal((64 * 64, d))
+    http.query(X[:64])
+    t0 = time.perf_counter()
+    for _ in range(3):
+        http.query(X)
+    out.put(3 * X.shape[0] / (time.perf_counter() - t0))
+    http.close()
+
+
+def _client_rates(url: str, d: int, n: int) -> list[float]:
+    """Rows/s of ``n`` client processes querying ``url`` at the same time (one client alone
+    is bound by its own process on a small machine, not by the server)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(url, d, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    rates = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return rates
+
+
 def bench_latency(args: argparse.Namespace, tmp: str) -> None:
     d, k = (32, 64) if args.quick else (64, 512)
     sweep = [1, 2, 4] if args.quick else [1, 2, 4, 8]
     net, path = save_net(d, k, 10, 0, tmp)
     with launch_server_process(path, latency_ms=50, max_batch=64) as server:
-        http = HTTPOracle(server.url, d, max_batch=64, max_in_flight=64, seed=0)
-        X = np.random.default_rng(0).standard_normal((64 * 64, d))
-        http.query(X[:64])
-        t0 = time.perf_counter()
-        for _ in range(3):
-            http.query(X)
-        ceiling = 3 * X.shape[0] / (time.perf_counter() - t0)
-        http.close()
-    print(f"\nceiling of this machine (one client, 64 requests in flight, no extraction): "
-          f"{ceiling:,.0f} rows/s = {ceiling / 64:.0f} requests/s "
-          f"(50 ms latency alone would allow {64 * 64 / 0.05:,.0f} rows/s)")
+        one = _client_rates(server.url, d, 1)[0]
+        many = _client_rates(server.url, d, args.ceiling_clients)
+    ceiling = sum(many)
+    print(f"\nceiling of this machine (no extraction, 64 requests in flight per client): one "
+          f"client {one:,.0f} rows/s; {len(many)} client processes at once {ceiling:,.0f} "
+          f"rows/s = {ceiling / 64:.0f} requests/s (50 ms latency alone would allow "
+          f"{64 * 64 / 0.05:,.0f} rows/s per client)")
     rows = []
     base = None
     for n in sweep:
@@ -173,6 +197,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8,
                         help="HTTP requests in flight per worker")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    parser.add_argument("--ceiling-clients", type=int, default=3,
+                        help="(a): client processes at once for the ceiling line")
     parser.add_argument("--client-rate", type=float, default=1.0,
                         help="(b): the client's requests/s limit as a fraction of the server's "
                              "(each 429 pauses every worker for the server's Retry-After)")
