@@ -53,6 +53,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,7 @@ CLOCK_RTT_S = 0.01
 #: Most tasks one worker actor runs at once by default (threads of its default concurrency
 #: group); an HTTP oracle's default is its ``max_in_flight`` up to this number.
 MAX_TASKS_PER_WORKER = 8
+INLINE_SPEC_BYTES = 64 * 1024  # a larger oracle spec goes to the object store (RayExecutor)
 #: Tasks shipped to a worker beyond those it runs, so a free thread never waits for the driver.
 QUEUED_PER_WORKER = 1
 #: Seconds between two polls of the actors' counters by the driver.
@@ -219,14 +221,18 @@ class _RemoteError:
 class _Ledger:
     """Global budget and exact count of paid rows (one actor per run; never restarted)."""
 
-    def __init__(self, budget: int | None, workers: int) -> None:
+    def __init__(self, budget: int | None, workers: int, spec: Any = None) -> None:
         self.budget = budget
+        self._spec = spec  # a large oracle spec, which the workers fetch from here
         self.paid = 0
         self.refused = 0
         self.t0 = time.monotonic()
         self.per_worker = [{"paid": 0, "attempts": 0, "tasks": 0, "asked": 0,
                             "from_journal": 0, "oracle_s": 0.0, "task_s": 0.0}
                            for _ in range(workers)]
+
+    def spec(self) -> Any:
+        return self._spec
 
     def register(self, worker: int) -> int:
         """Record a (re)start of ``worker``; returns its attempt number (1 for the first)."""
@@ -499,11 +505,16 @@ class _Worker:
     Counters are kept per task (thread), so concurrent tasks do not mix their statistics.
     """
 
-    def __init__(self, index: int, spec_ref: list, ledger: Any, limiter: Any, lease_chunk: int,
+    def __init__(self, index: int, spec: Any, ledger: Any, limiter: Any, lease_chunk: int,
                  journal_dir: str | None, seed: int, rows_rate: float | None = None) -> None:
         from .engine.tasks import run_task
 
-        spec = ray.get(spec_ref[0])
+        # the ledger and the limiter come by name, a large spec from the ledger
+        # (RayExecutor.__init__ says why)
+        ledger = ray.get_actor(ledger) if isinstance(ledger, str) else ledger
+        limiter = ray.get_actor(limiter) if isinstance(limiter, str) else limiter
+        if spec is None:
+            spec = ray.get(ledger.spec.remote())
         softmax = isinstance(spec, SoftmaxSpec)
         if softmax:
             spec = spec.inner
@@ -697,13 +708,23 @@ class RayExecutor:
         self.tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
         self.max_batch = getattr(oracle, "max_batch", None)
         self.budget = budget
-        self._ledger = ray.remote(_Ledger).options(num_cpus=0, max_restarts=0).remote(
-            budget, self.workers)
+        run_id = uuid.uuid4().hex[:12]
+        self._names = {"ledger": f"distextract-ledger-{run_id}", "limiter": None}
+        # A small spec (an HTTP API's) travels inline in each worker's constructor arguments,
+        # which Ray keeps for restarts; a large one (an in-process network) is held by the
+        # ledger, which lives as long as the run, and a (re)started worker fetches it there.
+        # (Object-store values or actor handles among a restartable actor's constructor
+        # arguments make Ray log an error-level warning on every run.)
+        big = len(ray.cloudpickle.dumps(self.spec)) > INLINE_SPEC_BYTES
+        self._ledger = ray.remote(_Ledger).options(
+            num_cpus=0, max_restarts=0, name=self._names["ledger"]).remote(
+                budget, self.workers, self.spec if big else None)
         self._limiter = None
         lease_chunk = 1
         if rate is not None or rows_rate is not None:
-            self._limiter = ray.remote(_Limiter).options(num_cpus=0, max_restarts=0).remote(
-                rate, rows_rate)
+            self._names["limiter"] = f"distextract-limiter-{run_id}"
+            self._limiter = ray.remote(_Limiter).options(
+                num_cpus=0, max_restarts=0, name=self._names["limiter"]).remote(rate, rows_rate)
             per_s = rate if rate is not None else rows_rate / max(1, self.max_batch or 64)
             lease_chunk = max(1, int(per_s * LEASE_HORIZON_S / self.workers))
         self._pg = None
@@ -717,16 +738,14 @@ class RayExecutor:
             # Forward the key to workers on other nodes (they do not share our environment).
             options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
         cls = ray.remote(concurrency_groups={STATS_GROUP: 1})(_Worker)
-        # The spec travels as a nested reference that this executor keeps alive, so a restarted
-        # worker can always fetch it again (constructor arguments are kept for restarts).
-        self._spec_ref = ray.put(self.spec)
+        spec_arg = None if big else self.spec
         self.actors = []
         for i in range(self.workers):
             opts = dict(options)
             opts.update(self._placement_options(i))
             self.actors.append(cls.options(**opts).remote(
-                i, [self._spec_ref], self._ledger, self._limiter, lease_chunk, self.journal_dir,
-                seed, rows_rate))
+                i, spec_arg, self._names["ledger"], self._names["limiter"], lease_chunk,
+                self.journal_dir, seed, rows_rate))
         infos = self._get([a.ready.remote() for a in self.actors])
         self.nodes = [info["node_id"] for info in infos]
         self.pids = [info["pid"] for info in infos]

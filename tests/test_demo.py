@@ -59,6 +59,9 @@ def test_demo_on_ray_workers(tmp_path):
                           text=True, timeout=150, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Extracting with 2 Ray workers" in proc.stdout
+    # no error-level line from Ray about restartable workers' constructor arguments (the
+    # ledger and limiter go to the workers by name, not as actor handles)
+    assert "constructor arguments in the object store" not in proc.stderr
     summary = check_summary(proc.stdout, run_dir)
     assert summary["workers"] == 2
     assert summary["timing"]["ray_start_s"] > 0
