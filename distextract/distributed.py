@@ -41,7 +41,10 @@ Oracles travel to the workers as *specs*: a picklable oracle (``NetworkOracle``,
 :class:`~distextract.HTTPOracle` (deliberately unpicklable: it holds connections, threads and the
 API key) travels as :class:`HTTPOracleSpec`, its settings without the key; each worker builds
 its own client and reads the key from the environment variable named by ``api_key_env``
-(on a cluster it is forwarded to the workers through the actors' ``runtime_env``).
+(on a cluster it is forwarded to the workers through the actors' ``runtime_env``). A spec
+over ``INLINE_SPEC_BYTES`` (an in-process network) is held by the ledger and fetched from it
+when a worker starts or restarts; the workers find the ledger and the limiter by their
+per-run names.
 """
 
 from __future__ import annotations
