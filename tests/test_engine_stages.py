@@ -354,6 +354,25 @@ def test_dedup_merges_the_same_hyperplane_seen_with_opposite_orientation():
         assert_allclose(b, sign * net.b[p] / norms[p], rtol=0, atol=1e-9)
 
 
+def test_dedup_never_merges_two_kinks_of_one_line():
+    """A hyperplane crosses a line once: two measurements from distinct kinks of one line
+    are two hyperplanes, however close (imprecise answers raise the merge ceiling past a
+    near-parallel pair's separation); the same two from different lines are merged."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(8)
+    w /= np.linalg.norm(w)
+    W = np.stack([w, w + 1e-6 * rng.standard_normal(8)])
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    pair = neurons.NeuronSet(W, np.array([0.3, 0.3 + 1e-6]), np.ones((2, 1)),
+                             np.full(2, 1e-3), np.zeros(2), np.array([0, 0]),
+                             np.array([0.1, 0.1003]), np.ones(2, dtype=int))
+    ceiling = 0.05  # the most an imprecise run allows
+    assert neurons.dedup(pair, CFG.dedup_factor, ceiling).size == 2
+    other_line = neurons.NeuronSet(pair.W, pair.b, pair.a, pair.err, pair.rank_residual,
+                                   np.array([0, 1]), pair.t, pair.count)
+    assert neurons.dedup(other_line, CFG.dedup_factor, ceiling).size == 1
+
+
 def test_dedup_keeps_near_parallel_distinct_hyperplanes_apart():
     rng = np.random.default_rng(0)
     d = 12

@@ -209,7 +209,10 @@ def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING,
         return i
 
     for i, j in match_pairs(ns, ns, factor, ceiling=ceiling):
-        if i != j:
+        # a hyperplane crosses a line once: two kinks of one line are two hyperplanes
+        # (imprecise answers: a near-parallel pair's measurements agree within the raised
+        # ceiling and were merged into one neuron)
+        if i != j and not (ns.line[i] == ns.line[j] and ns.t[i] != ns.t[j]):
             ri, rj = find(i), find(j)
             if ri != rj:
                 parent[max(ri, rj)] = min(ri, rj)
