@@ -827,22 +827,20 @@ class Coordinator:
             found = jumps_to_neurons(line, regions, edges, self.rank_factor, self.imprecise)
             if refine and found.size and scan.kinks.size:
                 at = np.argmin(np.abs(scan.kinks[None, :] - found.t[:, None]), axis=1)
-                W, b, a, err = ns.W.copy(), ns.b.copy(), ns.a.copy(), ns.err.copy()
-                at_line, at_t = ns.line.copy(), ns.t.copy()
-                new_rows = []
+                new_rows, targets, sources = [], [], []
                 for f, j in enumerate(at):
                     tgt = refine.get(int(j))
                     if tgt is None:
                         new_rows.append(f)
                     elif self._replaces(found, f, ns, tgt):
-                        W[tgt], b[tgt], a[tgt], err[tgt] = (found.W[f], found.b[f],
-                                                            found.a[f], found.err[f])
-                        at_line[tgt], at_t[tgt] = found.line[f], found.t[f]
-                        refined += 1
+                        targets.append(tgt)
+                        sources.append(f)
                     else:
                         disputed.append((ns.W[tgt].copy(), ns.b[tgt], found.take(
                             np.array([f]))))
-                ns = NeuronSet(W, b, a, err, ns.rank_residual, at_line, at_t, ns.count)
+                refined += len(targets)
+                ns = ns.replaced(np.array(targets, dtype=int), found,
+                                 np.array(sources, dtype=int))
                 found = found.take(np.array(new_rows, dtype=int))
             ns = ns.take(np.flatnonzero(keep))
             merged = dedup(NeuronSet.concat([ns, found]), cfg.dedup_factor,
@@ -872,13 +870,7 @@ class Coordinator:
             hit = np.flatnonzero((ns.b == b_old) & np.all(ns.W == w_old[None, :], axis=1))
             if hit.size != 1:
                 continue  # merged or removed meanwhile
-            i = int(hit[0])
-            W, b, a, err = ns.W.copy(), ns.b.copy(), ns.a.copy(), ns.err.copy()
-            at_line, at_t = ns.line.copy(), ns.t.copy()
-            W[i], b[i], a[i], err[i] = new.W[0], new.b[0], new.a[0], new.err[0]
-            at_line[i], at_t[i] = new.line[0], new.t[0]
-            cand = NeuronSet(W, b, a, err, ns.rank_residual, at_line, at_t, ns.count)
-            if self._keep_if_no_worse(cand, slack=1.0):
+            if self._keep_if_no_worse(ns.replaced(hit, new, np.array([0])), slack=1.0):
                 kept += 1
         return kept
 

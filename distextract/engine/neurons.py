@@ -57,6 +57,16 @@ class NeuronSet:
         return NeuronSet(self.W[idx], self.b[idx], self.a[idx], self.err[idx],
                          self.rank_residual[idx], self.line[idx], self.t[idx], self.count[idx])
 
+    def replaced(self, idx, other: NeuronSet, other_idx) -> NeuronSet:
+        """A copy whose neurons ``idx`` are measured as ``other``'s ``other_idx`` (hyperplane,
+        output vector, error, where measured); their rank residual and count stay."""
+        W, b, a, err = self.W.copy(), self.b.copy(), self.a.copy(), self.err.copy()
+        line, t = self.line.copy(), self.t.copy()
+        W[idx], b[idx], a[idx], err[idx] = (other.W[other_idx], other.b[other_idx],
+                                            other.a[other_idx], other.err[other_idx])
+        line[idx], t[idx] = other.line[other_idx], other.t[other_idx]
+        return NeuronSet(W, b, a, err, self.rank_residual, line, t, self.count)
+
     @staticmethod
     def concat(sets: list[NeuronSet]) -> NeuronSet:
         return NeuronSet(*(np.concatenate([getattr(s, f) for s in sets], axis=0)
