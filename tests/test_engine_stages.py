@@ -354,6 +354,17 @@ def test_dedup_merges_the_same_hyperplane_seen_with_opposite_orientation():
         assert_allclose(b, sign * net.b[p] / norms[p], rtol=0, atol=1e-9)
 
 
+def test_model_values_along_a_line_equal_the_model_at_its_points():
+    """The residual search evaluates the model along a line from its pre-activations'
+    affine form (k·d once, not per point); it must agree with predict (skip term too)."""
+    net = dx.targets.random_network(24, 40, 3, seed=5, skip=True)
+    line = _line(24, 8, index=2)
+    t = np.sort(np.random.default_rng(1).uniform(-30, 30, 1100))
+    want = net.predict(line.points(t))
+    got = line.model_values(net, t, block=256)
+    assert_allclose(got, want, rtol=0, atol=1e-12 * np.max(np.abs(want)))
+
+
 def test_dedup_never_merges_two_kinks_of_one_line():
     """A hyperplane crosses a line once: two measurements from distinct kinks of one line
     are two hyperplanes, however close (imprecise answers raise the merge ceiling past a

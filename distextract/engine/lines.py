@@ -41,6 +41,23 @@ class Line:
         t = np.asarray(t, dtype=np.float64).reshape(-1)
         return self.u[None, :] + t[:, None] * self.v[None, :]
 
+    def model_values(self, model, t: np.ndarray, block: int = 512) -> np.ndarray:
+        """``model.predict(self.points(t))``, (n, m), without forming the points: along the
+        line every pre-activation is affine in ``t`` (``w·u + b + t·w·v``), so the cost is
+        ``k·d`` once plus ``n·k·m``, not ``n·k·d`` (a k=1e5, d=1,024 model on a line's 1e5
+        residual samples: 1e10 instead of 1e13 flops), in blocks of ``block`` positions."""
+        t = np.asarray(t, dtype=np.float64)
+        pre0 = model.W @ self.u + model.b
+        slope = model.W @ self.v
+        lin0 = model.L @ self.u + model.c
+        lin1 = model.L @ self.v
+        out = np.empty((t.size, model.A.shape[0]))
+        for i in range(0, t.size, block):
+            tb = t[i:i + block]
+            H = np.maximum(pre0[None, :] + tb[:, None] * slope[None, :], 0.0)
+            out[i:i + block] = H @ model.A.T + lin0[None, :] + tb[:, None] * lin1[None, :]
+        return out
+
     def basis(self) -> np.ndarray:
         """Orthonormal basis of the complement of ``v``, shape (d, d-1), random but seeded."""
         if not self._basis:
