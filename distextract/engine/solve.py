@@ -8,6 +8,10 @@ import numpy as np
 from .._model import ReluNetwork
 from .neurons import NeuronSet
 
+#: Rows whose hidden activations (rows × k) are formed at once: at k=1e5 a 4,100-row fit
+#: would otherwise hold 3.3 GB of them.
+ROW_BLOCK = 512
+
 
 def _lstsq_scaled(M: np.ndarray, Y: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(M, axis=0)
@@ -26,7 +30,9 @@ def solve_affine(ns: NeuronSet, X: np.ndarray, Y: np.ndarray) -> ReluNetwork:
     Y : ndarray of shape (n, m)
     """
     A = ns.a.T
-    R = Y - np.maximum(X @ ns.W.T + ns.b, 0.0) @ A.T
+    R = np.array(Y, dtype=np.float64, copy=True)
+    for i in range(0, X.shape[0], ROW_BLOCK):  # hidden activations a block at a time
+        R[i:i + ROW_BLOCK] -= np.maximum(X[i:i + ROW_BLOCK] @ ns.W.T + ns.b, 0.0) @ A.T
     M = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
     coef = _lstsq_scaled(M, R)
     d = X.shape[1]
