@@ -405,6 +405,24 @@ def test_dedup_keeps_near_parallel_distinct_hyperplanes_apart():
 
 
 # -------------------------------------------------------------------------- output solve
+@pytest.mark.parametrize("flops", [None, 1.0])
+def test_affine_from_jacobians_is_exact_over_neuron_blocks_and_few_regions(flops, monkeypatch):
+    """L and c from measured region Jacobians: exact for the true hidden layer, with the
+    neurons summed in blocks (k > NEURON_BLOCK) and, when the work cap allows only
+    JACOBIAN_MIN_REGIONS of the regions, from those."""
+    if flops is not None:
+        monkeypatch.setattr(solve, "JACOBIAN_FLOPS", flops)
+    net = dx.targets.random_network(6, solve.NEURON_BLOCK + 500, 2, seed=7, skip=True)
+    ns = neurons.NeuronSet(net.W, net.b, net.A.T, np.full(net.hidden_dim, 1e-12),
+                           np.zeros(net.hidden_dim), np.zeros(net.hidden_dim, dtype=int),
+                           np.zeros(net.hidden_dim), np.ones(net.hidden_dim, dtype=int))
+    X0 = np.random.default_rng(2).standard_normal((300, 6))
+    J = np.stack([_true_jacobian(net, x) for x in X0])
+    got = solve.solve_affine_from_jacobians(ns, X0, net.predict(X0), J)
+    assert_allclose(got.L, net.L, rtol=0, atol=1e-10)
+    assert_allclose(got.c, net.c, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("m", [1, 3])
 def test_solve_full_recovers_output_layer_from_the_true_hidden_layer(m):
     d, k = 10, 14

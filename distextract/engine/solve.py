@@ -11,6 +11,11 @@ from .neurons import NeuronSet
 #: Rows whose hidden activations (rows × k) are formed at once: at k=1e5 a 4,100-row fit
 #: would otherwise hold 3.3 GB of them.
 ROW_BLOCK = 512
+#: Neurons per block of the predicted region Jacobians (solve_affine_from_jacobians).
+NEURON_BLOCK = 2048
+#: Most work (regions × k × m × d) the Jacobian-based L, c may take, and the fewest regions.
+JACOBIAN_FLOPS = 3e10
+JACOBIAN_MIN_REGIONS = 64
 
 
 def _lstsq_scaled(M: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -60,10 +65,25 @@ def solve_affine_from_jacobians(ns: NeuronSet, X0: np.ndarray, F0: np.ndarray,
         Measured Jacobians.
     """
     A = ns.a.T
-    act = (X0 @ ns.W.T + ns.b) > 0  # (r, k)
-    Jn = np.einsum("mk,rk,kd->rmd", A, act.astype(np.float64), ns.W, optimize=True)
-    L = np.median(J - Jn, axis=0)
-    Fn = np.maximum(X0 @ ns.W.T + ns.b, 0.0) @ A.T
+    m, k = A.shape
+    r, d = X0.shape
+    # each region gives L on its own (the median needs a few dozen): at most as many as
+    # JACOBIAN_FLOPS allow (r·k·m·d; k=1e5, d=1,024, m=10: 64 regions, not 2,048)
+    keep = max(JACOBIAN_MIN_REGIONS, int(JACOBIAN_FLOPS // max(1, k * m * d)))
+    if r > keep:
+        sel = np.linspace(0, r - 1, keep).round().astype(int)
+        X0, F0, J, r = X0[sel], F0[sel], J[sel], keep
+    pre = X0 @ ns.W.T + ns.b  # (r, k)
+    act = (pre > 0).astype(np.float64)
+    # Σ_active a_i w_iᵀ per region, over blocks of neurons (the (k, m·d) products of a wide
+    # network are GBs at once)
+    Jn = np.zeros((r, m * d))
+    for lo in range(0, k, NEURON_BLOCK):
+        blk = slice(lo, lo + NEURON_BLOCK)
+        AW = (A[:, blk].T[:, :, None] * ns.W[blk][:, None, :]).reshape(-1, m * d)
+        Jn += act[:, blk] @ AW
+    L = np.median(J - Jn.reshape(r, m, d), axis=0)
+    Fn = np.maximum(pre, 0.0) @ A.T
     c = np.median(F0 - Fn - X0 @ L.T, axis=0)
     return ReluNetwork(ns.W, ns.b, A, c, L)
 
