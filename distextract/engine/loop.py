@@ -132,6 +132,7 @@ ORIENT_ERR = 1e-4  # float64: a pinned neuron whose direction error exceeds this
 ORIENT_POINTS = 4  # (d + this many)
 ORIENT_MARGIN = 1.0  # its kinks are looked for within this many direction errors
 ORIENT_SHARE = 0.02  # ... spending at most this share of k·(d+1) queries
+ORIENT_MIN = 1  # ... but at least this many (a small network's 2% is less than one)
 REMEASURE_GOAL = 1e-8  # float64: while validation is above this (DESIGN.md's fidelity for
 # random networks), the neurons with the largest |a|·err are measured again at their foot
 REMEASURE_FACTOR = 5.0  # ... those above this many times the median |a|·err ...
@@ -998,7 +999,7 @@ class Coordinator:
         ns = st.neurons
         d, s = st.d, cfg.input_scale
         n_pts = d + ORIENT_POINTS
-        cap = int(ORIENT_SHARE * ns.size * (d + 1) // (PIN_POINTS * n_pts))
+        cap = max(ORIENT_MIN, int(ORIENT_SHARE * ns.size * (d + 1) // (PIN_POINTS * n_pts)))
         picks = [int(j) for j in np.argsort(-ns.err)[:cap]
                  if int(j) in kinks and ns.err[j] > ORIENT_ERR]
         if not picks:
