@@ -228,6 +228,21 @@ def test_a_trained_networks_weak_neuron_is_oriented_even_when_small():
     assert rep.rel_l2 <= EXACT_REL_L2, rep
 
 
+def test_a_constant_target_gives_an_affine_model_without_warnings():
+    """Every neuron dead everywhere: F is constant, its answers repeat exactly (read as
+    quantised), and the refinement ends with no neuron left; it used to warn 'Mean of empty
+    slice' from numpy on the way."""
+    rng = np.random.default_rng(0)
+    net = dx.ReluNetwork(W=rng.standard_normal((8, 5)), b=np.full(8, -100.0),
+                         A=rng.standard_normal((2, 8)), c=np.ones(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = dx.extract(net, seed=0)
+    assert res.certified and res.model.hidden_dim == 0
+    X = rng.standard_normal((100, 5))
+    np.testing.assert_allclose(res.model.predict(X), net.predict(X), rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- query accounting
 @pytest.mark.parametrize("m,flat", [(1, True), (1, False), (3, False)])
 def test_queries_equal_rows_the_oracle_received(m, flat):

@@ -110,6 +110,8 @@ class _Normal:
 
     @staticmethod
     def _ridge(blocks: np.ndarray) -> np.ndarray:
+        if blocks.shape[0] == 0 or blocks.shape[1] == 0:  # no neurons left (a constant target)
+            return np.zeros(blocks.shape[0])
         diag = np.einsum("jii->ji", blocks).mean(axis=1)
         floor = max(float(diag.mean()), 1e-300)
         return RIDGE * np.maximum(diag, floor)
