@@ -243,6 +243,22 @@ def test_a_constant_target_gives_an_affine_model_without_warnings():
     np.testing.assert_allclose(res.model.predict(X), net.predict(X), rtol=0, atol=1e-12)
 
 
+def test_tiny_outputs_are_not_taken_for_rounded_answers():
+    """Answers of size 1e-8 are within 1e-6 of the integer 0: the probe took them for
+    answers rounded to 0 decimals (relative noise 3e7) and the run ended at rel L2 0.1."""
+    from distextract.engine.loop import decimal_quantum
+
+    Y = np.random.default_rng(0).standard_normal((20, 2)) * 1e-8
+    assert decimal_quantum(Y) is None
+    assert decimal_quantum(np.round(Y * 1e9, 3)) == 1e-3
+    base = dx.targets.random_network(16, 32, 2, seed=3)
+    net = dx.ReluNetwork(W=base.W, b=base.b, A=base.A * 1e-8, c=base.c * 1e-8)
+    res = dx.extract(net, seed=0)
+    rep = _fidelity(res, net)
+    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
+    assert rep.matched_neurons == rep.live_neurons == 32 and rep.spurious_neurons == 0, rep
+
+
 # ---------------------------------------------------------------------- query accounting
 @pytest.mark.parametrize("m,flat", [(1, True), (1, False), (3, False)])
 def test_queries_equal_rows_the_oracle_received(m, flat):

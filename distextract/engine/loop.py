@@ -232,7 +232,10 @@ def decimal_quantum(Y: np.ndarray) -> float | None:
         if big * 10.0 ** n >= 2.0 ** 50:
             return None
         Z = Y * 10.0 ** n
-        if np.all(np.abs(Z - np.round(Z)) <= 1e-6):
+        # a multiple of 10**-n is 0 or at least 10**-n in size: answers of 1e-8 are not
+        # "rounded to 0 decimals" (they were taken for it: relative noise 3e7)
+        if (np.all(np.abs(Z - np.round(Z)) <= 1e-6)
+                and not np.any((Z != 0.0) & (np.abs(Z) < 0.5))):
             return 10.0 ** -n
     return None
 
