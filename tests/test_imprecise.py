@@ -131,3 +131,22 @@ def test_float32_single_output_precision_is_not_underestimated():
                      on_mismatch="flag", budget=3000)
     assert res.report["precision"]["relative_noise"] >= 2.0 ** -24
     assert res.queries <= 3000
+
+
+def test_float32_model_printed_with_shortest_repr():
+    """A float32 model whose answers travel as their shortest decimal repr (what a JSON API
+    in front of a float32 model typically sends): every answer has few enough digits to be a
+    multiple of 1e-9 or so, which the probe took for decimal rounding; the absolute noise
+    model built on that quantum failed every check on the larger answers and the first line
+    split until the budget ran out (60,000 rows, 0 neurons). Now float32-level precision."""
+    net = dx.targets.random_network(16, 32, 2, seed=3)
+    W, b, A, c = (x.astype(np.float32) for x in (net.W, net.b, net.A, net.c))
+
+    def oracle(X):
+        H = np.maximum(X.astype(np.float32) @ W.T + b, 0) @ A.T + c
+        return np.array([[float(str(v)) for v in row] for row in H.astype(np.float32)])
+
+    res = dx.extract(oracle, input_dim=16, seed=0, budget=20_000)
+    rep = dx.evaluate_fidelity(res.model, net, cos_tol=1e-5, bias_rtol=1e-3)
+    assert res.certified and rep.rel_l2 <= 1e-6, rep
+    assert rep.matched_neurons == 32 and rep.spurious_neurons == 0, rep

@@ -84,6 +84,7 @@ CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
 WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step) and
 # imprecise answers
 IMPRECISE_NOISE = 1e-10
+DECIMAL_MIN_SHARE = 0.1  # decimal rounding counts when its quantum is this share of the noise
 IMPRECISE_FEW_CHANGES = 2  # imprecise answers: a searched line changing at most this many
 IMPRECISE_FEW_SHARE = 0.03  # (or this share of the) neurons ends the searched lines
 FULL_SOLVE_UNKNOWNS = 512  # float64: output refit always below this many unknowns, ...
@@ -446,6 +447,13 @@ class Coordinator:
         # size; float32 answers round relative to their size (the fine differences above).
         steps_all = np.abs(np.diff(np.concatenate([fine, coarse], axis=1), axis=1))
         quantum = decimal_quantum(Y)
+        if quantum is not None and quantum / float(np.median(sc)) < DECIMAL_MIN_SHARE * noise:
+            # every answer has few enough digits to be a multiple of 10**-N, but that
+            # quantum is far below the measured noise: not what limits the answers (float32
+            # values printed with their shortest decimal repr have ~9 significant digits;
+            # an absolute noise model built on them failed every check on the larger
+            # answers and split the first line's intervals until the budget ran out)
+            quantum = None
         ulp = binary_rounding(Y)
         if quantum is not None:
             self.st.absolute = True
