@@ -87,3 +87,14 @@ def test_precision_is_measured_and_reported():
     # an imprecise oracle is never presented as certified beyond what it supports
     if r32.certified:
         assert dx.evaluate_fidelity(r32.model, net).rel_l2 <= 1e5 * n32
+
+
+def test_probabilities_without_output_softmax_are_named_in_the_verdict():
+    """Softmax answers are smooth: without output='softmax' the probe refuses them, and says
+    why and what to pass (not 'a smooth activation')."""
+    from distextract._oracle import NetworkOracle
+
+    net = dx.targets.random_network(16, 32, 3, seed=3)
+    with pytest.raises(dx.TargetMismatch, match="output='softmax'") as info:
+        dx.extract(NetworkOracle(net, output="softmax"), input_dim=16, seed=0)
+    assert "are probabilities" in str(info.value)

@@ -481,10 +481,15 @@ class Coordinator:
         curved = np.sum(np.median(d_coarse, axis=1) > SMOOTH_RATIO * noise)
         if curved >= PROBE_LINES - 1:
             ratio = float(np.median(d_coarse) / max(np.median(d_fine), noise))
+            hint = "a smooth activation (GELU, softplus, sigmoid?)"
+            if (Y.shape[1] >= 2 and np.all(Y >= 0.0) and np.all(Y <= 1.0)
+                    and np.all(np.abs(Y.sum(axis=1) - 1.0) <= 1e-6)):
+                hint = ("the answers are probabilities (every row in [0, 1], summing to 1): "
+                        "extract with output='softmax' (CLI: --output softmax)")
             self._mismatch(
                 f"no sharp kinks: second differences grow like the step squared on "
                 f"{curved} of {PROBE_LINES} probe lines (x{ratio:.3g} for a 100x longer step) — "
-                f"a smooth activation (GELU, softplus, sigmoid?)")
+                f"{hint}")
         self.st.noise = noise
         logger.info("probe: m=%d, output scale %.3g, relative precision %.3g",
                     self.st.m, self.st.fref, self.st.noise)
