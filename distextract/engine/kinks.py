@@ -448,6 +448,15 @@ def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, pred_offset
     return intervals
 
 
+def residual_pieces(ts: np.ndarray, intervals: list[tuple[float, float]]
+                    ) -> list[tuple[float, float]]:
+    """The flagged ``intervals`` cut at the samples ``ts`` inside them (already paid): each
+    piece holds one predicted kink and perhaps the missing one, resolved in a round or two
+    instead of splitting the whole interval level by level."""
+    return [(float(ts[j]), float(ts[j + 1])) for a, b in intervals
+            for j in range(int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b)))]
+
+
 def predicted_outside(predicted: np.ndarray, intervals: list[tuple[float, float]],
                       m: int) -> SegmentResult:
     """The predicted kinks outside the searched ``intervals``, taken where predicted."""
@@ -475,7 +484,8 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
     (``pred_offset``: how far the residual may sit off a line there, from the hyperplane's
     position error; ``pred_slope``: the error of its slope change). Samples whose chord
     slopes change by more are searched in full (:func:`search_segments` on ``F`` over the two
-    chords around them, :func:`residual_flags`); every other predicted kink is taken where
+    chords around them, :func:`residual_flags`, cut at the samples inside,
+    :func:`residual_pieces`); every other predicted kink is taken where
     predicted. About one query per known kink (the guided search takes two), and a missing
     neuron's residual is a ramp that stands out whatever its neighbours. (The coordinator
     runs the same steps with the model evaluated on its side and the sampling and the
@@ -509,5 +519,5 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
            predicted_outside(predicted, intervals, m)]
     if intervals:
         known = {float(t): (f[i], float(sc[i])) for i, t in enumerate(ts)}
-        out += search_segments(evaluate, intervals, params, known)
+        out += search_segments(evaluate, residual_pieces(ts, intervals), params, known)
     return out

@@ -23,6 +23,7 @@ from .kinks import (
     SearchParams,
     predicted_outside,
     residual_flags,
+    residual_pieces,
     residual_points,
     segment_end_points,
 )
@@ -596,12 +597,8 @@ class Coordinator:
         results = [predicted_outside(predicted, intervals, Y.shape[1])]
         if intervals:
             known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
-            # cut at the samples inside (already paid): each piece holds one predicted
-            # kink and perhaps the missing one, resolved in a round or two instead of
-            # splitting the whole interval level by level
-            pieces = [(float(ts[j]), float(ts[j + 1])) for a, b in intervals
-                      for j in range(int(np.searchsorted(ts, a)), int(np.searchsorted(ts, b)))]
-            results += self._search_segments(line, pieces, params, known)
+            results += self._search_segments(line, residual_pieces(ts, intervals), params,
+                                             known)
         return merge_segments(results, [(ts, Y, sc)])
 
     def _measure(self, line: Line, scan: LineScan, noise: float,
