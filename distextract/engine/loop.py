@@ -281,7 +281,6 @@ class Coordinator:
         self.verdict: str | None = None
         self.first_ends: dict = {}  # first line's segment ends paid with the probe
         self.validation_pending = False  # validation points to go with the next request
-        self.sensitive_done = False
 
     # ----------------------------------------------------------------- helpers
     def _rng(self, *key: int) -> np.random.Generator:
@@ -915,19 +914,19 @@ class Coordinator:
         if idx.size == 0:
             return 0
         scale = self.cfg.input_scale
-        plans = pin_plans(ns.W, ns.b, ns.err, idx, scale)
-        # a foot another hyperplane crowds: a line through a point of the hyperplane near
-        # it (bias error: the direction error times that distance, PIN_SHIFT); then, for
-        # the neurons still without a line, a window PIN_TIGHT times the error estimate
-        # (estimates run ~10x the true error: a weak neuron's own window of 0.07 found no
-        # gap among 1,024 hyperplanes; pin_fit still requires the neuron's own slope change)
+        # the line through each foot; where another hyperplane crowds it, a line through a
+        # point of the hyperplane near it (bias error: the direction error times that
+        # distance, PIN_SHIFT); then, for the neurons still without a line, the same with a
+        # window PIN_TIGHT times the error estimate (estimates run ~10x the true error: a
+        # weak neuron's own window of 0.07 found no gap among 1,024 hyperplanes; pin_fit
+        # still requires the neuron's own slope change)
+        plans: list[PinPlan] = []
         for margin in (OWN_MARGIN, PIN_TIGHT * OWN_MARGIN):
             rest = np.setdiff1d(idx, [p.neuron for p in plans])
             if rest.size == 0:
                 break
-            if margin < OWN_MARGIN:
-                plans += pin_plans(ns.W, ns.b, ns.err, rest, scale, own_margin=margin)
-                rest = np.setdiff1d(idx, [p.neuron for p in plans])
+            plans += pin_plans(ns.W, ns.b, ns.err, rest, scale, own_margin=margin)
+            rest = np.setdiff1d(idx, [p.neuron for p in plans])
             many = np.repeat(rest, PIN_RETRIES)
             z = self._rng(10).standard_normal((many.size, st.d))
             U = ns.W[many] / np.linalg.norm(ns.W[many], axis=1, keepdims=True)
@@ -964,9 +963,8 @@ class Coordinator:
         # failure: where a missing neuron dominates it, a strong neighbour's measurement
         # that had absorbed part of it (d128-k1024 seed 1: +1.4% from one correct pin)
         # must not keep every pin out
-        if pinned and not self._keep_if_no_worse(NeuronSet(
-                cur.W, b, a, cur.err, cur.rank_residual, cur.line, cur.t, cur.count),
-                self.target, PIN_KEEP):
+        if pinned and not self._keep_if_no_worse(replace(cur, b=b, a=a), self.target,
+                                                  PIN_KEEP):
             pinned = 0
             kinks.clear()
         oriented = self._orient(kinks) if kinks else 0
@@ -1063,8 +1061,7 @@ class Coordinator:
                 continue
             W[j], b[j], err[j] = w, beta, resid
             done += 1
-        if done and not self._keep_if_no_worse(NeuronSet(
-                W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)):
+        if done and not self._keep_if_no_worse(replace(ns, W=W, b=b, err=err)):
             done = 0
         logger.info("orient: %d of %d imprecise neurons fitted to kinks on their hyperplane",
                     done, len(picks))
@@ -1141,8 +1138,7 @@ class Coordinator:
             x_kink = plan.foot + kinks[j][1] * plan.normal
             W[j], b[j], err[j] = w, -float(w @ x_kink), 1.0 / np.sqrt(wts.sum())
             done += 1
-        if done and not self._keep_if_no_worse(NeuronSet(
-                W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)):
+        if done and not self._keep_if_no_worse(replace(ns, W=W, b=b, err=err)):
             done = 0
         logger.info("remeasure: %d of %d neurons measured again at their foot", done,
                     len(picks))
@@ -1450,9 +1446,9 @@ class Coordinator:
                 # short slope steps. One line searched in full on F with 100x longer
                 # slope steps sees slope changes 100x weaker.
                 sensitive = (clean == cfg.clean_lines and not self.imprecise
-                             and st.val_rel_l2 > self.target and not self.sensitive_done)
+                             and st.val_rel_l2 > self.target
+                             and all(rec.kind != "sensitive" for rec in st.lines))
                 changes = self.residual_line(index, sensitive)
-                self.sensitive_done |= sensitive
                 index += 1
                 clean = clean + 1 if changes == 0 else 0
                 if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
