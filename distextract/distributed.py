@@ -508,14 +508,15 @@ class _Worker:
     Counters are kept per task (thread), so concurrent tasks do not mix their statistics.
     """
 
-    def __init__(self, index: int, spec: Any, ledger: Any, limiter: Any, lease_chunk: int,
-                 journal_dir: str | None, seed: int, rows_rate: float | None = None) -> None:
+    def __init__(self, index: int, spec: Any, ledger_name: str, limiter_name: str | None,
+                 lease_chunk: int, journal_dir: str | None, seed: int,
+                 rows_rate: float | None = None) -> None:
         from .engine.tasks import run_task
 
-        # the ledger and the limiter come by name, a large spec from the ledger
+        # the ledger and the limiter come by name, a large spec (None here) from the ledger
         # (RayExecutor.__init__ says why)
-        ledger = ray.get_actor(ledger) if isinstance(ledger, str) else ledger
-        limiter = ray.get_actor(limiter) if isinstance(limiter, str) else limiter
+        ledger = ray.get_actor(ledger_name)
+        limiter = None if limiter_name is None else ray.get_actor(limiter_name)
         if spec is None:
             spec = ray.get(ledger.spec.remote())
         softmax = isinstance(spec, SoftmaxSpec)
