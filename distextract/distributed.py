@@ -877,6 +877,12 @@ class RayExecutor:
                 out.append(None)
         return out
 
+    @property
+    def request_limited(self) -> bool:
+        """Whether requests themselves are rationed (a requests/s limit): the coordinator
+        then keeps its small work in few tasks, whose requests go out fuller."""
+        return self.rate is not None
+
     def limit_rows_per_s(self) -> float | None:
         """The global limit in rows/s (None: unlimited)."""
         limits = []

@@ -159,6 +159,55 @@ def test_probe_and_first_line_ends_share_one_request():
     assert small.sizes[:2] == [29, 50]
 
 
+def test_small_work_spread_over_every_slot_unless_requests_are_rationed():
+    """With 8 concurrent slots and no requests/s limit, evaluations are cut into a task per
+    slot (one round trip each for a worker keeping one request in flight) and the first
+    line's segments into a task per worker; under a requests/s limit they stay in few, full
+    tasks. Either way the same rows are asked and the same hyperplanes come out."""
+    from distextract._oracle import CountingOracle, as_oracle
+    from distextract.engine._config import ExtractConfig
+    from distextract.engine.loop import SEARCH_TASKS, Coordinator
+    from distextract.engine.tasks import EvalTask, LocalExecutor, SearchTask
+
+    class Recording(LocalExecutor):
+        max_batch = 16
+        workers = 8
+
+        def __init__(self, oracle, request_limited):
+            super().__init__(oracle)
+            self.request_limited = request_limited
+            self.calls = []
+
+        def map(self, tasks):
+            self.calls.append(tasks)
+            return super().map(tasks)
+
+    net = dx.targets.random_network(16, 32, 1, seed=1)
+    runs = {}
+    for limited in (False, True):
+        ex = Recording(CountingOracle(as_oracle(net, 16)), limited)
+        eng = Coordinator(ex, 16, ExtractConfig(), 0, None, 8, 128).run()
+        runs[limited] = (ex, eng)
+    (spread, e1), (rationed, e2) = runs[False], runs[True]
+    assert spread.queries == rationed.queries
+    # (the network evaluates 16 rows and 128 rows with last-ulp differences)
+    np.testing.assert_allclose(e1.model.W, e2.model.W, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(e1.model.A, e2.model.A, rtol=1e-6)
+
+    def evals(ex):
+        return [[t.X.shape[0] for t in c] for c in ex.calls if isinstance(c[0], EvalTask)]
+
+    def first_search(ex):
+        return next(len(c) for c in ex.calls if isinstance(c[0], SearchTask))
+
+    # the opening (29 + 49 rows) and the 128 validation points with the region centres
+    big = [sizes for sizes in evals(spread) if sum(sizes) > 8 * 16]
+    assert big and all(len(s) == 8 and max(s) - min(s) <= 16 for s in big), evals(spread)
+    assert all(len(s) == 1 for s in evals(rationed) if sum(s) <= 512), evals(rationed)
+    assert first_search(spread) == 8
+    assert first_search(rationed) == SEARCH_TASKS
+
+
 # --------------------------------------------------------------------------- hard cases
 HARD_SIZES = [(16, 32, 1, 0), (12, 24, 3, 1)]
 

@@ -76,7 +76,10 @@ SOLVE_ROWS_PER_REGION = 8
 SOLVE_ROW_BUDGET = 60_000
 AFFINE_ROWS_PER_UNKNOWN = 4  # rows of the L, c least-squares fit per unknown (assemble)
 JACOBIAN_SAMPLES = 2048
-SEARCH_TASKS = 4  # the first line's segments are searched by at most this many tasks
+SEARCH_TASKS = 4  # the first line's segments are searched by this many tasks (fewer, fuller
+# requests), or without a requests/s limit by one per worker if there are more
+EVAL_TASK_ROWS = 512  # most rows of one evaluation task ...
+EVAL_MIN_ROWS = 64  # ... and, spread over the slots, the fewest (the oracle's batch if known)
 LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig docs)
 IMPRECISE_LINE_SEGMENTS = 64
 OPENING_BUDGET_FACTOR = 4  # opening in one request when the budget holds 4x its rows
@@ -293,8 +296,20 @@ class Coordinator:
         reach = cfg.line_reach * np.sqrt(self.st.d) * cfg.input_scale
         return make_line(index, self.st.d, self.seed_seq, cfg.input_scale, reach)
 
-    def _eval(self, X: np.ndarray, rows_per_task: int = 512) -> np.ndarray:
-        tasks = [EvalTask(X[i:i + rows_per_task]) for i in range(0, X.shape[0], rows_per_task)]
+    @property
+    def spread(self) -> bool:
+        """Whether work should be cut for every concurrent slot even where that sends more,
+        emptier requests: yes unless requests themselves are rationed (a requests/s limit).
+        A worker keeping one request in flight then answers a 512-row evaluation in one
+        round trip per slot instead of eight in a row."""
+        return self.parallelism > 1 and not getattr(self.ex, "request_limited", False)
+
+    def _eval(self, X: np.ndarray) -> np.ndarray:
+        rows = EVAL_TASK_ROWS
+        if self.spread:
+            batch = getattr(self.ex, "max_batch", None) or EVAL_MIN_ROWS
+            rows = min(rows, max(batch, -(-X.shape[0] // self.parallelism)))
+        tasks = [EvalTask(X[i:i + rows]) for i in range(0, X.shape[0], rows)]
         return np.concatenate(self.ex.map(tasks), axis=0)
 
     def _emit(self, phase: str, **extra) -> None:
@@ -531,12 +546,18 @@ class Coordinator:
 
     def _search_segments(self, line: Line, segments: list, params: SearchParams,
                          known: dict) -> list:
-        """Search ``segments`` of ``line`` in full, cut into a few tasks (the search
-        advances in rounds that wait for their answers however it is cut, and fewer tasks
-        send fuller requests: what counts under a requests/s limit); each task is handed
-        the answers already paid (``known``) at its segments' ends and slope points."""
+        """Search ``segments`` of ``line`` in full, cut into a task per worker, or under a
+        requests/s limit into a few (the search advances in rounds that wait for their
+        answers however it is cut, and fewer tasks send fuller requests); each task is
+        handed the answers already paid (``known``) at its segments' ends and slope
+        points."""
         st = self.st
-        per_task = max(1, -(-len(segments) // min(self.parallelism, SEARCH_TASKS)))
+        # (a worker keeping several requests in flight sends a task's round in one round
+        # trip however many rows it has: one task per worker is enough)
+        tasks = SEARCH_TASKS
+        if self.spread:
+            tasks = max(tasks, getattr(self.ex, "workers", 1))
+        per_task = max(1, -(-len(segments) // min(self.parallelism, tasks)))
         tasks = []
         for group in _chunks(segments, per_task):
             points = (float(t) for t in segment_end_points(group, params.slope_step))
