@@ -172,6 +172,13 @@ class _State:
         self.batch_rows: Counter = Counter()
         self.seconds: collections.deque = collections.deque(maxlen=TIMELINE_SECONDS)
         self.started = time.monotonic()
+        self.waiting = 0  # requests inside their simulated latency now, and at most
+        self.peak_waiting = 0
+
+    def in_flight(self, step: int) -> None:
+        with self.lock:
+            self.waiting += step
+            self.peak_waiting = max(self.peak_waiting, self.waiting)
 
     def draw(self) -> tuple[float, float]:
         with self.lock:
@@ -198,6 +205,7 @@ class _State:
                     "batch_rows": {str(k): v for k, v in sorted(self.batch_rows.items())},
                     "per_second": [list(e) for e in self.seconds],
                     "uptime_s": time.monotonic() - self.started,
+                    "peak_concurrent": self.peak_waiting,
                     "input_dim": self.network.input_dim, "output_dim": self.network.output_dim}
 
 
@@ -280,7 +288,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(503, {"error": "service temporarily unavailable (simulated)"})
             return
         if cfg.latency_ms:
-            time.sleep(cfg.latency_ms / 1000.0)
+            st.in_flight(+1)
+            try:
+                time.sleep(cfg.latency_ms / 1000.0)
+            finally:
+                st.in_flight(-1)
         Y = st.transform(st.network.predict(X))
         n = X.shape[0]
         if drop < cfg.drop_rate:
@@ -331,7 +343,8 @@ class ServerHandle:
     def stats(self) -> dict:
         """Counters: rows_served, requests, dropped, statuses (by code), batch_rows (answered
         requests by their number of rows), per_second (``[second, responses, rows, 429s]``
-        for each second since the start)."""
+        for each second since the start), peak_concurrent (most requests inside their
+        simulated latency at once)."""
         return self._state.stats()
 
     def stop(self) -> None:

@@ -400,15 +400,14 @@ def real(url, **kwargs) -> HTTPOracle:
 
 
 def test_real_server_exact_answers_and_concurrency(net, Xr):
-    with start_server(net, latency_ms=50) as srv, real(srv.url, max_batch=16,
-                                                       max_in_flight=12) as oracle:
-        t0 = time.monotonic()
+    with start_server(net, latency_ms=200) as srv, real(srv.url, max_batch=16,
+                                                        max_in_flight=12) as oracle:
         Y = oracle.query(Xr)
-        elapsed = time.monotonic() - t0
         assert_array_equal(Y, net.predict(Xr))
-        # 12 requests of 50 ms each, all in flight together.
-        assert elapsed < 12 * 0.05 / 2
-        assert srv.stats()["rows_served"] == oracle.rows_paid == 192
+        stats = srv.stats()
+        # 12 requests of 200 ms each, in flight together (one after another: 1)
+        assert stats["peak_concurrent"] >= 8, stats
+        assert stats["rows_served"] == oracle.rows_paid == 192
 
 
 def test_real_429_pauses_all_in_flight_traffic(net, Xr):
