@@ -303,6 +303,25 @@ def _measure_around_kinks(net, line):
     return regions, edges, t
 
 
+def test_rounding_error_is_the_measured_precisions_in_quadrature():
+    """The estimate the first line's step choice uses (regions.rounding_error) is what
+    measure_regions then reports: sqrt(d · Σ precision²) over the measured regions; a
+    step four times longer leaves a quarter of it."""
+    d = 9
+    line = _line(d, 21)
+    net = _planted_on_line(line, np.array([-3.0, -0.5, 0.8, 2.5]), m=1, seed=21)
+    measured, _edges, _t = _measure_around_kinks(net, line)
+    assert all(r.status == "ok" for r in measured)
+    plans = [_plan(net, line, r.region, r.t0, r.h) for r in measured]
+    plans = [replace(p, f0=r.f0, scale0=float(output_scale(r.f0[None, :], 1.0)[0]))
+             for p, r in zip(plans, measured)]
+    est = regions.rounding_error(plans, NOISE, d)
+    assert_allclose(est, np.sqrt(d * np.sum([r.precision ** 2 for r in measured])), rtol=1e-12)
+    longer = [replace(p, h=4 * p.h) for p in plans]
+    assert_allclose(regions.rounding_error(longer, NOISE, d), est / 4, rtol=1e-12)
+    assert regions.rounding_error([], NOISE, d) == 0.0
+
+
 @pytest.mark.parametrize("m", [1, 3])
 def test_jumps_give_the_planted_neurons(m):
     d = 9

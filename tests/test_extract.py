@@ -208,6 +208,23 @@ def test_small_work_spread_over_every_slot_unless_requests_are_rationed():
     assert first_search(rationed) == SEARCH_TASKS
 
 
+def test_stencil_steps_lengthen_when_their_rounding_would_miss_the_goal():
+    """The first line's stencil rounding, estimated before its Jacobians are paid for,
+    decides the step: at the default goal a small network keeps the short steps; asked
+    for 1e-12 it takes WIDE_CROSSING_RATE's longer ones (d=128, k=1024 seed 3: rel L2
+    1.8e-8 -> 9.0e-9 for 1.4% more queries, BENCHMARKS.md); a configured rate is kept."""
+    from distextract.engine.loop import CROSSING_RATE, WIDE_CROSSING_RATE
+
+    net = dx.targets.random_network(16, 32, 1, seed=1)
+    rate = {}
+    for name, opts in {"default": {}, "tight": {"target_rel_l2": 1e-12},
+                       "fixed": {"target_rel_l2": 1e-12, "stencil_crossing_rate": 0.1}}.items():
+        res = dx.extract(net, seed=0, **opts)
+        rate[name] = res.report["precision"]["stencil_crossing_rate"]
+        assert _fidelity(res, net).rel_l2 <= EXACT_REL_L2
+    assert rate == {"default": CROSSING_RATE, "tight": WIDE_CROSSING_RATE, "fixed": 0.1}
+
+
 # --------------------------------------------------------------------------- hard cases
 HARD_SIZES = [(16, 32, 1, 0), (12, 24, 3, 1)]
 

@@ -49,6 +49,7 @@ from .regions import (
     merge_segments,
     missing_points,
     region_edges,
+    rounding_error,
 )
 from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
 from .tasks import EvalTask, GuidedTask, JacobianTask, SearchTask, output_scale
@@ -85,8 +86,9 @@ IMPRECISE_LINE_SEGMENTS = 64
 OPENING_BUDGET_FACTOR = 4  # opening in one request when the budget holds 4x its rows
 CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs) ...
 CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
-WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step) and
-# imprecise answers
+WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step), networks
+# whose stencil rounding would miss the fidelity goal by LONG_STEPS_FACTOR, imprecise answers
+LONG_STEPS_FACTOR = 5.0
 IMPRECISE_NOISE = 1e-10
 DECIMAL_MIN_SHARE = 0.1  # decimal rounding counts when its quantum is this share of the noise
 IMPRECISE_FEW_CHANGES = 2  # imprecise answers: a searched line changing at most this many
@@ -185,6 +187,7 @@ class EngineState:
     rounds: list = field(default_factory=list)
     removed: int = 0
     first_kinks: int = 0  # kinks the first line found (about the number of neurons)
+    long_steps: bool = False  # stencils take WIDE_CROSSING_RATE's steps (_longer_steps)
     refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
     finishing: dict | None = None  # what the float64 finishing pass did (pins, re-measures)
 
@@ -206,6 +209,7 @@ class EngineResult:
     verdict: str | None = None
     refinement: dict | None = None
     finishing: dict | None = None
+    crossing_rate: float | None = None  # the stencils' (ExtractConfig.stencil_crossing_rate)
 
 
 def is_float32(Y: np.ndarray) -> bool:
@@ -347,7 +351,8 @@ class Coordinator:
     def crossing_rate(self) -> float:
         if self.cfg.stencil_crossing_rate is not None:
             return self.cfg.stencil_crossing_rate
-        if self.imprecise or self.st.first_kinks > CROSSING_RATE_MAX_KINKS:
+        if (self.imprecise or self.st.first_kinks > CROSSING_RATE_MAX_KINKS
+                or self.st.long_steps):
             return WIDE_CROSSING_RATE
         return CROSSING_RATE
 
@@ -633,6 +638,9 @@ class Coordinator:
             scan = add_points(scan, want, Yw, scw)
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
                            self.crossing_rate)
+        if only is None and not st.lines and self._longer_steps(plans, noise):
+            plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
+                               self.crossing_rate)
         if only is not None:
             plans = [p for p in plans if p.region in only]
         # enough tasks for every concurrent slot, at most regions_per_task regions each
@@ -642,6 +650,26 @@ class Coordinator:
                  for group in _chunks(plans, per_task)]
         regions = [r for batch in self.ex.map(tasks) for r in batch]
         return regions
+
+    def _longer_steps(self, plans: list, noise: float) -> bool:
+        """Whether the first line's stencils should take WIDE_CROSSING_RATE's longer steps
+        (more stencil rows crossing a hyperplane and measured again, about 2% more queries)
+        because the rounding error the planned steps leave (:func:`.regions.rounding_error`,
+        an upper estimate) exceeds LONG_STEPS_FACTOR × the fidelity goal: d=128, k=1024
+        seeds 1 and 3 (estimates 2e-7 and 1e-7, where seeds 0 and 2 give 4e-8 and 1.5e-8).
+        Sets ``st.long_steps``."""
+        cfg, st = self.cfg, self.st
+        if (cfg.stencil_crossing_rate is not None or self.imprecise
+                or self.crossing_rate >= WIDE_CROSSING_RATE):
+            return False
+        size = float(np.sqrt(np.mean(self.Yv ** 2))) if self.Yv.size else st.fref
+        goal = REMEASURE_GOAL if cfg.target_rel_l2 is None else cfg.target_rel_l2
+        est = rounding_error(plans, noise, st.d) * cfg.input_scale / max(size, 1e-300)
+        st.long_steps = bool(est > LONG_STEPS_FACTOR * goal)
+        if st.long_steps:
+            logger.info("stencil rounding would leave rel L2 up to %.2g: longer steps (crossing "
+                        "rate %g)", est, WIDE_CROSSING_RATE)
+        return st.long_steps
 
     def _record_line(self, line: Line, kind: str, scan: LineScan, regions: list,
                      q0: int) -> None:
@@ -1531,4 +1559,4 @@ class Coordinator:
                             val_max_abs=st.val_max_abs, noise=st.noise,
                             target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
                             verdict=self.verdict, refinement=st.refinement,
-                            finishing=st.finishing)
+                            finishing=st.finishing, crossing_rate=self.crossing_rate)

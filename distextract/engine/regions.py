@@ -177,6 +177,19 @@ def stencil_steps(edges: np.ndarray, centre: np.ndarray, dim: int, n_checks: int
     return h
 
 
+def rounding_error(plans: list[RegionPlan], noise: float, dim: int) -> float:
+    """The model error the plans' stencil rounding would leave, in output units per unit of
+    input scale: each region's Jacobian entries carry ``2·noise·scale/h`` (what
+    :func:`.jacobians.measure_regions` reports as its precision), a neuron's direction
+    about ``sqrt(2d)`` of it over its output weight, and its term of the model that times
+    its output weight; summed in quadrature over the regions. An upper estimate (the
+    measured errors run about a tenth of it)."""
+    if not plans:
+        return 0.0
+    prec = np.array([2.0 * noise * p.scale0 / p.h for p in plans])
+    return float(np.sqrt(dim * np.sum(prec ** 2)))
+
+
 def make_plans(scan: LineScan, reach: float, dim: int, n_checks: int, crossing_rate: float,
                extra_kinks: np.ndarray | None = None, max_step: float = np.inf
                ) -> list[RegionPlan]:
