@@ -235,8 +235,8 @@ def test_limiter_actor_leases_evenly_spaced_slots(ray_local):
     s = _send_from_threads(proxies, 60, 8)
     elapsed = time.monotonic() - t0
     # 120 requests at 200/s: at least 119 intervals of 5 ms, no burst, few round trips
+    # (no upper bound on the time: on a loaded machine the threads themselves run late)
     assert elapsed >= 119 / 200 - 0.02
-    assert elapsed < 1.5
     assert sum(p.round_trips for p in proxies) <= 30
     stats = ray.get(actor.stats.remote())
     assert stats["granted"] >= 120 and stats["granted_rows"] == stats["granted"] * 8

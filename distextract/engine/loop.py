@@ -977,22 +977,67 @@ class Coordinator:
         q0, val0 = self.ex.queries, st.val_rel_l2
         beta = np.abs(ns.b) / np.maximum(np.linalg.norm(ns.W, axis=1), 1e-300)
         weak = ns.err > PIN_ERR * np.maximum(1.0, beta)
-        # a kink found off a neuron's hyperplane (_note_offsets) widens the window its pin
-        # looks in, as a direction error that moves its bias that far would
-        off = np.array([st.offsets.get((int(li), float(t)), 0.0)
-                        for li, t in zip(ns.line, ns.t)])
-        err = np.maximum(ns.err, off / np.maximum(1.0, beta))
+        amp = np.linalg.norm(ns.a, axis=1)
+        score = amp * ns.err * np.maximum(1.0, beta)
         if st.val_rel_l2 > REMEASURE_GOAL:
             # above the fidelity goal: also the neurons whose bias error weighs most
-            score = np.linalg.norm(ns.a, axis=1) * err * np.maximum(1.0, beta)
             weak |= score > PIN_SCORE * np.median(score)
         idx = np.flatnonzero(weak)
         st.finishing = {"candidates": int(idx.size), "planned": 0, "pinned": 0,
                         "dropped": 0, "oriented": 0, "remeasured": 0, "queries": 0,
                         "validation_rel_l2_before": float(val0),
                         "validation_rel_l2_after": float(val0)}
-        if idx.size == 0:
+        planned, pinned, failed, kinks = 0, 0, [], {}
+        if idx.size:
+            planned, pinned, failed, kinks = self._pin_pass(idx, ns.err, self.target,
+                                                             PIN_KEEP)
+        if st.val_rel_l2 > REMEASURE_GOAL:
+            # a kink a fully searched line placed off a neuron's hyperplane
+            # (_note_offsets) weighs as a bias error that large; those neurons are pinned
+            # in a window that wide, and kept on their own (a wide window can take a
+            # neighbour's kink)
+            ns = st.neurons
+            off = np.array([st.offsets.get((int(li), float(t)), 0.0)
+                            for li, t in zip(ns.line, ns.t)])
+            extra = np.flatnonzero((amp * off > PIN_SCORE * np.median(score))
+                                   & (off > ns.err * np.maximum(1.0, beta)))
+            extra = np.setdiff1d(extra, list(kinks))
+            if extra.size:
+                err = ns.err.copy()
+                err[extra] = off[extra] / np.maximum(1.0, beta[extra])
+                st.finishing["candidates"] += int(extra.size)
+                n_plans, n_pinned, more_failed, more = self._pin_pass(extra, err, 0.0, 1.0)
+                planned += n_plans
+                pinned += n_pinned
+                failed += more_failed
+                kinks.update(more)
+        if not planned:
             return 0
+        oriented = self._orient(kinks) if kinks else 0
+        remeasured = (self._remeasure(kinks)
+                      if kinks and st.val_rel_l2 > REMEASURE_GOAL else 0)
+        dropped = 0
+        if failed and self._keep_if_no_worse(st.neurons.take(
+                np.setdiff1d(np.arange(st.neurons.size), failed))):
+            dropped = len(failed)
+            st.removed += dropped
+        logger.info("pin: %d of %d imprecise neurons pinned (%d planned), %d dropped",
+                    pinned, st.finishing["candidates"], planned, dropped)
+        st.finishing.update(planned=int(planned), pinned=int(pinned), dropped=int(dropped),
+                            oriented=int(oriented), remeasured=int(remeasured),
+                            queries=int(self.ex.queries - q0),
+                            validation_rel_l2_after=float(st.val_rel_l2))
+        return pinned
+
+    def _pin_pass(self, idx: np.ndarray, err: np.ndarray, allowed: float,
+                  keep: float) -> tuple:
+        """Pin neurons ``idx`` of ``st.neurons`` with direction errors ``err`` (their
+        windows); the pins are kept if validation stays within ``keep`` times its value
+        or at most ``allowed``.
+        Returns (plans made, neurons pinned, neurons whose pin failed, {neuron: (plan, t,
+        answers)} of the kept pins)."""
+        st = self.st
+        ns = st.neurons
         scale = self.cfg.input_scale
         # the line through each foot; where another hyperplane crowds it, a line through a
         # point of the hyperplane near it (bias error: the direction error times that
@@ -1038,30 +1083,14 @@ class Coordinator:
                     pinned += 1
         except BudgetExhausted as exc:
             logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
-        cur = st.neurons
         # pins are checked one by one (pin_fit); validation only guards against a gross
         # failure: where a missing neuron dominates it, a strong neighbour's measurement
         # that had absorbed part of it (d128-k1024 seed 1: +1.4% from one correct pin)
         # must not keep every pin out
-        if pinned and not self._keep_if_no_worse(replace(cur, b=b, a=a), self.target,
-                                                  PIN_KEEP):
+        if pinned and not self._keep_if_no_worse(replace(ns, b=b, a=a), allowed, keep):
             pinned = 0
             kinks.clear()
-        oriented = self._orient(kinks) if kinks else 0
-        remeasured = (self._remeasure(kinks)
-                      if kinks and st.val_rel_l2 > REMEASURE_GOAL else 0)
-        dropped = 0
-        if failed and self._keep_if_no_worse(st.neurons.take(
-                np.setdiff1d(np.arange(st.neurons.size), failed))):
-            dropped = len(failed)
-            st.removed += dropped
-        logger.info("pin: %d of %d imprecise neurons pinned (%d planned), %d dropped",
-                    pinned, idx.size, len(plans), dropped)
-        st.finishing.update(planned=len(plans), pinned=int(pinned), dropped=int(dropped),
-                            oriented=int(oriented), remeasured=int(remeasured),
-                            queries=int(self.ex.queries - q0),
-                            validation_rel_l2_after=float(st.val_rel_l2))
-        return pinned
+        return len(plans), pinned, failed, kinks
 
     def _fit_pins(self, plans: list, a: np.ndarray) -> list:
         """Query the points of ``plans`` in one batch and fit each
