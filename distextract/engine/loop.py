@@ -660,14 +660,17 @@ class Coordinator:
         """Whether the first line's stencils should take WIDE_CROSSING_RATE's longer steps
         (more stencil rows crossing a hyperplane and measured again, about 2% more queries)
         because the rounding error the planned steps leave (:func:`.regions.rounding_error`,
-        an upper estimate) exceeds LONG_STEPS_FACTOR × the fidelity goal: d=128, k=1024
-        seeds 1 and 3 (estimates 2e-7 and 1e-7, where seeds 0 and 2 give 4e-8 and 1.5e-8).
+        an upper estimate, relative to the output rows' norm) exceeds LONG_STEPS_FACTOR × the
+        fidelity goal: d=128, k=1024 seeds 1 and 3 (estimates 2e-7 and 1e-7, where seeds 0
+        and 2 give 4e-8 and 1.5e-8; m=10 seed 0 2.4e-8, measured 2.1e-9).
         Sets ``st.long_steps``."""
         cfg, st = self.cfg, self.st
         if (cfg.stencil_crossing_rate is not None or self.imprecise
                 or self.crossing_rate >= WIDE_CROSSING_RATE):
             return False
-        size = float(np.sqrt(np.mean(self.Yv ** 2))) if self.Yv.size else st.fref
+        # (the error of a neuron's term lies along its output vector; relative L2 compares
+        # it with whole output rows)
+        size = float(np.sqrt(np.mean(np.sum(self.Yv ** 2, axis=1)))) if self.Yv.size else st.fref
         goal = REMEASURE_GOAL if cfg.target_rel_l2 is None else cfg.target_rel_l2
         est = rounding_error(plans, noise, st.d) * cfg.input_scale / max(size, 1e-300)
         st.long_steps = bool(est > LONG_STEPS_FACTOR * goal)
