@@ -303,6 +303,31 @@ def _measure_around_kinks(net, line):
     return regions, edges, t
 
 
+def test_plans_for_some_regions_are_those_regions_plans():
+    """make_plans(regions=...) plans only the regions asked for (the foot line of a pinned
+    neuron crosses every hyperplane; two of its regions are measured), the same plans."""
+    d = 8
+    net = dx.targets.random_network(d, 40, 2, seed=3)
+    line = _line(d, 3)
+    scan = regions.merge_segments(kinks.search_segments(
+        _line_evaluator(net, line), line.segments(8), _search_params()))
+    scan = regions.add_points(scan, *_paid(net, line, regions.missing_points(scan, line.reach)))
+    every = regions.make_plans(scan, line.reach, d, CFG.stencil_checks, 0.1)
+    assert len(every) > 20
+    some = {every[3].region, every[4].region, every[-1].region, 10_000}
+    chosen = regions.make_plans(scan, line.reach, d, CFG.stencil_checks, 0.1, regions=some)
+    assert [p.region for p in chosen] == sorted(some - {10_000})
+    for p in chosen:
+        q = next(q for q in every if q.region == p.region)
+        assert (p.t0, p.h, p.scale0) == (q.t0, q.h, q.scale0)
+        np.testing.assert_array_equal(p.slope, q.slope)
+
+
+def _paid(net, line, t):
+    Y = net.predict(line.points(t))
+    return t, Y, output_scale(Y, 1.0)
+
+
 def test_rounding_error_is_the_measured_precisions_in_quadrature():
     """The estimate the first line's step choice uses (regions.rounding_error) is what
     measure_regions then reports: sqrt(d · Σ precision²) over the measured regions; a

@@ -642,12 +642,10 @@ class Coordinator:
             scw = output_scale(Yw, st.fref, st.absolute)
             scan = add_points(scan, want, Yw, scw)
         plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
-                           self.crossing_rate)
+                           self.crossing_rate, regions=only)
         if only is None and not st.lines and self._longer_steps(plans, noise):
             plans = make_plans(scan, line.reach, self.st.d, cfg.stencil_checks,
                                self.crossing_rate)
-        if only is not None:
-            plans = [p for p in plans if p.region in only]
         # enough tasks for every concurrent slot, at most regions_per_task regions each
         per_task = max(1, min(cfg.regions_per_task, -(-len(plans) // self.parallelism)))
         tasks = [JacobianTask(line, group, noise, self.check_factor, cfg.stencil_checks,
@@ -1227,9 +1225,8 @@ class Coordinator:
                 scan = LineScan(t=t[order], values=Y[order],
                                 scale=output_scale(Y[order], st.fref, st.absolute),
                                 kinks=kk, resolved=np.ones(kk.size, dtype=bool))
-                plans = [p for p in make_plans(scan, reach, d, cfg.stencil_checks,
-                                               self.crossing_rate)
-                         if p.region in (own, own + 1)]
+                plans = make_plans(scan, reach, d, cfg.stencil_checks, self.crossing_rate,
+                                   regions=(own, own + 1))
                 tasks.append(JacobianTask(line, plans, st.noise, self.check_factor,
                                           cfg.stencil_checks, st.fref, absolute=st.absolute))
             results = self.ex.map(tasks)

@@ -109,8 +109,14 @@ def _interior(t: np.ndarray, lo: float, hi: float, margin: float) -> np.ndarray:
     return mask
 
 
-def fit_region_lines(scan: LineScan, reach: float, interior_margin: float = 0.01):
-    """Least-squares line through each region's interior points.
+def _wanted(R: int, regions) -> range | list[int]:
+    return range(R) if regions is None else sorted(int(j) for j in regions if 0 <= j < R)
+
+
+def fit_region_lines(scan: LineScan, reach: float, interior_margin: float = 0.01,
+                     regions=None):
+    """Least-squares line through each region's interior points (only those of
+    ``regions``, if given: the others come back with ``ok`` False).
 
     Returns
     -------
@@ -128,7 +134,7 @@ def fit_region_lines(scan: LineScan, reach: float, interior_margin: float = 0.01
     sc0 = np.zeros(R)
     slope = np.zeros((R, m))
     ok = np.zeros(R, dtype=bool)
-    for j in range(R):
+    for j in _wanted(R, regions):
         lo, hi = edges[j], edges[j + 1]
         inner = np.flatnonzero(_interior(scan.t, lo, hi, interior_margin))
         if inner.size == 0:
@@ -146,8 +152,9 @@ def fit_region_lines(scan: LineScan, reach: float, interior_margin: float = 0.01
 
 def stencil_steps(edges: np.ndarray, centre: np.ndarray, dim: int, n_checks: int,
                   crossing_rate: float, extra_kinks: np.ndarray | None = None,
-                  window: int = 3) -> np.ndarray:
-    """Stencil step per region from the local density of hyperplanes along the line.
+                  window: int = 3, regions=None) -> np.ndarray:
+    """Stencil step per region (of ``regions`` if given; 0 for the others) from the local
+    density of hyperplanes along the line.
 
     Each of the ``d - 1 + n_checks`` stencil rays crosses a hyperplane with probability
     about ``rho·h`` (``rho``: hyperplanes met per unit length near the centre, the same in
@@ -159,7 +166,7 @@ def stencil_steps(edges: np.ndarray, centre: np.ndarray, dim: int, n_checks: int
     R = len(edges) - 1
     h = np.zeros(R)
     rays = dim - 1 + n_checks
-    for j in range(R):
+    for j in _wanted(R, regions):
         c = centre[j]
         if kinks.size == 0:
             rho = 1.0 / max(edges[-1] - edges[0], 1e-300)
@@ -191,13 +198,14 @@ def rounding_error(plans: list[RegionPlan], noise: float, dim: int) -> float:
 
 
 def make_plans(scan: LineScan, reach: float, dim: int, n_checks: int, crossing_rate: float,
-               extra_kinks: np.ndarray | None = None, max_step: float = np.inf
-               ) -> list[RegionPlan]:
-    """Region plans for every region that has a usable centre and slope."""
+               extra_kinks: np.ndarray | None = None, max_step: float = np.inf,
+               regions=None) -> list[RegionPlan]:
+    """Region plans for every region (of ``regions``, if given: a line crossing 8,192
+    hyperplanes has 8,193) that has a usable centre and slope."""
     edges = region_edges(scan, reach)
-    centre, f0, sc0, slope, ok = fit_region_lines(scan, reach)
-    h = np.minimum(stencil_steps(edges, centre, dim, n_checks, crossing_rate, extra_kinks),
-                   max_step)
+    centre, f0, sc0, slope, ok = fit_region_lines(scan, reach, regions=regions)
+    h = np.minimum(stencil_steps(edges, centre, dim, n_checks, crossing_rate, extra_kinks,
+                                 regions=regions), max_step)
     return [RegionPlan(region=j, t0=float(centre[j]), f0=f0[j], scale0=float(sc0[j]),
                        slope=slope[j], h=float(h[j])) for j in range(len(ok)) if ok[j]]
 
