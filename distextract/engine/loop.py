@@ -974,7 +974,7 @@ class Coordinator:
             dropped = int(unseen.size)
         else:
             dropped = 0
-            for j in unseen[::-1]:  # indices stay valid from the highest down
+            for j in np.sort(unseen)[::-1]:  # indices stay valid from the highest down
                 cur = st.neurons
                 if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
                                           slack=1.0):
