@@ -567,10 +567,10 @@ class Coordinator:
         st = self.st
         # (a worker keeping several requests in flight sends a task's round in one round
         # trip however many rows it has: one task per worker is enough)
-        tasks = SEARCH_TASKS
+        cut = SEARCH_TASKS
         if self.spread:
-            tasks = max(tasks, getattr(self.ex, "workers", 1))
-        per_task = max(1, -(-len(segments) // min(self.parallelism, tasks)))
+            cut = max(cut, getattr(self.ex, "workers", 1))
+        per_task = max(1, -(-len(segments) // min(self.parallelism, cut)))
         tasks = []
         for group in _chunks(segments, per_task):
             points = (float(t) for t in segment_end_points(group, params.slope_step))
@@ -960,9 +960,7 @@ class Coordinator:
             return 0
         expected = np.zeros(ns.size, dtype=int)
         for rec in st.lines:
-            wv = ns.W @ rec.v
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t = -(ns.W @ rec.u + ns.b) / wv
+            t, _, _ = predicted_crossings(rec, ns)
             expected += (np.abs(t) < rec.reach) & (ns.line <= rec.index)
         unseen = np.flatnonzero((expected >= UNSEEN_MIN_LINES)
                                 & (ns.count <= UNSEEN_SHARE * expected))
