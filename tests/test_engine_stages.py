@@ -288,6 +288,32 @@ def test_region_jacobian_repairs_a_crossed_stencil_row():
     assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))
 
 
+@pytest.mark.parametrize("region", range(8))
+def test_two_input_stencil_checks_see_a_crossed_column(region):
+    """With two inputs the stencil has one column: its checks must be other points than
+    the column's own (unit check directions in one dimension are ±1, and +1 repeats the
+    column point, which then confirms whatever it crossed). A hyperplane crossing the
+    column's ray at half the step is noticed whatever the region's seeded checks."""
+    d = 2
+    base = dx.targets.random_network(d, 6, 1, seed=5)
+    line = _line(d, 5)
+    t0, _ = _region_between_kinks(base, line)
+    x0 = line.points([t0])[0]
+    dist = np.min(np.abs(base.W @ x0 + base.b) / np.linalg.norm(base.W, axis=1))
+    h = 0.2 * dist
+    q = line.basis()[:, 0]
+    w_new = 3.0 * q
+    b_new = -w_new @ x0 - 3.0 * 0.5 * h  # w·x + b = 0 at x0 + (h/2)·q
+    net = dx.ReluNetwork(np.vstack([base.W, w_new]), np.append(base.b, b_new),
+                         np.hstack([base.A, [[2.0]]]), base.c)
+    (r,) = jacobians.measure_regions(_query(net), line, [_plan(net, line, region, t0, h)],
+                                     NOISE, CFG.check_factor, CFG.stencil_checks)
+    J = _true_jacobian(net, x0)
+    assert r.status in ("ok", "repaired")
+    assert r.h < h
+    assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))
+
+
 # --------------------------------------------------------------------- jumps to neurons
 def _measure_around_kinks(net, line):
     t = _crossings(net, line)

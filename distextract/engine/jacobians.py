@@ -94,7 +94,14 @@ def check_directions(line: Line, region: int, count: int) -> np.ndarray:
     in its residual with the same weight ``1/sqrt(d-1)`` (a Gaussian direction can give one
     column a tiny weight and miss it). The others are Gaussian: their residual ratios locate
     the bad column.
+
+    With two inputs (one column) unit directions are ±1, and +1 repeats the column's own
+    point, which then confirms whatever that point crossed: the checks are the mirror point
+    and points at other distances along the column, ``-1, -3/4, +1/2, ...``, instead.
     """
+    if line.dim == 2:
+        return np.array([[-1.0]] + [[(-1.0) ** s * (1.0 - s / (count + 1))]
+                                    for s in range(1, count)])
     rng = np.random.default_rng([line.seed, 2, region])
     G = rng.standard_normal((count, line.dim - 1))
     G[0] = np.where(G[0] >= 0, 1.0, -1.0)
