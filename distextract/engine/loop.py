@@ -129,6 +129,7 @@ PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative
 # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
 # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
 PIN_CHUNK = 64  # neurons pinned per batch of queries
+NEW_REJECT_MAX = 16  # new neurons of one line tested for removal when it made validation worse
 UNSEEN_MIN_LINES = 3  # a neuron crossing at least this many lines ...
 UNSEEN_SHARE = 0.5  # ... and seen on at most this share of them is tested for removal
 UNSEEN_MAX = 32  # ... (the least seen first, at most this many)
@@ -921,14 +922,37 @@ class Coordinator:
             ns = merged
         elif removed:
             ns = ns.take(np.flatnonzero(keep))
+        val_before = st.val_rel_l2
         st.neurons = ns
         if added or removed or refined:
             self.assemble()
         refined += self._settle(disputed)
+        if added and not self.imprecise and st.val_rel_l2 > max(val_before, self.target):
+            added -= self._reject_new(index)
         self._record_line(line, "sensitive" if sensitive else "residual", scan, regions, q0)
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
+
+    def _reject_new(self, index: int) -> int:
+        """The neurons line ``index`` added made validation worse: drop each of them (at
+        most NEW_REJECT_MAX) whose removal lowers it (a random d=2, k=1000, m=1 network:
+        one line's new neuron, two kinks merged into one jump, took validation from 1e-9
+        to 1.9e-2, and five more lines were searched before the neuron went). Returns the
+        neurons dropped."""
+        st = self.st
+        new = np.flatnonzero(st.neurons.line == index)[:NEW_REJECT_MAX]
+        dropped = 0
+        for j in new[::-1]:  # indices stay valid from the highest down
+            cur = st.neurons
+            if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
+                                      slack=1.0):
+                dropped += 1
+        if dropped:
+            st.removed += dropped
+            logger.info("%d neurons line %d added made validation worse: dropped", dropped,
+                        index)
+        return dropped
 
     def _settle(self, disputed: list) -> int:
         """A neuron measured again on a later line whose new measurement does not explain
