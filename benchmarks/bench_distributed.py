@@ -141,7 +141,8 @@ def bench_rate(args: argparse.Namespace, tmp: str) -> None:
     net, path = save_net(d, k, 10, 0, tmp)
     single = extract(net, seed=0)
     with launch_server_process(path, latency_ms=20, max_batch=batch, rate=rate,
-                               retry_after_ms=args.retry_after_ms) as server:
+                               retry_after_ms=args.retry_after_ms,
+                               burst=args.burst) as server:
         http = HTTPOracle(server.url, d, max_batch=batch, rate=rate * args.client_rate,
                           max_in_flight=args.in_flight, seed=0)
         res = extract(http, d, seed=0, workers=workers, address=address(args))
@@ -155,16 +156,20 @@ def bench_rate(args: argparse.Namespace, tmp: str) -> None:
     rows_per_req = res.queries / max(1, requests - n429)
     fid = dx.evaluate_fidelity(res.model, net, n_points=4000)
     hint = ", server sends Retry-After-Ms" if args.retry_after_ms else ""
+    if args.burst is not None:
+        hint += f", server burst {args.burst:g}"
+    lim = dist.get("limiter") or {}
     table(f"(b) rate-limited: serve 20 ms, {rate} req/s, {batch}-row batches, d={d} k={k} m=10, "
           f"{workers} workers x {dist['tasks_per_worker']} tasks, one leased limit at "
           f"{args.client_rate:g} x the server's{hint}",
           ["run_s", "queries", "single_proc", "ratio", "rows/s", "% of rows limit",
-           "req/s", "% of req limit", "rows/req", "429s", "% 429", "rel_L2"],
+           "req/s", "% of req limit", "rows/req", "429s", "% 429", "slowdowns", "end pace",
+           "rel_L2"],
           [[f"{run_s:.1f}", res.queries, single.queries, f"{res.queries / single.queries:.3f}",
             f"{res.queries / run_s:,.0f}", f"{100 * res.queries / run_s / limit:.1f}",
             f"{requests / run_s:.1f}", f"{100 * (requests - n429) / run_s / rate:.1f}",
             f"{rows_per_req:.1f}", n429, f"{100 * n429 / max(1, requests):.2f}",
-            f"{fid.rel_l2:.1e}"]])
+            lim.get("slowdowns", 0), f"{lim.get('pace', 1.0):.2f}", f"{fid.rel_l2:.1e}"]])
 
 
 def bench_wide(args: argparse.Namespace, tmp: str) -> None:
@@ -202,6 +207,9 @@ def main() -> None:
     parser.add_argument("--client-rate", type=float, default=1.0,
                         help="(b): the client's requests/s limit as a fraction of the server's "
                              "(each 429 pauses every worker for the server's Retry-After)")
+    parser.add_argument("--burst", type=float, default=None,
+                        help="(b): the server's token-bucket capacity (default rate/10; 1: "
+                             "requests must arrive at least 1/rate apart)")
     parser.add_argument("--retry-after-ms", action="store_true",
                         help="(b): the server also sends Retry-After-Ms with its 429s")
     args = parser.parse_args()

@@ -36,6 +36,52 @@ class RateLimiter(Protocol):
         """Pause every user of this limiter for ``seconds`` (server answered 429)."""
 
 
+class Slowdown:
+    """How much below its configured rate a limiter paces, from the 429s it gets.
+
+    A 429 while the previous one's pause is still running is part of the same event (its
+    request went out before the pause was known). A server that refuses again within
+    :attr:`WINDOW_S` of the previous pause's end refuses the pace itself, not a stall: every
+    whole-second ``Retry-After`` then costs a second of the whole fleet, so the pace drops
+    to :attr:`STEP` of itself (at most down to :attr:`FLOOR`). A server whose limit keeps
+    no burst (requests spaced at least ``1/rate`` apart on arrival) refuses every request
+    that jitter brings early: at its exact rate a run refused 189 of 576 requests and used
+    15% of the limit. After :attr:`RECOVER_S` without a 429 the pace goes one step back up.
+    Isolated 429s (a stalled server, then a backlog) only pause.
+    """
+
+    STEP = 0.85
+    FLOOR = 0.25
+    WINDOW_S = 2.0
+    RECOVER_S = 30.0
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+        self.slowdowns = 0
+        self._pause_end = -math.inf
+        self._last = -math.inf
+
+    def refused(self, now: float, seconds: float) -> bool:
+        """A 429 at ``now`` asking for ``seconds``; True when the pace changed."""
+        self.current(now)
+        changed = False
+        if now >= self._pause_end:  # a new event
+            if now - self._pause_end <= self.WINDOW_S and self.factor > self.FLOOR:
+                self.factor = max(self.FLOOR, self.factor * self.STEP)
+                self.slowdowns += 1
+                changed = True
+            self._last = now
+        self._pause_end = max(self._pause_end, now + max(0.0, seconds))
+        return changed
+
+    def current(self, now: float) -> float:
+        """The pace factor at ``now`` (a step back up per quiet RECOVER_S)."""
+        while self.factor < 1.0 and now - max(self._last, self._pause_end) > self.RECOVER_S:
+            self.factor = min(1.0, self.factor / self.STEP)
+            self._last = max(self._last, self._pause_end) + self.RECOVER_S
+        return self.factor
+
+
 def _check_rate(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -117,6 +163,7 @@ class TokenBucket:
         self._paused_until = -math.inf
         self.penalties = 0
         self.waited_s = 0.0
+        self.slowdown = Slowdown()
 
     def acquire(self, rows: int = 1) -> None:
         """Block until a request carrying ``rows`` rows may be sent, then account for it.
@@ -136,6 +183,7 @@ class TokenBucket:
                     self._cond.wait(self._paused_until - now)
                     continue
                 send_at = now
+                self._pace(now)
                 for bucket, cost in ((self._requests, 1.0), (self._rows, float(rows))):
                     if bucket is not None:
                         send_at = max(send_at, bucket.earliest(cost, now))
@@ -162,13 +210,23 @@ class TokenBucket:
         if not seconds > 0:
             return
         with self._cond:
-            until = self._clock() + float(seconds)
+            now = self._clock()
+            if self.slowdown.refused(now, float(seconds)):
+                self._pace(now)
+            until = now + float(seconds)
             self._paused_until = max(self._paused_until, until)
             for bucket in (self._requests, self._rows):
                 if bucket is not None:
                     bucket.empty_at(self._paused_until)
             self.penalties += 1
             self._cond.notify_all()
+
+    def _pace(self, now: float) -> None:
+        """Buckets at the configured rates times the slowdown factor (under the lock)."""
+        f = self.slowdown.current(now)
+        for bucket, rate in ((self._requests, self.rate), (self._rows, self.rows_rate)):
+            if bucket is not None:
+                bucket.interval = 1.0 / (rate * f)
 
     def describe(self) -> dict:
         """Settings as a JSON-serialisable dict."""
@@ -179,4 +237,4 @@ class TokenBucket:
         return f"TokenBucket(rate={self.rate}, rows_rate={self.rows_rate}, burst={self.burst})"
 
 
-__all__ = ["RateLimiter", "TokenBucket"]
+__all__ = ["RateLimiter", "Slowdown", "TokenBucket"]

@@ -66,6 +66,7 @@ import ray
 
 from ._errors import BudgetExhausted, ConfigError, DistextractError
 from ._oracle import CountingOracle, Oracle
+from ._ratelimit import Slowdown
 from ._validation import check_positive_int
 
 if TYPE_CHECKING:
@@ -297,6 +298,7 @@ class _Limiter:
         self.granted_rows = 0
         self.leases = 0
         self.penalties = 0
+        self.slowdown = Slowdown()
         self.t0 = time.monotonic()
 
     def lease(self, n: int, rows: int) -> tuple[list[float], int, float]:
@@ -314,6 +316,7 @@ class _Limiter:
             slow trips bunch different workers' slots into bursts).
         """
         now = time.monotonic()
+        f = self.slowdown.current(now)
         delays = []
         for _ in range(n):
             at = max(now, self.paused_until)
@@ -323,9 +326,9 @@ class _Limiter:
                 need = min(float(rows), self.row_burst)
                 at = max(at, self.row_tat - (self.row_burst - need) / self.rows_rate)
             if self.rate is not None:
-                self.req_tat = at + 1.0 / self.rate
+                self.req_tat = at + 1.0 / (self.rate * f)
             if self.rows_rate is not None:
-                self.row_tat = max(self.row_tat, at) + rows / self.rows_rate
+                self.row_tat = max(self.row_tat, at) + rows / (self.rows_rate * f)
             delays.append(at - now)
         self.granted += n
         self.granted_rows += n * rows
@@ -336,6 +339,7 @@ class _Limiter:
         """Pause every slot not yet granted for ``seconds``; returns the new generation."""
         if seconds > 0:
             now = time.monotonic()
+            self.slowdown.refused(now, seconds)
             self.paused_until = max(self.paused_until, now + seconds)
             self.req_tat = max(self.req_tat, self.paused_until)
             self.row_tat = max(self.row_tat, self.paused_until)
@@ -346,7 +350,9 @@ class _Limiter:
     def stats(self) -> dict:
         return {"rate": self.rate, "rows_rate": self.rows_rate, "granted": self.granted,
                 "granted_rows": self.granted_rows, "leases": self.leases,
-                "penalties": self.penalties, "elapsed": time.monotonic() - self.t0}
+                "penalties": self.penalties, "slowdowns": self.slowdown.slowdowns,
+                "pace": self.slowdown.current(time.monotonic()),
+                "elapsed": time.monotonic() - self.t0}
 
 
 class LeasedLimiter:

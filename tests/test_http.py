@@ -436,6 +436,22 @@ def test_real_429_pauses_all_in_flight_traffic(net, Xr):
         assert not [a for a in acquired if p + 0.01 < a < p + 0.95]
 
 
+def test_real_strict_limit_slows_the_pace_instead_of_being_refused_on_and_on(net):
+    """A server whose limit keeps no burst (requests must arrive 1/rate apart) refuses the
+    requests that arrival jitter brings early. Pacing at its exact rate, the client was
+    refused 64 times for 120 answers (each 429 pausing it a whole second); the limiter now
+    slows its pace when the server refuses it again right after a pause."""
+    X = np.random.default_rng(3).normal(size=(960, 4))
+    with start_server(net, rate=50, burst=1, latency_ms=5) as srv:
+        with real(srv.url, max_batch=8, max_in_flight=8, rate=50) as oracle:
+            for i in range(0, X.shape[0], 64):
+                assert_array_equal(oracle.query(X[i:i + 64]), net.predict(X[i:i + 64]))
+        stats = srv.stats()
+    assert stats["statuses"]["200"] == 120
+    assert stats["statuses"].get("429", 0) <= 16, stats["statuses"]
+    assert oracle.limiter.slowdown.factor < 1.0
+
+
 def test_real_413_split(net, Xr):
     with start_server(net, max_batch=16) as srv, real(srv.url, max_batch=64) as oracle:
         # rows come back in other batch compositions than net.predict's: last-ulp differences

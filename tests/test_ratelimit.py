@@ -9,7 +9,7 @@ import time
 import pytest
 
 import distextract as dx
-from distextract._ratelimit import RateLimiter, TokenBucket
+from distextract._ratelimit import RateLimiter, Slowdown, TokenBucket
 
 
 def _run_threads(n_threads: int, per_thread: int, fn) -> list[float]:
@@ -120,3 +120,49 @@ def test_bad_settings_name_the_argument(kwargs, match):
 def test_acquire_rejects_empty_requests():
     with pytest.raises(dx.ConfigError, match="rows must be >= 1, got 0"):
         TokenBucket(rate=5).acquire(0)
+
+
+def test_slowdown_when_the_server_refuses_the_pace_again():
+    """A 429 during the previous one's pause is the same event; a new event within WINDOW_S
+    of the previous pause's end lowers the pace one step; an isolated one does not; a quiet
+    RECOVER_S raises it a step."""
+    s = Slowdown()
+    assert not s.refused(0.0, 1.0) and s.factor == 1.0
+    assert not s.refused(0.5, 1.0) and s.factor == 1.0  # its request left before the pause
+    # (which now runs to 1.5, as the limiter's does)
+    assert s.refused(1.6, 1.0) and s.factor == Slowdown.STEP  # refused again right after
+    assert not s.refused(10.0, 1.0) and s.factor == Slowdown.STEP  # isolated (a stall)
+    assert s.current(11.0 + Slowdown.RECOVER_S - 1) == Slowdown.STEP
+    assert s.current(11.0 + Slowdown.RECOVER_S + 1) == 1.0
+    low = Slowdown()
+    for i in range(40):  # refused every time it resumes: down to the floor, no further
+        low.refused(1.1 * i, 1.0)
+    assert low.factor == Slowdown.FLOOR or low.factor * Slowdown.STEP < Slowdown.FLOOR
+
+
+def test_token_bucket_paces_slower_after_repeated_429s():
+    bucket = TokenBucket(rate=100)
+    bucket.penalize(0.05)
+    time.sleep(0.07)
+    bucket.penalize(0.05)  # refused again as soon as it resumed
+    assert bucket.slowdown.factor == Slowdown.STEP
+    time.sleep(0.06)
+    start = time.monotonic()
+    stamps = _run_threads(4, 6, bucket.acquire)
+    rate = 100 * Slowdown.STEP
+    for i, t in enumerate(stamps):  # lower bounds only (a busy machine can only delay)
+        assert t - start >= i / rate - 0.01, (i, t - start)
+
+
+def test_limiter_actor_leases_slower_after_repeated_429s():
+    """The Ray limiter (here as a plain object) applies the same policy to every worker."""
+    from distextract.distributed import _Limiter
+
+    lim = _Limiter(100.0, None)
+    lim.penalize(0.05)
+    time.sleep(0.07)
+    lim.penalize(0.05)
+    assert lim.stats()["slowdowns"] == 1
+    delays, _, _ = lim.lease(10, 64)
+    gaps = [b - a for a, b in itertools.pairwise(delays)]
+    assert min(gaps) == pytest.approx(1 / (100 * Slowdown.STEP), rel=1e-9)
