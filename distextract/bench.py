@@ -151,7 +151,7 @@ def run_issue5(seed: int) -> None:
 
 
 def suite(name: str) -> list[BenchTarget]:
-    """The targets of a named suite (``quick``, ``issue2`` or ``hard``)."""
+    """The targets of a named suite (``quick``, ``issue2``, ``hard`` or ``lowd``)."""
     if name == "quick":
         return ([_random(16, 32, 1), _random(32, 64, 3), _random(64, 64, 1)]
                 + [_hard(h, 16, 32) for h in targets.HARD_CASES] + [_digits(16)])
@@ -165,7 +165,10 @@ def suite(name: str) -> list[BenchTarget]:
         rows += [_hard(h, 64, 256, tag="-d64-k256") for h in targets.HARD_CASES]
         rows += [_hard("wide", 16, 256, tag="-d16-k256"), _hard("wide", 32, 512, tag="-d32-k512")]
         return rows
-    raise click.BadParameter(f"unknown suite {name!r}; expected quick, issue2 or hard",
+    if name == "lowd":
+        return [_random(2, 50, 1), _random(2, 200, 1), _random(2, 1000, 1), _random(2, 500, 3),
+                _random(3, 1000, 1), _random(4, 300, 1), _random(8, 1000, 1)]
+    raise click.BadParameter(f"unknown suite {name!r}; expected quick, issue2, hard or lowd",
                              param_hint="--suite")
 
 
@@ -214,10 +217,11 @@ def format_row(r: dict) -> str:
 
 @click.command()
 @click.option("--suite", "suite_name", default="quick", show_default=True,
-              type=click.Choice(["quick", "issue2", "hard", "issue5"]),
+              type=click.Choice(["quick", "issue2", "hard", "issue5", "lowd"]),
               help="quick: small targets (< 1 min); issue2: the sizes issue 2 is judged on; "
                    "hard: every hard case at several sizes; issue5: float32, rounded and "
-                   "softmax answers and non-ReLU targets (d=64, k=128, m=10).")
+                   "softmax answers and non-ReLU targets (d=64, k=128, m=10); lowd: 2 to 8 "
+                   "inputs, where the kink search, not the Jacobians, takes most rows.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the targets and of the extraction.")
 @click.option("--only", "only", multiple=True,

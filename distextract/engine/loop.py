@@ -132,6 +132,7 @@ PIN_CHUNK = 64  # neurons pinned per batch of queries
 NEW_REJECT_MAX = 16  # new neurons of one line tested for removal when it made validation worse
 UNSEEN_MIN_LINES = 3  # a neuron crossing at least this many lines ...
 UNSEEN_SHARE = 0.5  # ... and seen on at most this share of them is tested for removal
+UNSEEN_EARLY_LINES = 2  # ... after a clean line, as soon as this many lines cross it
 UNSEEN_MAX = 32  # ... (the least seen first, at most this many)
 PIN_TIGHT = 0.1  # second pass: own window this fraction of the error estimate's
 PIN_SCORE = 3.0  # ... and, above REMEASURE_GOAL, one whose |a|·err is this many medians
@@ -970,7 +971,7 @@ class Coordinator:
                 kept += 1
         return kept
 
-    def _drop_unseen(self) -> int:
+    def _drop_unseen(self, min_lines: int = UNSEEN_MIN_LINES) -> int:
         """Float64, lines clean but validation above target: drop the neurons that most of
         the lines crossing them did not see (a neuron seen on two of the eight lines that
         cross it where every other neuron was seen on seven or eight: an 8-input trained
@@ -986,7 +987,7 @@ class Coordinator:
         for rec in st.lines:
             t, _, _ = predicted_crossings(rec, ns)
             expected += (np.abs(t) < rec.reach) & (ns.line <= rec.index)
-        unseen = np.flatnonzero((expected >= UNSEEN_MIN_LINES)
+        unseen = np.flatnonzero((expected >= min_lines)
                                 & (ns.count <= UNSEEN_SHARE * expected))
         unseen = unseen[np.argsort(ns.count[unseen] / expected[unseen])][:UNSEEN_MAX]
         if unseen.size == 0:
@@ -1623,6 +1624,13 @@ class Coordinator:
                 changes = self.residual_line(index, sensitive)
                 index += 1
                 clean = clean + 1 if changes == 0 else 0
+                if clean and not self.imprecise and st.val_rel_l2 > self.target:
+                    # a clean line, validation above target: a spurious neuron most lines
+                    # miss goes now rather than after every further line (random d=8,
+                    # k=1000: five more lines, 10,000 rows, before the finishing pass
+                    # dropped it; one line after its own is enough to test it, the
+                    # validation decides)
+                    self._drop_unseen(UNSEEN_EARLY_LINES)
                 if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
                     reason = "certified"
                     break
