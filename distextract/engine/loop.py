@@ -938,7 +938,7 @@ class Coordinator:
     def _reject_new(self, index: int) -> int:
         """The neurons line ``index`` added made validation worse: drop each of them (at
         most NEW_REJECT_MAX) whose removal lowers it (a random d=2, k=1000, m=1 network:
-        one line's new neuron, two kinks merged into one jump, took validation from 1e-9
+        one line's new neuron, two kinks merged into one jump, took validation from 1e-5
         to 1.9e-2, and five more lines were searched before the neuron went). Returns the
         neurons dropped."""
         st = self.st
