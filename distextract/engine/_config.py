@@ -52,7 +52,8 @@ class ExtractConfig:
         L2 4e-3) and for imprecise answers (float32, rounded decimals), whose Jacobian
         precision grows with the step.
     stencil_checks : int
-        Extra points per region that verify the Jacobian and locate a bad stencil row.
+        Extra points per region that verify the Jacobian and locate a bad stencil row
+        (with two inputs at most two are used: the one column needs no locating).
     regions_per_task : int
         Regions whose Jacobians one worker task computes (one batch of queries).
     validation_points : int
