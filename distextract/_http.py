@@ -233,7 +233,8 @@ class HTTPOracle(Oracle):
     limiter : RateLimiter, optional
         Shared limiter (e.g. one per API key across workers). Default: a :class:`TokenBucket`
         from ``rate`` and ``rows_rate``. Every 429 pauses it for the server's Retry-After
-        (``Retry-After-Ms`` when the server sends one: finer than Retry-After's whole seconds).
+        (``Retry-After-Ms`` when the server sends one: finer than Retry-After's whole seconds;
+        the backoff when it gives no wait or zero).
     seed : int or numpy.random.Generator, optional
         Randomness of the backoff jitter.
     transport : httpx.BaseTransport, optional
@@ -640,7 +641,9 @@ class HTTPOracle(Oracle):
                     if limited > self.rate_limit_retries:
                         raise self._give_up(failure, limited) from None
                     wait_s = failure.retry_after
-                    if wait_s is None:
+                    if wait_s is None or wait_s <= 0:
+                        # no wait given (or "0", a past date): resending at once only meets
+                        # the limit again
                         wait_s = self._backoff(limited - 1)
                     elif wait_s > self.max_retry_after:
                         raise OracleHTTPError(

@@ -133,6 +133,24 @@ def test_429_honours_retry_after_through_the_limiter():
     assert oracle.rows_refused == 8 and oracle.rows_paid == 4
 
 
+def test_429_with_retry_after_zero_still_pauses_with_backoff():
+    """``Retry-After: 0`` (or a past HTTP date) asks for no wait; resending at once only
+    meets the limit again, so the client pauses as for a 429 without the header (capped
+    exponential backoff with jitter), and the limiter sees the refusals."""
+    calls = []
+
+    class Spy(TokenBucket):
+        def penalize(self, seconds):
+            calls.append(seconds)
+            super().penalize(seconds)
+
+    rec = Recorder([httpx.Response(429, headers={"Retry-After": "0"})] * 2)
+    oracle = mock_oracle(rec, limiter=Spy(), backoff=0.05)
+    assert_array_equal(oracle.query(np.ones((4, 3))), fake_f(np.ones((4, 3))))
+    assert len(calls) == 2 and all(c > 0 for c in calls), calls
+    assert oracle.retries["429"] == 2
+
+
 def test_429_asking_for_too_long_a_wait_stops():
     rec = Recorder([httpx.Response(429, headers={"Retry-After": "3600"})])
     with pytest.raises(dx.OracleHTTPError, match="asks to wait 3600 s, more than max_retry_after"):
