@@ -314,6 +314,33 @@ def test_two_input_stencil_checks_see_a_crossed_column(region):
     assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))
 
 
+@pytest.mark.parametrize("l", [0, 1])
+@pytest.mark.parametrize("region", range(4))
+def test_three_input_stencil_with_two_checks_sees_a_crossed_column(l, region):
+    """With three inputs two checks are used: a hyperplane crossing column ``l``'s ray at
+    half the step is noticed (the column located and measured again, or the stencil
+    measured again with a shorter step when a check crossed too) and the Jacobian is
+    exact."""
+    d = 3
+    base = dx.targets.random_network(d, 6, 2, seed=9)
+    line = _line(d, 9)
+    t0, _ = _region_between_kinks(base, line)
+    x0 = line.points([t0])[0]
+    dist = np.min(np.abs(base.W @ x0 + base.b) / np.linalg.norm(base.W, axis=1))
+    h = 0.2 * dist
+    q = line.basis()[:, l]
+    w_new = 3.0 * q
+    b_new = -w_new @ x0 - 3.0 * 0.5 * h  # w·x + b = 0 at x0 + (h/2)·q
+    net = dx.ReluNetwork(np.vstack([base.W, w_new]), np.append(base.b, b_new),
+                         np.hstack([base.A, [[2.0], [-1.0]]]), base.c)
+    (r,) = jacobians.measure_regions(_query(net), line, [_plan(net, line, region, t0, h)],
+                                     NOISE, CFG.check_factor, CFG.stencil_checks)
+    J = _true_jacobian(net, x0)
+    assert r.status in ("ok", "repaired")
+    assert r.h < h
+    assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))
+
+
 # --------------------------------------------------------------------- jumps to neurons
 def _measure_around_kinks(net, line):
     t = _crossings(net, line)

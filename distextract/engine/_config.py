@@ -53,7 +53,7 @@ class ExtractConfig:
         precision grows with the step.
     stencil_checks : int
         Extra points per region that verify the Jacobian and locate a bad stencil row
-        (with two inputs at most two are used: the one column needs no locating).
+        (with two or three inputs at most two are used).
     regions_per_task : int
         Regions whose Jacobians one worker task computes (one batch of queries).
     validation_points : int

@@ -23,8 +23,9 @@ Query = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]  # X -> (values,
 
 MAX_ATTEMPTS = 4
 # With two inputs the single column needs no locating: two checks on the mirror side tell
-# a crossed column (both off) from a crossed check (one off)
-TWO_INPUT_CHECKS = 2
+# a crossed column (both off) from a crossed check (one off); with three, the ratio of two
+# checks' residuals names the column, and the repaired column is verified again
+TWO_INPUT_CHECKS = 2  # checks used with at most three inputs
 SHRINK = 4.0  # a crossed stencil is re-measured with a step this much shorter (16 left
 # those regions' neurons 16x less precise: k=8192 rel L2 2.3e-8 -> 1.8e-8 at 4)
 
@@ -169,7 +170,7 @@ def measure_regions(query: Query, line: Line, plans: list[RegionPlan], noise: fl
     list of RegionJacobian, in the order of ``plans``.
     """
     d = line.dim
-    if d == 2:
+    if d <= 3:
         n_checks = min(n_checks, TWO_INPUT_CHECKS)
     Q = line.basis()  # (d, d-1)
     B = np.concatenate([line.v[:, None], Q], axis=1)  # (d, d)
