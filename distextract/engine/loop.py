@@ -129,6 +129,7 @@ PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative
 # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
 # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
 PIN_CHUNK = 64  # neurons pinned per batch of queries
+MERGE_SPACING = 0.1  # an old neuron this close (of the local kink spacing) to a new one's crossing may be a merge
 NEW_REJECT_MAX = 16  # new neurons of one line tested for removal when it made validation worse
 UNSEEN_MIN_LINES = 3  # a neuron crossing at least this many lines ...
 UNSEEN_SHARE = 0.5  # ... and seen on at most this share of them is tested for removal
@@ -929,11 +930,60 @@ class Coordinator:
             self.assemble()
         refined += self._settle(disputed)
         if added and not self.imprecise and st.val_rel_l2 > max(val_before, self.target):
-            added -= self._reject_new(index)
+            # the new neurons may be right and an old one a merge of them (a random d=3,
+            # k=1000 network: two new neurons doubled what a spurious old one carried):
+            # neurons most lines miss go first, then new ones that still make it worse
+            self._drop_merges(index)
+            if st.val_rel_l2 > max(val_before, self.target):
+                self._drop_unseen(UNSEEN_EARLY_LINES)
+            if st.val_rel_l2 > max(val_before, self.target):
+                added -= self._reject_new(index)
         self._record_line(line, "sensitive" if sensitive else "residual", scan, regions, q0)
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
+
+    def _drop_merges(self, index: int) -> int:
+        """Line ``index``'s new neurons made validation worse: an old neuron measured at a
+        kink where a new one crosses that old neuron's line (within MERGE_SPACING of the
+        line's local kink spacing) may be those kinks merged into one jump (m=1 cannot tell
+        a rank-two jump); each such old neuron is dropped if validation does not get worse
+        without it. Returns the neurons dropped."""
+        st = self.st
+        ns = st.neurons
+        new = np.flatnonzero(ns.line == index)[:NEW_REJECT_MAX]
+        if new.size == 0:
+            return 0
+        fresh = ns.take(new)
+        cands: set = set()
+        for rec in st.lines:
+            on = np.flatnonzero(ns.line == rec.index)
+            if on.size < 2 or rec.kinks.size < 2:
+                continue
+            tn, _, _ = predicted_crossings(rec, fresh)
+            tn = tn[np.isfinite(tn) & (np.abs(tn) < rec.reach)]
+            if tn.size == 0:
+                continue
+            order = on[np.argsort(ns.t[on])]
+            ts = ns.t[order]
+            spacing = np.diff(rec.kinks)
+            for t in tn:
+                p = int(np.clip(np.searchsorted(ts, t), 1, ts.size - 1))
+                j = p if abs(ts[p] - t) < abs(ts[p - 1] - t) else p - 1
+                q = int(np.clip(np.searchsorted(rec.kinks, t), 1, rec.kinks.size - 1))
+                if abs(ts[j] - t) <= MERGE_SPACING * spacing[q - 1]:
+                    cands.add(int(order[j]))
+        dropped = 0
+        for j in sorted(cands, reverse=True):  # indices stay valid from the highest down
+            cur = st.neurons
+            if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
+                                      slack=1.0):
+                dropped += 1
+        if dropped:
+            st.removed += dropped
+            logger.info("%d neurons measured where line %d's new neurons cross their line "
+                        "dropped (merged kinks)", dropped, index)
+        return dropped
 
     def _reject_new(self, index: int) -> int:
         """The neurons line ``index`` added made validation worse: drop each of them (at
