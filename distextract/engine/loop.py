@@ -932,10 +932,11 @@ class Coordinator:
         if added and not self.imprecise and st.val_rel_l2 > max(val_before, self.target):
             # the new neurons may be right and an old one a merge of them (a random d=3,
             # k=1000 network: two new neurons doubled what a spurious old one carried):
-            # neurons most lines miss go first, then new ones that still make it worse
-            self._drop_merges(index)
+            # old neurons measured where the new ones cross go first, then neurons most
+            # lines miss, then new ones that still make it worse
+            removed += self._drop_merges(index)
             if st.val_rel_l2 > max(val_before, self.target):
-                self._drop_unseen(UNSEEN_EARLY_LINES)
+                removed += self._drop_unseen(UNSEEN_EARLY_LINES)
             if st.val_rel_l2 > max(val_before, self.target):
                 added -= self._reject_new(index)
         self._record_line(line, "sensitive" if sensitive else "residual", scan, regions, q0)
@@ -1676,10 +1677,10 @@ class Coordinator:
                 clean = clean + 1 if changes == 0 else 0
                 if clean and not self.imprecise and st.val_rel_l2 > self.target:
                     # a clean line, validation above target: a spurious neuron most lines
-                    # miss goes now rather than after every further line (random d=8,
-                    # k=1000: five more lines, 10,000 rows, before the finishing pass
-                    # dropped it; one line after its own is enough to test it, the
-                    # validation decides)
+                    # miss goes now rather than after every further line (the trained
+                    # d8-h1000 network of tests/data: four more lines, 9,000 rows, before
+                    # the finishing pass dropped it; one line after its own is enough to
+                    # test it, the validation decides)
                     self._drop_unseen(UNSEEN_EARLY_LINES)
                 if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
                     reason = "certified"
