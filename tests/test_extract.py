@@ -210,6 +210,18 @@ def test_a_merge_goes_when_a_line_finds_its_two_neurons():
     assert len(res.report["rounds"]) <= 4, [r["val_rel_l2"] for r in res.report["rounds"]]
 
 
+def test_a_weak_neuron_pinned_off_its_foot_gets_its_bias_to_the_matching_tolerance():
+    """A random d=8, k=1000, m=1 network: a very weak neuron (|a|·|w| = 1.8e-5, direction
+    known to 2.6e-5 rad) whose foot is crowded is pinned on a line through another point of
+    its hyperplane; the direction error times that shift left its bias 1.2e-6 off (matched
+    999/1000, one "spurious"). The mirrored line cancels it: every neuron matched."""
+    net = dx.targets.random_network(8, 1000, 1, seed=201)
+    res = dx.extract(net, seed=1)
+    rep = _fidelity(res, net)
+    assert rep.matched_neurons == rep.live_neurons == 1000 and rep.spurious_neurons == 0, rep
+    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
+
+
 def test_probe_and_first_line_ends_share_one_request():
     """One round trip instead of two (each costs a slow API's latency); the validation
     points go with the first line's region centres. With a budget too small to pay for

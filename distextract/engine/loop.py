@@ -1162,6 +1162,7 @@ class Coordinator:
         # weak neuron's own window of 0.07 found no gap among 1,024 hyperplanes; pin_fit
         # still requires the neuron's own slope change)
         plans: list[PinPlan] = []
+        margins: dict[int, float] = {}
         for margin in (OWN_MARGIN, PIN_TIGHT * OWN_MARGIN):
             rest = np.setdiff1d(idx, [p.neuron for p in plans])
             if rest.size == 0:
@@ -1178,6 +1179,21 @@ class Coordinator:
                 if p.neuron not in seen:
                     seen.add(p.neuron)
                     plans.append(p)
+            for p in plans:
+                margins.setdefault(p.neuron, margin)
+        # a line through the foot shifted by z gives the bias with the direction error
+        # times z; its mirror through the foot shifted by -z, the opposite error: the two
+        # together cancel it (a weak d=8 neuron known to 2.6e-5 rad: bias 1.2e-6 off from
+        # one shifted line, outside the 1e-6 that neurons are matched by)
+        mirrors: dict[int, PinPlan] = {}
+        for p in plans:
+            norm = float(np.linalg.norm(ns.W[p.neuron]))
+            z = p.foot + (ns.b[p.neuron] / norm) * p.normal  # the shift from the foot
+            if float(np.linalg.norm(z)) <= 1e-9 * scale:  # the foot's own line
+                continue
+            for q in pin_plans(ns.W, ns.b, err, np.array([p.neuron]), scale,
+                               shift=-z[None, :], own_margin=margins[p.neuron]):
+                mirrors[p.neuron] = q
         b, a = ns.b.copy(), ns.a.copy()
         pinned, failed = 0, []
         kinks: dict[int, tuple[PinPlan, float, np.ndarray]] = {}  # neuron: plan, t, answers
@@ -1197,6 +1213,14 @@ class Coordinator:
                     a[p.neuron] = fit[1]
                     kinks[p.neuron] = (p, fit[0], Yp)
                     pinned += 1
+            mirrored = [mirrors[n] for n in kinks if n in mirrors]
+            if mirrored:
+                for q, (fit, _) in zip(mirrored, self._fit_pins(mirrored, ns.a)):
+                    if fit is not None:
+                        t = 0.5 * (kinks[q.neuron][1] + fit[0])
+                        b[q.neuron] = ns.b[q.neuron] - t * float(np.linalg.norm(
+                            ns.W[q.neuron]))
+                        a[q.neuron] = 0.5 * (a[q.neuron] + fit[1])
         except BudgetExhausted as exc:
             logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
         # pins are checked one by one (pin_fit); validation only guards against a gross
