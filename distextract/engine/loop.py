@@ -944,6 +944,20 @@ class Coordinator:
         self._emit("round", line=index, kinks=int(scan.kinks.size))
         return added + removed
 
+    def _drop_each(self, idx: np.ndarray) -> int:
+        """Drop each neuron ``idx`` of ``st.neurons`` whose removal does not make validation
+        worse, one at a time from the highest index down (so the lower ones keep their
+        index); counts them in ``st.removed``. Returns the neurons dropped."""
+        st = self.st
+        dropped = 0
+        for j in np.sort(np.asarray(idx, dtype=int))[::-1]:
+            cur = st.neurons
+            if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
+                                      slack=1.0):
+                dropped += 1
+        st.removed += dropped
+        return dropped
+
     def _drop_merges(self, index: int) -> int:
         """Line ``index``'s new neurons made validation worse: an old neuron measured at a
         kink where a new one crosses that old neuron's line (within MERGE_SPACING of the
@@ -974,14 +988,8 @@ class Coordinator:
                 q = int(np.clip(np.searchsorted(rec.kinks, t), 1, rec.kinks.size - 1))
                 if abs(ts[j] - t) <= MERGE_SPACING * spacing[q - 1]:
                     cands.add(int(order[j]))
-        dropped = 0
-        for j in sorted(cands, reverse=True):  # indices stay valid from the highest down
-            cur = st.neurons
-            if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
-                                      slack=1.0):
-                dropped += 1
+        dropped = self._drop_each(np.array(sorted(cands), dtype=int))
         if dropped:
-            st.removed += dropped
             logger.info("%d neurons measured where line %d's new neurons cross their line "
                         "dropped (merged kinks)", dropped, index)
         return dropped
@@ -993,15 +1001,8 @@ class Coordinator:
         to 1.9e-2, and five more lines were searched before the neuron went). Returns the
         neurons dropped."""
         st = self.st
-        new = np.flatnonzero(st.neurons.line == index)[:NEW_REJECT_MAX]
-        dropped = 0
-        for j in new[::-1]:  # indices stay valid from the highest down
-            cur = st.neurons
-            if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
-                                      slack=1.0):
-                dropped += 1
+        dropped = self._drop_each(np.flatnonzero(st.neurons.line == index)[:NEW_REJECT_MAX])
         if dropped:
-            st.removed += dropped
             logger.info("%d neurons line %d added made validation worse: dropped", dropped,
                         index)
         return dropped
@@ -1046,14 +1047,9 @@ class Coordinator:
         keep = np.setdiff1d(np.arange(ns.size), unseen)
         if self._keep_if_no_worse(ns.take(keep), slack=1.0):
             dropped = int(unseen.size)
+            st.removed += dropped
         else:
-            dropped = 0
-            for j in np.sort(unseen)[::-1]:  # indices stay valid from the highest down
-                cur = st.neurons
-                if self._keep_if_no_worse(cur.take(np.setdiff1d(np.arange(cur.size), [j])),
-                                          slack=1.0):
-                    dropped += 1
-        st.removed += dropped
+            dropped = self._drop_each(unseen)
         logger.info("%d of %d neurons that most lines crossing them did not see dropped",
                     dropped, unseen.size)
         return dropped

@@ -71,6 +71,10 @@ def add_points(scan: LineScan, t: np.ndarray, values: np.ndarray, scale: np.ndar
                     resolved=scan.resolved)
 
 
+def _wanted(R: int, regions) -> range | list[int]:
+    return range(R) if regions is None else sorted(int(j) for j in regions if 0 <= j < R)
+
+
 def missing_points(scan: LineScan, reach: float, interior_margin: float = 0.01,
                    regions: set | None = None) -> np.ndarray:
     """Line positions to query so that every region has a centre point and a baseline.
@@ -81,9 +85,7 @@ def missing_points(scan: LineScan, reach: float, interior_margin: float = 0.01,
     """
     edges = region_edges(scan, reach)
     want = []
-    for j in range(len(edges) - 1):
-        if regions is not None and j not in regions:
-            continue
+    for j in _wanted(len(edges) - 1, regions):
         lo, hi = edges[j], edges[j + 1]
         w = hi - lo
         c = 0.5 * (lo + hi)
@@ -107,10 +109,6 @@ def _interior(t: np.ndarray, lo: float, hi: float, margin: float) -> np.ndarray:
     mask = np.zeros(t.shape, dtype=bool)
     mask[lo_i:hi_i] = True
     return mask
-
-
-def _wanted(R: int, regions) -> range | list[int]:
-    return range(R) if regions is None else sorted(int(j) for j in regions if 0 <= j < R)
 
 
 def fit_region_lines(scan: LineScan, reach: float, interior_margin: float = 0.01,
