@@ -262,27 +262,34 @@ def test_region_jacobian_is_exact(m):
     assert 0 < r.precision < 1e-9
 
 
-def test_region_jacobian_repairs_a_crossed_stencil_row():
-    """A hyperplane parallel to the line crosses exactly one stencil ray (column ``l``) at
-    half the step: the checks locate the column and it is re-measured with a smaller step."""
-    d, l = 10, 3
-    base = dx.targets.random_network(d, 8, 2, seed=11)
-    line = _line(d, 11)
+def _crossed_column(d: int, k: int, seed: int, l: int, a_new, region: int = 0):
+    """A random network plus a hyperplane parallel to the line that crosses stencil column
+    ``l``'s ray at half the step, measured: (the region, its true Jacobian, the step, the
+    line)."""
+    base = dx.targets.random_network(d, k, len(a_new), seed=seed)
+    line = _line(d, seed)
     t0, _ = _region_between_kinks(base, line)
     x0 = line.points([t0])[0]
     dist = np.min(np.abs(base.W @ x0 + base.b) / np.linalg.norm(base.W, axis=1))
     h = 0.2 * dist
     q = line.basis()[:, l]  # unit, orthogonal to v: the new hyperplane never meets the line
-    gam = jacobians.check_directions(line, 0, CFG.stencil_checks)
-    assert np.all(np.abs(gam[:, l]) < 0.5)  # so no check point crosses it
-    rng = np.random.default_rng(0)
     w_new = 3.0 * q
     b_new = -w_new @ x0 - 3.0 * 0.5 * h  # w·x + b = 0 at x0 + (h/2)·q
     net = dx.ReluNetwork(np.vstack([base.W, w_new]), np.append(base.b, b_new),
-                         np.hstack([base.A, rng.standard_normal((2, 1))]), base.c)
-    (r,) = jacobians.measure_regions(_query(net), line, [_plan(net, line, 0, t0, h)],
+                         np.hstack([base.A, np.reshape(a_new, (-1, 1))]), base.c)
+    (r,) = jacobians.measure_regions(_query(net), line, [_plan(net, line, region, t0, h)],
                                      NOISE, CFG.check_factor, CFG.stencil_checks)
-    J = _true_jacobian(net, x0)
+    return r, _true_jacobian(net, x0), h, line
+
+
+def test_region_jacobian_repairs_a_crossed_stencil_row():
+    """A hyperplane parallel to the line crosses exactly one stencil ray (column ``l``) at
+    half the step: the checks locate the column and it is re-measured with a smaller step."""
+    l = 3
+    a_new = np.random.default_rng(0).standard_normal(2)
+    r, J, h, line = _crossed_column(10, 8, 11, l, a_new)
+    gam = jacobians.check_directions(line, 0, CFG.stencil_checks)
+    assert np.all(np.abs(gam[:, l]) < 0.5)  # so no check point crosses it
     assert r.status == "repaired"
     assert r.h < h
     assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))
@@ -294,21 +301,7 @@ def test_two_input_stencil_checks_see_a_crossed_column(region):
     the column's own (unit check directions in one dimension are ±1, and +1 repeats the
     column point, which then confirms whatever it crossed). A hyperplane crossing the
     column's ray at half the step is noticed whatever the region's seeded checks."""
-    d = 2
-    base = dx.targets.random_network(d, 6, 1, seed=5)
-    line = _line(d, 5)
-    t0, _ = _region_between_kinks(base, line)
-    x0 = line.points([t0])[0]
-    dist = np.min(np.abs(base.W @ x0 + base.b) / np.linalg.norm(base.W, axis=1))
-    h = 0.2 * dist
-    q = line.basis()[:, 0]
-    w_new = 3.0 * q
-    b_new = -w_new @ x0 - 3.0 * 0.5 * h  # w·x + b = 0 at x0 + (h/2)·q
-    net = dx.ReluNetwork(np.vstack([base.W, w_new]), np.append(base.b, b_new),
-                         np.hstack([base.A, [[2.0]]]), base.c)
-    (r,) = jacobians.measure_regions(_query(net), line, [_plan(net, line, region, t0, h)],
-                                     NOISE, CFG.check_factor, CFG.stencil_checks)
-    J = _true_jacobian(net, x0)
+    r, J, h, _ = _crossed_column(2, 6, 5, 0, [2.0], region)
     assert r.status in ("ok", "repaired")
     assert r.h < h
     assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))
@@ -321,21 +314,7 @@ def test_three_input_stencil_with_two_checks_sees_a_crossed_column(l, region):
     half the step is noticed (the column located and measured again, or the stencil
     measured again with a shorter step when a check crossed too) and the Jacobian is
     exact."""
-    d = 3
-    base = dx.targets.random_network(d, 6, 2, seed=9)
-    line = _line(d, 9)
-    t0, _ = _region_between_kinks(base, line)
-    x0 = line.points([t0])[0]
-    dist = np.min(np.abs(base.W @ x0 + base.b) / np.linalg.norm(base.W, axis=1))
-    h = 0.2 * dist
-    q = line.basis()[:, l]
-    w_new = 3.0 * q
-    b_new = -w_new @ x0 - 3.0 * 0.5 * h  # w·x + b = 0 at x0 + (h/2)·q
-    net = dx.ReluNetwork(np.vstack([base.W, w_new]), np.append(base.b, b_new),
-                         np.hstack([base.A, [[2.0], [-1.0]]]), base.c)
-    (r,) = jacobians.measure_regions(_query(net), line, [_plan(net, line, region, t0, h)],
-                                     NOISE, CFG.check_factor, CFG.stencil_checks)
-    J = _true_jacobian(net, x0)
+    r, J, h, _ = _crossed_column(3, 6, 9, l, [2.0, -1.0], region)
     assert r.status in ("ok", "repaired")
     assert r.h < h
     assert_allclose(r.J, J, rtol=0, atol=1e-9 * np.max(np.abs(J)))

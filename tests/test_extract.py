@@ -151,6 +151,20 @@ def test_a_neuron_mislocated_on_the_first_line_is_corrected(delta):
     assert rep.matched_neurons == rep.live_neurons == 64 and rep.spurious_neurons == 0, rep
 
 
+def _recovered_exactly(net, seed: int = 0, live: int | None = None,
+                       max_lines: int | None = None):
+    """Extract ``net``: certified, every live neuron matched (``live`` of them, if given),
+    none spurious, rel L2 within EXACT_REL_L2, in at most ``max_lines`` lines if given."""
+    res = dx.extract(net, seed=seed)
+    rep = _fidelity(res, net)
+    assert rep.matched_neurons == rep.live_neurons and rep.spurious_neurons == 0, rep
+    assert live is None or rep.live_neurons == live, rep
+    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
+    vals = [r["val_rel_l2"] for r in res.report["rounds"]]
+    assert max_lines is None or len(vals) <= max_lines, vals
+    return res
+
+
 def test_a_spurious_neuron_most_lines_do_not_see_is_dropped():
     """A network trained by scikit-learn (8 inputs, 1,000 hidden, an MLPRegressor on a
     synthetic regression; stored in tests/data so that no scikit-learn version changes it):
@@ -158,13 +172,9 @@ def test_a_spurious_neuron_most_lines_do_not_see_is_dropped():
     garbage direction, once 'confirmed' by a neighbour's kink, was seen on 2 of the 8 lines
     crossing it; it stayed (1000/1000 + 1 spurious, rel L2 1.7e-3, precision_floor) until
     neurons most lines do not see were tested for removal."""
-    net = dx.ReluNetwork.load(DATA / "trained_8d_h1000.arrow")
-    res = dx.extract(net, seed=0)
-    rep = _fidelity(res, net)
-    assert rep.matched_neurons == rep.live_neurons == 1000 and rep.spurious_neurons == 0, rep
-    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
     # tested after the first clean line, not only in the finishing pass (8 lines before)
-    assert len(res.report["rounds"]) <= 4, [r["val_rel_l2"] for r in res.report["rounds"]]
+    _recovered_exactly(dx.ReluNetwork.load(DATA / "trained_8d_h1000.arrow"), live=1000,
+                       max_lines=4)
 
 
 def test_a_new_neuron_that_makes_validation_worse_is_rejected():
@@ -174,13 +184,9 @@ def test_a_new_neuron_that_makes_validation_worse_is_rejected():
     removal lowers validation are dropped when they made it worse: validation does not jump
     up from one line to the next (a new neuron that is right but measured a little worse
     than a neighbour it refines may leave it a few percent higher)."""
-    net = dx.targets.random_network(2, 1000, 1, seed=2)
-    res = dx.extract(net, seed=0)
+    res = _recovered_exactly(dx.targets.random_network(2, 1000, 1, seed=2))
     vals = [r["val_rel_l2"] for r in res.report["rounds"]]
     assert all(b <= 2 * a for a, b in itertools.pairwise(vals)), vals
-    rep = _fidelity(res, net)
-    assert rep.matched_neurons == rep.live_neurons and rep.spurious_neurons == 0, rep
-    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
 
 
 def test_an_old_neuron_that_merged_two_new_ones_is_dropped():
@@ -190,24 +196,14 @@ def test_an_old_neuron_that_merged_two_new_ones_is_dropped():
     neurons measured where the new ones cross their line are tested for removal first
     (rejecting the new ones left rel L2 8e-4 at precision_floor; before that guard the
     finishing pass fixed it after five more lines)."""
-    net = dx.targets.random_network(3, 1000, 1, seed=100)
-    res = dx.extract(net, seed=0)
-    rep = _fidelity(res, net)
-    assert rep.matched_neurons == rep.live_neurons and rep.spurious_neurons == 0, rep
-    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
-    assert len(res.report["rounds"]) <= 4, [r["val_rel_l2"] for r in res.report["rounds"]]
+    _recovered_exactly(dx.targets.random_network(3, 1000, 1, seed=100), max_lines=4)
 
 
 def test_a_merge_goes_when_a_line_finds_its_two_neurons():
     """A random d=8, k=1000, m=1 network: the merge of two kinks kept validation at 3.5e-3
     through five clean lines (10,000 rows) until the finishing pass dropped it. Line 2
     finds the two real neurons and the merge goes there: 4 lines instead of 8."""
-    net = dx.targets.random_network(8, 1000, 1, seed=0)
-    res = dx.extract(net, seed=0)
-    rep = _fidelity(res, net)
-    assert rep.matched_neurons == rep.live_neurons == 1000 and rep.spurious_neurons == 0, rep
-    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
-    assert len(res.report["rounds"]) <= 4, [r["val_rel_l2"] for r in res.report["rounds"]]
+    _recovered_exactly(dx.targets.random_network(8, 1000, 1, seed=0), live=1000, max_lines=4)
 
 
 def test_a_weak_neuron_pinned_off_its_foot_gets_its_bias_to_the_matching_tolerance():
@@ -215,11 +211,7 @@ def test_a_weak_neuron_pinned_off_its_foot_gets_its_bias_to_the_matching_toleran
     known to 2.6e-5 rad) whose foot is crowded is pinned on a line through another point of
     its hyperplane; the direction error times that shift left its bias 1.2e-6 off (matched
     999/1000, one "spurious"). The mirrored line cancels it: every neuron matched."""
-    net = dx.targets.random_network(8, 1000, 1, seed=201)
-    res = dx.extract(net, seed=1)
-    rep = _fidelity(res, net)
-    assert rep.matched_neurons == rep.live_neurons == 1000 and rep.spurious_neurons == 0, rep
-    assert res.certified and rep.rel_l2 <= EXACT_REL_L2, rep
+    _recovered_exactly(dx.targets.random_network(8, 1000, 1, seed=201), seed=1, live=1000)
 
 
 def test_probe_and_first_line_ends_share_one_request():
