@@ -101,7 +101,9 @@ def check_directions(line: Line, region: int, count: int) -> np.ndarray:
 
     With two inputs (one column) unit directions are ±1, and +1 repeats the column's own
     point, which then confirms whatever that point crossed: the checks are the mirror point
-    and points at other distances along the column, ``-1, -3/4, +1/2, ...``, instead.
+    and points at other distances along the column instead, ``-1`` then
+    ``±(1 - s/(count+1))`` alternating sides (two checks: ``-1, -2/3``; three: ``-1, -3/4,
+    +1/2``).
     """
     if line.dim == 2:
         return np.array([[-1.0]] + [[(-1.0) ** s * (1.0 - s / (count + 1))]
