@@ -816,7 +816,7 @@ class Coordinator:
         self._keep_solve_rows(regions)
         self._keep_jacobians(line, regions)
         ns = jumps_to_neurons(line, regions, region_edges(scan, line.reach), self.rank_factor,
-                              self.imprecise)
+                              self.imprecise, joint=not self.imprecise)
         st.neurons = dedup(ns, cfg.dedup_factor, self.match_ceiling, self.imprecise)
         self._record_line(line, "first", scan, regions, q0)
         self.assemble()
@@ -899,7 +899,8 @@ class Coordinator:
             regions = self._measure(line, scan, st.noise, wanted)
             self._keep_solve_rows(regions)
             self._keep_jacobians(line, regions)
-            found = jumps_to_neurons(line, regions, edges, self.rank_factor, self.imprecise)
+            found = jumps_to_neurons(line, regions, edges, self.rank_factor, self.imprecise,
+                                     joint=not self.imprecise)
             if refine and found.size and scan.kinks.size:
                 at = np.argmin(np.abs(scan.kinks[None, :] - found.t[:, None]), axis=1)
                 new_rows, targets, sources = [], [], []
