@@ -236,15 +236,34 @@ def _run_jumps(by: dict, a: dict, run: list, m: int, d: int) -> dict:
             return lam, eta
         return lam - np.outer(la, la) / q, eta - np.outer(la, av @ eta) / q
 
-    # forward information on J_j (regions up to j), kept for every region of the run
-    fwd = []
-    lam, eta = np.zeros((m, m)), np.zeros((m, d))
-    for n, j in enumerate(regions):
+    def forward(state, n):  # information on J at regions[n], from regions[:n + 1]
+        lam, eta = state
         if n:
             lam, eta = forget(lam, eta, a[regions[n - 1]])
-        lam = lam + wts[j] * eye
-        eta = eta + wts[j] * by[j].J
-        fwd.append((lam, eta))
+        j = regions[n]
+        return lam + wts[j] * eye, eta + wts[j] * by[j].J
+
+    # the forward pass keeps every block-th state; the backward pass recomputes one block
+    # at a time from them (memory ~2·sqrt(R) states instead of R: m=128, d=784 states are
+    # 0.8 MB each)
+    block = max(1, int(np.ceil(np.sqrt(len(regions)))))
+    marks = {}
+    state = (np.zeros((m, m)), np.zeros((m, d)))
+    for n in range(len(regions)):
+        state = forward(state, n)
+        if n % block == 0:
+            marks[n] = state
+    fwd: dict = {}
+
+    def forward_at(n):
+        if n not in fwd:
+            fwd.clear()
+            start = n - n % block
+            fwd[start] = st = marks[start]
+            for q in range(start + 1, min(start + block, len(regions))):
+                fwd[q] = st = forward(st, q)
+        return fwd[n]
+
     # backward pass: information on J_{j+1} from regions j+1 onwards, combined with the
     # forward one on J_j: maximise over (J_j, β) with J_{j+1} = J_j + a βᵀ
     out = {}
@@ -258,7 +277,7 @@ def _run_jumps(by: dict, a: dict, run: list, m: int, d: int) -> dict:
         eta = eta + wts[j1] * by[j1].J
         j = regions[n - 1]
         av = a[j]
-        lf, ef = fwd[n - 1]
+        lf, ef = forward_at(n - 1)
         lav = lam @ av
         M[:m, :m] = lf + lam
         M[:m, m] = lav
