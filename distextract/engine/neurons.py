@@ -80,6 +80,11 @@ SPREAD_FACTOR = 20.0  # a jump whose rest beyond rank one (over its rounding bou
 # the line's median this many times breaks the chain of joint_jumps (random d=128, k=1024,
 # m=10: the largest of 1,009 was 8.7 times the median; missed weak kinks: 10^2 to 10^9)
 JOINT_MAX_OUTPUTS = 128
+JOINT_MIN_INPUTS = 8  # fewer inputs: not done (random d=2, 3, 4, 6, k=1000 networks came out
+# some better, some up to 8x worse, with the same rows; d=8-32: 29 of 32 better)
+JOINT_TRUST = 1.0  # a joint jump further from the two-region one than this × the latter's
+# error bound is not taken (random d=12, k=1000, m=3: a weak neuron, |a|·|w| = 0.009, went
+# 3e-7 rad off, where no neuron's two-region direction was more than 6e-8 off)
 
 
 def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,8 +121,7 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         are loose: 1-4% more rows on float32 and 6-digit answers for no gain).
     """
     by = {r.region: r for r in regions if r.J is not None}
-    jumps = {}  # region j -> (w, a, rank residual, norm, err) of the kink after j
-    spread = {}  # region j -> what the jump holds beyond rank one, over its rounding
+    jumps = {}  # region j -> (w, a, rank residual, norm, err, spread) of the kink after j
     for j in sorted(by):
         if j + 1 not in by:
             continue
@@ -131,13 +135,13 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
             # a rank-two jump: two kinks merged into one; neither neuron is taken from it
             # (later lines cross the two hyperplanes apart)
             continue
-        jumps[j] = (w, a, rr, norm, err)
-        spread[j] = rest / (r0.precision ** 2 + r1.precision ** 2 or 1.0)
+        # (what the jump holds beyond rank one, over its two regions' rounding)
+        jumps[j] = (w, a, rr, norm, err, rest / (r0.precision ** 2 + r1.precision ** 2 or 1.0))
     if joint:
-        for j, (w, a) in joint_jumps(by, {j: v[1] for j, v in jumps.items()}, spread).items():
+        for j, (w, a) in joint_jumps(by, jumps).items():
             jumps[j] = (w, a) + jumps[j][2:]
     rows = []
-    for j, (w, a, rr, norm, err) in jumps.items():
+    for j, (w, a, rr, _norm, err, _spread) in jumps.items():
         r0, r1 = by[j], by[j + 1]
         if w @ line.v < 0:
             w, a = -w, -a
@@ -177,7 +181,7 @@ def _rank_one(dJ: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float, flo
     return Vt[0], U[:, 0] * s[0], rr, float(s[0]), float(np.sum(s[1:] ** 2))
 
 
-def joint_jumps(by: dict, a: dict, spread: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The jumps of a line's runs of consecutive measured regions, estimated jointly.
 
     Along a run the region Jacobians are ``J_{j+1} = J_j + a_j w_jᵀ``; each measurement
@@ -192,25 +196,30 @@ def joint_jumps(by: dict, a: dict, spread: dict) -> dict[int, tuple[np.ndarray, 
     of information filtering; the jump's column comes from the two passes' information on
     both sides of the kink. d=128, k=1024, m=10: the model's rel L2 2.2–2.5× smaller, same
     rows (seeds 0–3). With one output there is nothing to share (each step is free in every
-    direction): the result is the two-region jump. A jump holding more than rounding beyond
-    its rank one (``spread``: its singular values after the first, squared, over its two
-    regions' rounding bounds squared; more than SPREAD_FACTOR × the line's median) ends a
-    run: a kink the search missed beside the found one, too weak for the rank test, would
-    otherwise be taken for rounding of the neighbours and moved into their jumps. More than
-    JOINT_MAX_OUTPUTS outputs: not done (each region costs ``O(m³)``).
+    direction): the result is the two-region jump.
 
-    ``by``: measured regions by index; ``a``: the rank-one output vector of each jump kept,
-    keyed by the region before it. Returns ``{j: (w unit, a)}`` for the jumps inside runs
-    of at least three regions."""
-    keys = sorted(a)
+    Guards: a jump holding more than rounding beyond its rank one (``spread``: its singular
+    values after the first, squared, over its two regions' rounding bounds squared; more
+    than SPREAD_FACTOR × the line's median) ends a run — a kink the search missed beside the
+    found one, too weak for the rank test, would otherwise be taken for rounding of the
+    neighbours and moved into their jumps; a joint direction further from the two-region
+    one than JOINT_TRUST × its error bound is not taken; fewer than JOINT_MIN_INPUTS inputs
+    or more than JOINT_MAX_OUTPUTS outputs (each region costs ``O(m³)``): not done.
+
+    ``by``: measured regions by index; ``two``: the two-region jumps kept, keyed by the
+    region before the kink, as ``jumps_to_neurons`` holds them (``w``, ``a``, rank
+    residual, norm, error bound, spread). Returns ``{j: (w unit, a)}`` for the jumps inside
+    runs of at least three regions that pass the guards."""
+    keys = sorted(two)
     if not keys:
         return {}
     m, d = by[keys[0]].J.shape
-    if m < 2 or m > JOINT_MAX_OUTPUTS:
+    if m < 2 or m > JOINT_MAX_OUTPUTS or d < JOINT_MIN_INPUTS:
         return {}
-    z = np.array([spread[j] for j in keys])
+    z = np.array([two[j][5] for j in keys])
     cut = SPREAD_FACTOR * float(np.median(z))
     keys = [j for j, zj in zip(keys, z) if zj <= cut]
+    a = {j: two[j][1] for j in keys}
     out = {}
     start = 0
     for i in range(1, len(keys) + 1):
@@ -219,6 +228,10 @@ def joint_jumps(by: dict, a: dict, spread: dict) -> dict[int, tuple[np.ndarray, 
             if len(run) >= 2:
                 out.update(_run_jumps(by, a, run, m, d))
             start = i
+    for j, (w, _a) in list(out.items()):
+        w2, err = two[j][0], two[j][4]
+        if min(np.linalg.norm(w - w2), np.linalg.norm(w + w2)) > JOINT_TRUST * err:
+            del out[j]
     return out
 
 
