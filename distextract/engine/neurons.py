@@ -237,10 +237,11 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
 
 def _run_jumps(by: dict, a: dict, run: list, m: int, d: int) -> dict:
     regions = run + [run[-1] + 1]
-    sig0 = float(np.median([by[j].precision for j in regions])) or 1.0
+    prec = np.array([by[j].precision for j in regions], dtype=float)
+    if not np.all(np.isfinite(prec) & (prec > 0)):
+        return {}  # the weights need every region's rounding
     eye = np.eye(m)
-    wts = {j: (sig0 / by[j].precision) ** 2 if by[j].precision > 0 else 1.0
-           for j in regions}
+    wts = dict(zip(regions, (float(np.median(prec)) / prec) ** 2))
 
     def forget(lam, eta, av):  # the step along av is free: drop what was known along it
         la = lam @ av
