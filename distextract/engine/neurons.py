@@ -118,7 +118,8 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
     joint : bool
         Estimate the jumps of runs of consecutive regions jointly (:func:`joint_jumps`);
         False: each from its two regions alone (imprecise answers, whose rounding bounds
-        are loose: 1-4% more rows on float32 and 6-digit answers for no gain).
+        are loose: 1-4% more rows on float32 and 6-digit answers for no gain). A neuron's
+        ``err`` stays its two-region bound either way.
     """
     by = {r.region: r for r in regions if r.J is not None}
     jumps = {}  # region j -> (w, a, rank residual, norm, err, spread) of the kink after j
@@ -236,6 +237,7 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 def _run_jumps(by: dict, a: dict, run: list, m: int, d: int) -> dict:
+    """:func:`joint_jumps` of one run (``run``: the regions before its kinks)."""
     regions = run + [run[-1] + 1]
     prec = np.array([by[j].precision for j in regions], dtype=float)
     if not np.all(np.isfinite(prec) & (prec > 0)):
