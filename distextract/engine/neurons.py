@@ -232,14 +232,14 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
     if not np.all(np.isfinite(sig)) or sig.max() <= 0:
         return {}
     sig = np.maximum(sig, 1e-6 * sig.max())
-    J = {j: by[j].J / sig[:, None] for j in set(keys) | {j + 1 for j in keys}}
+    used = set(keys) | {j + 1 for j in keys}
     # each region weighs as its stencil step squared (a column's rounding is noise·scale/h),
     # but no step counts for more than the line's median: longer ones did worse than their
     # rounding says (weighted by their rounding bounds, 5 of 34 random and anisotropic-output
     # networks came out 1.1-1.3x worse than with two-region jumps; capped steps: 2 of them,
     # 1.12x and 1.14x; every region alike: none, but d128-k8192 at 9.6e-9, not 8.2e-9)
-    cap = float(np.median([by[j].h for j in J]))
-    prec = {j: 1.0 / min(by[j].h, cap) if by[j].h > 0 else np.inf for j in J}
+    cap = float(np.median([by[j].h for j in used]))
+    prec = {j: 1.0 / min(by[j].h, cap) if by[j].h > 0 else np.inf for j in used}
     a = {j: two[j][1] / sig for j in keys}
     out = {}
     start = 0
@@ -247,7 +247,7 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
         if i == len(keys) or keys[i] != keys[i - 1] + 1:
             run = keys[start:i]
             if len(run) >= 2:
-                out.update(_run_jumps(J, prec, a, run, m, d))
+                out.update(_run_jumps(by, sig, prec, a, run, m, d))
             start = i
     out = {j: (w, av * sig) for j, (w, av) in out.items()}
     for j, (w, _a) in list(out.items()):
@@ -257,9 +257,11 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def _run_jumps(J: dict, prec: dict, a: dict, run: list, m: int, d: int) -> dict:
-    """:func:`joint_jumps` of one run (``run``: the regions before its kinks; ``J``, ``prec``:
-    the regions' Jacobians and relative rounding)."""
+def _run_jumps(by: dict, sig: np.ndarray, prec: dict, a: dict, run: list, m: int,
+               d: int) -> dict:
+    """:func:`joint_jumps` of one run (``run``: the regions before its kinks; ``sig``: each
+    output's rounding, divided out of the Jacobians as they are read; ``prec``: the
+    regions' relative rounding)."""
     regions = run + [run[-1] + 1]
     p = np.array([prec[j] for j in regions], dtype=float)
     if not np.all(np.isfinite(p) & (p > 0)):
@@ -279,7 +281,7 @@ def _run_jumps(J: dict, prec: dict, a: dict, run: list, m: int, d: int) -> dict:
         if n:
             lam, eta = forget(lam, eta, a[regions[n - 1]])
         j = regions[n]
-        return lam + wts[j] * eye, eta + wts[j] * J[j]
+        return lam + wts[j] * eye, eta + wts[j] * (by[j].J / sig[:, None])
 
     # the forward pass keeps every block-th state; the backward pass recomputes one block
     # at a time from them (memory ~2·sqrt(R) states instead of R: m=128, d=784 states are
@@ -312,7 +314,7 @@ def _run_jumps(J: dict, prec: dict, a: dict, run: list, m: int, d: int) -> dict:
         if n < len(regions) - 1:
             lam, eta = forget(lam, eta, a[j1])
         lam = lam + wts[j1] * eye
-        eta = eta + wts[j1] * J[j1]
+        eta = eta + wts[j1] * (by[j1].J / sig[:, None])
         j = regions[n - 1]
         av = a[j]
         lf, ef = forward_at(n - 1)
