@@ -273,6 +273,11 @@ def _neurons_of(model: ReluNetwork, ns: NeuronSet) -> NeuronSet:
                      ns.err, ns.rank_residual, ns.line, ns.t, ns.count)
 
 
+def _solve_rows_per_region(regions: int) -> int:
+    """Rows of each region the output solve keeps when a line holds more than its budget."""
+    return max(SOLVE_ROWS_PER_REGION, SOLVE_ROW_BUDGET // max(regions, 1))
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -654,8 +659,13 @@ class Coordinator:
                                self.crossing_rate)
         # enough tasks for every concurrent slot, at most regions_per_task regions each
         per_task = max(1, min(cfg.regions_per_task, -(-len(plans) // self.parallelism)))
+        # the output solve keeps a sample of the rows: the workers send only that sample
+        # when the line's stencils hold more rows than the solve's budget
+        keep = None
+        if len(plans) * (self.st.d + cfg.stencil_checks) > SOLVE_ROW_BUDGET:
+            keep = _solve_rows_per_region(len(plans))
         tasks = [JacobianTask(line, group, noise, self.check_factor, cfg.stencil_checks,
-                              self.st.fref, absolute=self.st.absolute)
+                              self.st.fref, absolute=self.st.absolute, keep_rows=keep)
                  for group in _chunks(plans, per_task)]
         regions = [r for batch in self.ex.map(tasks) for r in batch]
         return regions
@@ -696,12 +706,13 @@ class Coordinator:
     def _keep_solve_rows(self, regions: list) -> None:
         """Keep paid rows for the output solve: every row while a line's regions hold fewer
         than SOLVE_ROW_BUDGET, else a seeded random sample per region (at least
-        SOLVE_ROWS_PER_REGION), so a wide network's coordinator does not hold every stencil
-        row. Random rows cover different stencil directions in different regions."""
+        SOLVE_ROWS_PER_REGION; drawn by the workers, :meth:`_measure`), so a wide network's
+        coordinator neither receives nor holds every stencil row. Random rows cover
+        different stencil directions in different regions."""
         if not regions:
             return
         total = sum(r.X.shape[0] for r in regions)
-        per = max(SOLVE_ROWS_PER_REGION, SOLVE_ROW_BUDGET // len(regions))
+        per = _solve_rows_per_region(len(regions))
         rng = self._rng(4, len(self.st.lines))
         for r in regions:
             n = r.X.shape[0]

@@ -4,7 +4,7 @@ code runs in-process or inside a Ray actor."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,7 +38,12 @@ class SearchTask:
 
 @dataclass(frozen=True, eq=False)
 class JacobianTask:
-    """Measure the Jacobians of planned regions of ``line`` (of ``F - model`` if given)."""
+    """Measure the Jacobians of planned regions of ``line`` (of ``F - model`` if given).
+
+    ``keep_rows``: return at most this many of each region's paid rows (a sample seeded by
+    the line and the region's index; None: all). The coordinator keeps only a sample
+    for the output solve, and a wide line's stencil rows are ``k·d`` vectors of ``d``
+    inputs: 1.1 GB at d=128, k=8192; at d=1,024, k=1e5 they would not fit anywhere."""
 
     line: Line
     plans: list
@@ -48,6 +53,7 @@ class JacobianTask:
     fref: float
     model: ReluNetwork | None = None
     absolute: bool = False
+    keep_rows: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,9 +97,22 @@ def run_task(oracle, task):
         return [guided_search(lambda ts: values(line.points(ts)), task.predicted,
                               line.reach, task.params, task.pred_tol, task.pred_jump)]
     if isinstance(task, JacobianTask):
-        return measure_regions(values, line, task.plans, task.noise, task.check_factor,
-                               task.n_checks)
+        regions = measure_regions(values, line, task.plans, task.noise, task.check_factor,
+                                  task.n_checks)
+        if task.keep_rows is not None:
+            regions = [_sample_rows(r, task.keep_rows, line.seed) for r in regions]
+        return regions
     raise TypeError(f"unknown task type {type(task).__name__}")
+
+
+def _sample_rows(region, keep: int, line_seed: int):
+    """``region`` with at most ``keep`` of its rows (seeded by its line and its index)."""
+    n = region.X.shape[0]
+    if n <= keep:
+        return region
+    rng = np.random.default_rng([line_seed, 3, region.region])
+    idx = np.sort(rng.choice(n, size=keep, replace=False))
+    return replace(region, X=region.X[idx], Y=region.Y[idx])
 
 
 class LocalExecutor:
