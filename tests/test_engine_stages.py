@@ -478,10 +478,10 @@ def _jump_errors(by, W, trust=None):
     for every two-region jump (default: one that trusts every joint jump)."""
     two, kept = {}, {}
     for j in range(W.shape[0]):
-        w, av, rr, norm, rest = neurons._rank_one(by[j + 1].J - by[j].J)
+        w, av, rr, _norm, rest = neurons._rank_one(by[j + 1].J - by[j].J)
         spread = rest / (by[j].precision ** 2 + by[j + 1].precision ** 2)
         two[j] = w
-        kept[j] = (w, av, rr, norm, np.inf if trust is None else trust, spread)
+        kept[j] = neurons.Jump(w, av, rr, np.inf if trust is None else trust, spread)
     joint = neurons.joint_jumps(by, kept)
 
     def err(w, j):
@@ -509,14 +509,13 @@ def test_joint_jumps_further_than_the_two_region_error_bound_are_not_taken():
     by, W = _jacobian_chain(10, 32, 30, 1e-8, seed=2)
     kept = {}
     for j in range(W.shape[0]):
-        w, av, rr, norm, rest = neurons._rank_one(by[j + 1].J - by[j].J)
-        kept[j] = [w, av, rr, norm, np.inf, rest / (2 * 1e-8 ** 2)]
+        w, av, rr, _norm, rest = neurons._rank_one(by[j + 1].J - by[j].J)
+        kept[j] = neurons.Jump(w, av, rr, np.inf, rest / (2 * 1e-8 ** 2))
     joint = neurons.joint_jumps(by, kept)
-    moved = np.array([min(np.linalg.norm(joint[j][0] - kept[j][0]),
-                          np.linalg.norm(joint[j][0] + kept[j][0])) for j in sorted(joint)])
+    moved = np.array([min(np.linalg.norm(joint[j][0] - kept[j].w),
+                          np.linalg.norm(joint[j][0] + kept[j].w)) for j in sorted(joint)])
     bound = float(np.median(moved))
-    for jump in kept.values():
-        jump[4] = bound / neurons.JOINT_TRUST
+    kept = {j: replace(jump, err=bound / neurons.JOINT_TRUST) for j, jump in kept.items()}
     strict = neurons.joint_jumps(by, kept)
     assert set(strict) == {j for j, mv in zip(sorted(joint), moved) if mv <= bound}
     assert 0 < len(strict) < len(joint)

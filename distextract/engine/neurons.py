@@ -9,7 +9,7 @@ direction of ``ŵ`` (the affine difference ``â·(ŵ·x + b̂)`` goes to the out
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -87,6 +87,28 @@ JOINT_TRUST = 1.0  # a joint jump further from the two-region one than this × t
 # 3e-7 rad off, where no neuron's two-region direction was more than 6e-8 off)
 
 
+@dataclass(frozen=True)
+class Jump:
+    """The rank-one jump of a line's Jacobian across one kink, from its two regions.
+
+    Attributes
+    ----------
+    w : ndarray (d,)       unit direction
+    a : ndarray (m,)       output vector (the jump is ``a wᵀ``)
+    rank_residual : float  second / first singular value
+    err : float            error bound of ``w`` (radians)
+    spread : float         the jump's singular values after the first, squared, over its
+                           two regions' rounding bounds squared (more than rounding: a
+                           second kink inside it)
+    """
+
+    w: np.ndarray
+    a: np.ndarray
+    rank_residual: float
+    err: float
+    spread: float
+
+
 def canonical(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flip each row so its largest-magnitude component is positive. Returns (W, b, sign)."""
     idx = np.argmax(np.abs(W), axis=1)
@@ -122,7 +144,7 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
         ``err`` stays its two-region bound either way.
     """
     by = {r.region: r for r in regions if r.J is not None}
-    jumps = {}  # region j -> (w, a, rank residual, norm, err, spread) of the kink after j
+    jumps: dict[int, Jump] = {}  # keyed by the region before the kink
     for j in sorted(by):
         if j + 1 not in by:
             continue
@@ -136,14 +158,14 @@ def jumps_to_neurons(line: Line, regions: list[RegionJacobian], edges: np.ndarra
             # a rank-two jump: two kinks merged into one; neither neuron is taken from it
             # (later lines cross the two hyperplanes apart)
             continue
-        # (what the jump holds beyond rank one, over its two regions' rounding)
-        jumps[j] = (w, a, rr, norm, err, rest / (r0.precision ** 2 + r1.precision ** 2 or 1.0))
+        jumps[j] = Jump(w, a, rr, err, rest / (r0.precision ** 2 + r1.precision ** 2 or 1.0))
     if joint:
         for j, (w, a) in joint_jumps(by, jumps).items():
-            jumps[j] = (w, a) + jumps[j][2:]
+            jumps[j] = replace(jumps[j], w=w, a=a)
     rows = []
-    for j, (w, a, rr, _norm, err, _spread) in jumps.items():
+    for j, jump in jumps.items():
         r0, r1 = by[j], by[j + 1]
+        w, a, rr, err = jump.w, jump.a, jump.rank_residual, jump.err
         if w @ line.v < 0:
             w, a = -w, -a
         # kink position: where the two region lines along the line meet
@@ -182,7 +204,7 @@ def _rank_one(dJ: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float, flo
     return Vt[0], U[:, 0] * s[0], rr, float(s[0]), float(np.sum(s[1:] ** 2))
 
 
-def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def joint_jumps(by: dict, two: dict[int, Jump]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The jumps of a line's runs of consecutive measured regions, estimated jointly.
 
     Along a run the region Jacobians are ``J_{j+1} = J_j + a_j w_jᵀ``; each measurement
@@ -207,9 +229,8 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
     one than JOINT_TRUST × its error bound is not taken; fewer than JOINT_MIN_INPUTS inputs
     or more than JOINT_MAX_OUTPUTS outputs (each region costs ``O(m³)``): not done.
 
-    ``by``: measured regions by index; ``two``: the two-region jumps kept, keyed by the
-    region before the kink, as ``jumps_to_neurons`` holds them (``w``, ``a``, rank
-    residual, norm, error bound, spread). Returns ``{j: (w unit, a)}`` for the jumps inside
+    ``by``: measured regions by index; ``two``: the two-region :class:`Jump` s kept, keyed
+    by the region before the kink. Returns ``{j: (w unit, a)}`` for the jumps inside
     runs of at least three regions that pass the guards."""
     keys = sorted(two)
     if not keys:
@@ -217,7 +238,7 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
     m, d = by[keys[0]].J.shape
     if m < 2 or m > JOINT_MAX_OUTPUTS or d < JOINT_MIN_INPUTS:
         return {}
-    z = np.array([two[j][5] for j in keys])
+    z = np.array([two[j].spread for j in keys])
     cut = SPREAD_FACTOR * float(np.median(z))
     keys = [j for j, zj in zip(keys, z) if zj <= cut]
     if not keys:
@@ -225,7 +246,7 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
     # each output's own rounding (the bound is one number for all outputs; an output 100x
     # larger than another rounds 100x coarser): from the rows of what the jumps hold beyond
     # rank one; the chain runs on outputs scaled to equal rounding
-    rest = np.array([np.sum((by[j + 1].J - by[j].J - np.outer(two[j][1], two[j][0])) ** 2,
+    rest = np.array([np.sum((by[j + 1].J - by[j].J - np.outer(two[j].a, two[j].w)) ** 2,
                             axis=1) / (by[j].precision ** 2 + by[j + 1].precision ** 2 or 1.0)
                      for j in keys])
     sig = np.sqrt(np.median(rest, axis=0))
@@ -240,7 +261,7 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
     # 1.12x and 1.14x; every region alike: none, but d128-k8192 at 9.6e-9, not 8.2e-9)
     cap = float(np.median([by[j].h for j in used]))
     prec = {j: 1.0 / min(by[j].h, cap) if by[j].h > 0 else np.inf for j in used}
-    a = {j: two[j][1] / sig for j in keys}
+    a = {j: two[j].a / sig for j in keys}
     out = {}
     start = 0
     for i in range(1, len(keys) + 1):
@@ -251,7 +272,7 @@ def joint_jumps(by: dict, two: dict) -> dict[int, tuple[np.ndarray, np.ndarray]]
             start = i
     out = {j: (w, av * sig) for j, (w, av) in out.items()}
     for j, (w, _a) in list(out.items()):
-        w2, err = two[j][0], two[j][4]
+        w2, err = two[j].w, two[j].err
         if min(np.linalg.norm(w - w2), np.linalg.norm(w + w2)) > JOINT_TRUST * err:
             del out[j]
     return out
