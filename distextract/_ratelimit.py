@@ -59,26 +59,27 @@ class Slowdown:
         self.factor = 1.0
         self.slowdowns = 0
         self._pause_end = -math.inf
-        self._last = -math.inf
+        self._quiet_from = -math.inf  # the last pause's end, or the last step back up
 
     def refused(self, now: float, seconds: float) -> bool:
         """A 429 at ``now`` asking for ``seconds``; True when the pace changed."""
         self.current(now)
         changed = False
-        if now >= self._pause_end:  # a new event
-            if now - self._pause_end <= self.WINDOW_S and self.factor > self.FLOOR:
-                self.factor = max(self.FLOOR, self.factor * self.STEP)
-                self.slowdowns += 1
-                changed = True
-            self._last = now
+        # a new event (not during the pause) soon after the last one's end
+        if (self._pause_end <= now <= self._pause_end + self.WINDOW_S
+                and self.factor > self.FLOOR):
+            self.factor = max(self.FLOOR, self.factor * self.STEP)
+            self.slowdowns += 1
+            changed = True
         self._pause_end = max(self._pause_end, now + max(0.0, seconds))
+        self._quiet_from = self._pause_end
         return changed
 
     def current(self, now: float) -> float:
         """The pace factor at ``now`` (a step back up per quiet RECOVER_S)."""
-        while self.factor < 1.0 and now - max(self._last, self._pause_end) > self.RECOVER_S:
+        while self.factor < 1.0 and now - self._quiet_from > self.RECOVER_S:
             self.factor = min(1.0, self.factor / self.STEP)
-            self._last = max(self._last, self._pause_end) + self.RECOVER_S
+            self._quiet_from += self.RECOVER_S
         return self.factor
 
 
