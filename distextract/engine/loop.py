@@ -936,20 +936,20 @@ class Coordinator:
             ns = merged
         elif removed:
             ns = ns.take(np.flatnonzero(keep))
-        val_before = st.val_rel_l2
+        worse = max(st.val_rel_l2, self.target)  # validation above this: the line hurt
         st.neurons = ns
         if added or removed or refined:
             self.assemble()
         refined += self._settle(disputed)
-        if added and not self.imprecise and st.val_rel_l2 > max(val_before, self.target):
+        if added and not self.imprecise and st.val_rel_l2 > worse:
             # the new neurons may be right and an old one a merge of them (a random d=3,
             # k=1000 network: two new neurons doubled what a spurious old one carried):
             # old neurons measured where the new ones cross go first, then neurons most
             # lines miss, then new ones that still make it worse
             removed += self._drop_merges(index)
-            if st.val_rel_l2 > max(val_before, self.target):
+            if st.val_rel_l2 > worse:
                 removed += self._drop_unseen(UNSEEN_EARLY_LINES)
-            if st.val_rel_l2 > max(val_before, self.target):
+            if st.val_rel_l2 > worse:
                 added -= self._reject_new(index)
         self._record_line(line, "sensitive" if sensitive else "residual", scan, regions, q0)
         st.rounds.append(self._round_info(index, int(scan.kinks.size), added, removed))
