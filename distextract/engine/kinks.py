@@ -417,24 +417,31 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
 
 
 def residual_points(predicted: np.ndarray, reach: float) -> np.ndarray:
-    """Where :func:`residual_search` samples a line: both ends and the middle of every gap
+    """Where :func:`residual_search` may sample a line: both ends and the middle of every gap
     between the sorted predicted kinks. Shape (K + 3,)."""
     p = np.asarray(predicted, dtype=np.float64)
     edges = np.concatenate([[-reach], p, [reach]])
     return np.concatenate([[-reach], 0.5 * (edges[:-1] + edges[1:]), [reach]])
 
 
-def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, pred_offset: np.ndarray,
-                   pred_slope: np.ndarray, params: SearchParams) -> list[tuple[float, float]]:
-    """The intervals of the line to search in full: around every sample of
-    :func:`residual_points` where the residual ``r`` (K + 3, m) bends by more than the
-    answers' rounding and the model's error at the predicted kink of each chord allow."""
+def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, predicted: np.ndarray,
+                   pred_offset: np.ndarray, pred_slope: np.ndarray,
+                   params: SearchParams, lenient: bool = False) -> list[tuple[float, float]]:
+    """The intervals of the line to search in full: around every sample ``ts`` (sorted, none
+    at a predicted kink) where the residual ``r`` (n, m) bends by more than the answers'
+    rounding and the model's error at the predicted kinks of the two chords allow (a
+    chord's slope moves by at most the slope error of each predicted kink it holds, plus
+    its offset error over the chord's length). ``lenient``: a chord holding several
+    predicted kinks is allowed the largest of their errors, not their sum — as much as
+    one holding a single kink, so sparse samples flag what dense ones would (and, where
+    the model's errors add up, a little more)."""
     h = np.diff(ts)
     slopes = np.diff(r, axis=0) / h[:, None]  # chord c: samples c, c + 1
     sigma = 2.0 * params.noise * scale  # answer rounding plus the model's own
-    # chord c = j + 1 holds predicted kink j
+    p = np.asarray(predicted, dtype=np.float64)
+    chord = np.clip(np.searchsorted(ts, p) - 1, 0, h.size - 1)
     tol_c = np.zeros(h.size)
-    tol_c[1:-1] = pred_offset / h[1:-1] + pred_slope
+    (np.maximum if lenient else np.add).at(tol_c, chord, pred_offset / h[chord] + pred_slope)
     noise_c = (sigma[:-1] + sigma[1:]) / h
     change = np.linalg.norm(np.diff(slopes, axis=0), axis=1)  # at samples 1 .. n-2
     allowed = params.check_factor * (noise_c[:-1] + noise_c[1:]) + tol_c[:-1] + tol_c[1:]
@@ -446,6 +453,53 @@ def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, pred_offset
         else:
             intervals.append((a, b))
     return intervals
+
+
+def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
+                     pred_offset: np.ndarray, pred_slope: np.ndarray, reach: float,
+                     params: SearchParams, stride: int = 1):
+    """The residual ``F − model`` sampled along a line, and the intervals it flags.
+
+    Every ``stride``-th point of :func:`residual_points` first (the ends always): where the
+    model is right the residual is linear across any number of its kinks, so sparse samples
+    see a kink the model lacks (or has wrongly) as well as dense ones — its slope change
+    splits between the two samples around it whatever their distance — only less precisely
+    placed. They are flagged leniently (each chord allowed one predicted kink's error, not
+    the sum over those it holds: the model's errors rarely add up, and a false flag costs
+    only the second request's points). The points of :func:`residual_points` inside the
+    flagged intervals follow in a second request, and the flags are taken again over all
+    samples with the full allowance, so a flagged interval is as narrow as with every point
+    paid. ``evaluate(ts) -> (F values, scale)``,
+    ``model_values(ts) -> model values``.
+
+    Returns ``(ts, values, scale, intervals)``, the samples sorted.
+    """
+    full = residual_points(predicted, reach)
+    if stride > 1 and full.size > 2 * stride:
+        keep = np.zeros(full.size, dtype=bool)
+        keep[::stride] = True
+        keep[-1] = True
+        ts = full[keep]
+    else:
+        keep, ts = None, full
+    f, sc = evaluate(ts)
+    intervals = residual_flags(ts, f - model_values(ts), sc, predicted, pred_offset,
+                               pred_slope, params, lenient=keep is not None)
+    if keep is not None and intervals:
+        lo = np.array([a for a, _ in intervals])
+        hi = np.array([b for _, b in intervals])
+        at = np.searchsorted(lo, full, side="right") - 1
+        inside = (at >= 0) & (full < hi[np.maximum(at, 0)]) & ~keep
+        if inside.any():
+            f2, sc2 = evaluate(full[inside])
+            ts = np.concatenate([ts, full[inside]])
+            order = np.argsort(ts, kind="stable")
+            ts = ts[order]
+            f = np.concatenate([f, f2], axis=0)[order]
+            sc = np.concatenate([sc, sc2])[order]
+            intervals = residual_flags(ts, f - model_values(ts), sc, predicted, pred_offset,
+                                       pred_slope, params)
+    return ts, f, sc, intervals
 
 
 def residual_pieces(ts: np.ndarray, intervals: list[tuple[float, float]]
@@ -474,7 +528,7 @@ def predicted_outside(predicted: np.ndarray, intervals: list[tuple[float, float]
 
 def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
                     pred_offset: np.ndarray, pred_slope: np.ndarray, reach: float,
-                    params: SearchParams) -> list[SegmentResult]:
+                    params: SearchParams, stride: int = 1) -> list[SegmentResult]:
     """Kink search on a line against a model that predicts every kink it knows.
 
     One point in every gap between consecutive predicted kinks (and both ends,
@@ -510,9 +564,8 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
         The samples, the searched intervals' results and the predicted kinks outside them;
         :func:`.regions.merge_segments` makes one scan of them.
     """
-    ts = residual_points(predicted, reach)
-    f, sc = evaluate(ts)
-    intervals = residual_flags(ts, f - model_values(ts), sc, pred_offset, pred_slope, params)
+    ts, f, sc, intervals = residual_samples(evaluate, model_values, predicted, pred_offset,
+                                            pred_slope, reach, params, stride)
     m = f.shape[1]
     out = [SegmentResult(t=ts, values=f, scale=sc, kinks=np.zeros(0),
                          resolved=np.zeros(0, dtype=bool)),

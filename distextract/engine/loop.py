@@ -22,9 +22,8 @@ from .kinks import (
     SIGNATURE_RTOL,
     SearchParams,
     predicted_outside,
-    residual_flags,
     residual_pieces,
-    residual_points,
+    residual_samples,
     segment_end_points,
 )
 from .lines import Line, make_line
@@ -70,6 +69,8 @@ MAX_STEP = 0.05
 # 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
 # rounds but cost 0.5-6% more queries on small networks
 RESIDUAL_SPLIT_POINTS = 3
+RESIDUAL_STRIDE = 4  # a further line's residual is sampled in every 4th gap between
+# predicted kinks first, then densely where it bends (kinks.residual_samples)
 SENSITIVE_STEP_FACTOR = 100.0  # slope steps of the one sensitive line (run loop)
 BEND_VERDICT_NOISE = 1e-10
 NONDETERMINISM_LIMIT = 1e3 * EPS64
@@ -625,16 +626,17 @@ class Coordinator:
         if st.val_rel_l2 > self.target:
             params = replace(params, slope_step=min(
                 MAX_STEP, SENSITIVE_STEP_FACTOR * base.slope_step))
-        ts = residual_points(predicted, line.reach)
-        X = line.points(ts)
-        Y = self._eval(X)
-        sc = output_scale(Y, st.fref, st.absolute)
-        model_Y = line.model_values(st.model, ts, MODEL_BLOCK)
+        def evaluate(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            Y = self._eval(line.points(t))
+            return Y, output_scale(Y, st.fref, st.absolute)
+
         x_norm = np.sqrt(float(line.u @ line.u) + predicted ** 2)
         amp = np.linalg.norm(ns.a, axis=1)
         offset = RESIDUAL_SPREADS * amp * ns.err * (x_norm + 1.0)
         slope = RESIDUAL_SPREADS * amp * ns.err * 2.0
-        intervals = residual_flags(ts, Y - model_Y, sc, offset, slope, params)
+        ts, Y, sc, intervals = residual_samples(
+            evaluate, lambda t: line.model_values(st.model, t, MODEL_BLOCK), predicted,
+            offset, slope, line.reach, params, RESIDUAL_STRIDE)
         results = [predicted_outside(predicted, intervals, Y.shape[1])]
         if intervals:
             known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
