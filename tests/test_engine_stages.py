@@ -851,6 +851,59 @@ def test_residual_search_drops_a_kink_the_target_lacks():
     assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())
 
 
+@pytest.mark.parametrize("missing_rank", [3, 20, 37])
+def test_sparse_residual_samples_flag_what_dense_ones_do_for_fewer_queries(missing_rank):
+    """Sampling every 4th gap first, then densely inside the flags: the missing neuron's
+    kink is flagged in the same narrow interval as with every gap sampled (near an end of
+    the line, inside, and next to a sparse sample), and the line costs far fewer rows."""
+    net = dx.targets.random_network(12, 160, 2, seed=23)
+    line = _line(12, seed=24)
+    t_all = -(net.W @ line.u + net.b) / (net.W @ line.v)
+    inside = np.flatnonzero(np.abs(t_all) < line.reach)
+    missing = int(inside[np.argsort(t_all[inside])[missing_rank]])
+    model = _without(net, missing)
+    predicted = _crossings(model, line)
+    zeros = np.zeros(predicted.size)
+    out = {}
+    for stride in (1, 4):
+        calls: list = []
+        ts, f, sc, iv = kinks.residual_samples(
+            _line_evaluator(net, line, calls), lambda ts: model.predict(line.points(ts)),
+            predicted, zeros, zeros, line.reach, _search_params(), stride)
+        assert np.all(np.diff(ts) > 0)
+        assert_allclose(f, net.predict(line.points(ts)))
+        out[stride] = (iv, sum(calls))
+    t_missing = float(t_all[missing])
+    dense, sparse = out[1][0], out[4][0]
+    assert any(a < t_missing < b for a, b in dense)
+    assert sparse == dense
+    assert out[4][1] < 0.4 * out[1][1], (out[4][1], out[1][1])
+
+
+def test_sparse_residual_flags_allow_one_kink_error_per_chord():
+    """A chord holding several predicted kinks is allowed the largest of their errors when
+    flagged leniently (sparse first samples), their sum otherwise: a bend between the two
+    is flagged by the first only."""
+    ts = np.array([0.0, 1.0, 2.0, 3.0])
+    predicted = np.array([0.2, 0.4, 0.6, 0.8, 1.5, 2.5])
+    offset = np.zeros(6)
+    slope = np.full(6, 1.0)
+    r = np.array([[0.0], [0.0], [0.0], [0.0]])
+    r[3, 0] = 6.0  # the last chord's slope changes by 6 at sample 2
+    params = _search_params()
+    # allowed at sample 2: chords 1 and 2 hold one kink each -> 2 (plus rounding)
+    assert kinks.residual_flags(ts, r, np.ones(4), predicted, offset, slope, params)
+    r2 = np.array([[0.0], [0.0], [0.0], [0.0]])
+    r2[2, 0] = 3.5  # chord 1's slope moves by 3.5 at sample 1, -7 at sample 2
+    r2[3, 0] = 0.0
+    strict = kinks.residual_flags(ts, r2, np.ones(4), predicted, offset, slope, params)
+    lenient = kinks.residual_flags(ts, r2, np.ones(4), predicted, offset, slope, params,
+                                   lenient=True)
+    # at sample 1: chords 0 (four kinks) and 1 -> strict 5, lenient 2; 3.5 lies between
+    assert lenient and lenient[0][0] == 0.0
+    assert strict == [(1.0, 3.0)]
+
+
 def test_a_known_hyperplane_explains_one_kink_only():
     """Two kinks within one known hyperplane's tolerance: the closer is its crossing, the
     other a missing neuron's (k=8192 networks had such neurons found one per line)."""
