@@ -872,6 +872,7 @@ def test_sparse_residual_samples_flag_what_dense_ones_do_for_fewer_queries(missi
             predicted, zeros, zeros, line.reach, _search_params(), stride)
         assert np.all(np.diff(ts) > 0)
         assert_allclose(f, net.predict(line.points(ts)))
+        assert_allclose(sc, output_scale(f, 1.0))
         out[stride] = (iv, sum(calls))
     t_missing = float(t_all[missing])
     dense, sparse = out[1][0], out[4][0]

@@ -72,9 +72,9 @@ class ExtractConfig:
         Refit the output weights by least squares when ``k + d + 1`` is at most this; larger
         networks keep the output weights measured from the jumps.
     residual_scan : bool
-        Float64 answers: later lines look for kinks of the residual ``F − model`` (one
-        query per known kink, :func:`.kinks.residual_search`) instead of re-locating every
-        known kink (two per kink, :func:`.kinks.guided_search`).
+        Float64 answers: later lines look for kinks of the residual ``F − model`` (about a
+        quarter of a query per known kink, :func:`.kinks.residual_search`) instead of
+        re-locating every known kink (two per kink, :func:`.kinks.guided_search`).
     refine_factor : float
         A neuron whose direction error estimate exceeds ``refine_factor ×`` the median is
         measured again where a later line crosses it (off by default: ``inf``).

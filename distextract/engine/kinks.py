@@ -532,16 +532,17 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
     """Kink search on a line against a model that predicts every kink it knows.
 
     One point in every gap between consecutive predicted kinks (and both ends,
-    :func:`residual_points`): the residual ``r = F − model`` there is linear between the
-    samples wherever the model is right, so its chord slopes change only at a kink the model
-    lacks, a kink it has that ``F`` lacks, or by the model's own error at a predicted kink
-    (``pred_offset``: how far the residual may sit off a line there, from the hyperplane's
-    position error; ``pred_slope``: the error of its slope change). Samples whose chord
-    slopes change by more are searched in full (:func:`search_segments` on ``F`` over the two
-    chords around them, :func:`residual_flags`, cut at the samples inside,
-    :func:`residual_pieces`); every other predicted kink is taken where
-    predicted. About one query per known kink (the guided search takes two), and a missing
-    neuron's residual is a ramp that stands out whatever its neighbours. (The coordinator
+    :func:`residual_points`; with ``stride`` > 1 every ``stride``-th of them first, then the
+    others where those bend, :func:`residual_samples`): the residual ``r = F − model`` is
+    linear between the samples wherever the model is right, so its chord slopes change only
+    at a kink the model lacks, a kink it has that ``F`` lacks, or by the model's own error at
+    a predicted kink (``pred_offset``: how far the residual may sit off a line there, from
+    the hyperplane's position error; ``pred_slope``: the error of its slope change). Samples
+    whose chord slopes change by more are searched in full (:func:`search_segments` on ``F``
+    over the two chords around them, :func:`residual_flags`, cut at the samples inside,
+    :func:`residual_pieces`); every other predicted kink is taken where predicted. About one
+    query per known kink with ``stride`` 1, a quarter with 4 (the guided search takes two),
+    and a missing neuron's residual is a ramp that stands out whatever its neighbours. (The coordinator
     runs the same steps with the model evaluated on its side and the sampling and the
     searches spread over tasks.)
 
@@ -557,6 +558,8 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
         Model error scales at each predicted kink (value offset, slope-change error).
     reach : float
     params : SearchParams
+    stride : int
+        Sample every ``stride``-th gap first (1: every gap at once).
 
     Returns
     -------
