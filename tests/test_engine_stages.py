@@ -811,8 +811,9 @@ def _without(net: dx.ReluNetwork, drop: int) -> dx.ReluNetwork:
     return dx.ReluNetwork(net.W[keep], net.b[keep], net.A[:, keep], net.c, net.L)
 
 
+@pytest.mark.parametrize("stride", [1, 4])
 @pytest.mark.parametrize("m", [1, 3])
-def test_residual_search_finds_the_kink_the_model_lacks(m):
+def test_residual_search_finds_the_kink_the_model_lacks(m, stride):
     """The model lacks one planted neuron: the residual search returns every planted kink,
     the known ones where predicted and the missing one located to ~1e-9, for about one
     query per known kink plus a local search."""
@@ -826,16 +827,17 @@ def test_residual_search_finds_the_kink_the_model_lacks(m):
     res = regions.merge_segments(kinks.residual_search(
         _line_evaluator(net, line, calls), lambda ts: model.predict(line.points(ts)),
         predicted, np.zeros(predicted.size), np.zeros(predicted.size), line.reach,
-        _search_params()))
+        _search_params(), stride))
     assert res.kinks.size == true_t.size
     assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())
     # (a full search of the line costs about eight queries per kink)
     assert sum(calls) < predicted.size + 3 + 100, sum(calls)
 
 
-def test_residual_search_drops_a_kink_the_target_lacks():
+@pytest.mark.parametrize("stride", [1, 4])
+def test_residual_search_drops_a_kink_the_target_lacks(stride):
     """The model has a neuron the target lacks: its predicted kink is searched and not
-    returned; every real kink is."""
+    returned; every real kink is (every gap sampled at once, or every 4th first)."""
     net = dx.targets.random_network(10, 20, 2, seed=18)
     line = _line(10, seed=19)
     extra = dx.targets.random_network(10, 1, 2, seed=20)
@@ -845,7 +847,8 @@ def test_residual_search_drops_a_kink_the_target_lacks():
     assert abs(t_extra) < line.reach
     res = regions.merge_segments(kinks.residual_search(
         _line_evaluator(net, line), lambda ts: model.predict(line.points(ts)),
-        _crossings(model, line), np.zeros(21), np.zeros(21), line.reach, _search_params()))
+        _crossings(model, line), np.zeros(21), np.zeros(21), line.reach, _search_params(),
+        stride))
     true_t = _crossings(net, line)
     assert res.kinks.size == true_t.size
     assert_allclose(res.kinks, true_t, atol=1e-9 * (1 + np.abs(true_t)).max())
