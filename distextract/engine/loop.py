@@ -69,8 +69,6 @@ MAX_STEP = 0.05
 # 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
 # rounds but cost 0.5-6% more queries on small networks
 RESIDUAL_SPLIT_POINTS = 3
-RESIDUAL_STRIDE = 4  # a further line's residual is sampled in every 4th gap between
-# predicted kinks first, then densely where it bends (kinks.residual_samples)
 SENSITIVE_STEP_FACTOR = 100.0  # slope steps of the one sensitive line (run loop)
 BEND_VERDICT_NOISE = 1e-10
 NONDETERMINISM_LIMIT = 1e3 * EPS64
@@ -636,7 +634,7 @@ class Coordinator:
         slope = RESIDUAL_SPREADS * amp * ns.err * 2.0
         ts, Y, sc, intervals = residual_samples(
             evaluate, lambda t: line.model_values(st.model, t, MODEL_BLOCK), predicted,
-            offset, slope, line.reach, params, RESIDUAL_STRIDE)
+            offset, slope, line.reach, params, self.cfg.residual_stride)
         results = [predicted_outside(predicted, intervals, Y.shape[1])]
         if intervals:
             known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
