@@ -469,8 +469,8 @@ def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
     only the second request's points). The points of :func:`residual_points` inside the
     flagged intervals follow in a second request, and the flags are taken again over all
     samples with the full allowance, so a flagged interval is as narrow as with every point
-    paid. ``evaluate(ts) -> (F values, scale)``,
-    ``model_values(ts) -> model values``.
+    paid. ``evaluate(ts) -> (F values, scale)``, ``model_values(ts) -> model values``
+    (each point's model value computed once).
 
     Returns ``(ts, values, scale, intervals)``, the samples sorted.
     """
@@ -483,22 +483,23 @@ def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
     else:
         keep, ts = None, full
     f, sc = evaluate(ts)
-    intervals = residual_flags(ts, f - model_values(ts), sc, predicted, pred_offset,
-                               pred_slope, params, lenient=keep is not None)
+    r = f - model_values(ts)
+    intervals = residual_flags(ts, r, sc, predicted, pred_offset, pred_slope, params,
+                               lenient=keep is not None)
     if keep is not None and intervals:
         lo = np.array([a for a, _ in intervals])
         hi = np.array([b for _, b in intervals])
         at = np.searchsorted(lo, full, side="right") - 1
         inside = (at >= 0) & (full < hi[np.maximum(at, 0)]) & ~keep
         if inside.any():
-            f2, sc2 = evaluate(full[inside])
-            ts = np.concatenate([ts, full[inside]])
-            order = np.argsort(ts, kind="stable")
-            ts = ts[order]
+            t2 = full[inside]
+            f2, sc2 = evaluate(t2)
+            order = np.argsort(np.concatenate([ts, t2]), kind="stable")
+            ts = np.concatenate([ts, t2])[order]
             f = np.concatenate([f, f2], axis=0)[order]
             sc = np.concatenate([sc, sc2])[order]
-            intervals = residual_flags(ts, f - model_values(ts), sc, predicted, pred_offset,
-                                       pred_slope, params)
+            r = np.concatenate([r, f2 - model_values(t2)], axis=0)[order]
+            intervals = residual_flags(ts, r, sc, predicted, pred_offset, pred_slope, params)
     return ts, f, sc, intervals
 
 
@@ -542,9 +543,9 @@ def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
     over the two chords around them, :func:`residual_flags`, cut at the samples inside,
     :func:`residual_pieces`); every other predicted kink is taken where predicted. About one
     query per known kink with ``stride`` 1, a quarter with 4 (the guided search takes two),
-    and a missing neuron's residual is a ramp that stands out whatever its neighbours. (The coordinator
-    runs the same steps with the model evaluated on its side and the sampling and the
-    searches spread over tasks.)
+    and a missing neuron's residual is a ramp that stands out whatever its neighbours. (The
+    coordinator runs the same steps with the model evaluated on its side and the sampling
+    and the searches spread over tasks.)
 
     Parameters
     ----------

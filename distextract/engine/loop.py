@@ -624,6 +624,7 @@ class Coordinator:
         if st.val_rel_l2 > self.target:
             params = replace(params, slope_step=min(
                 MAX_STEP, SENSITIVE_STEP_FACTOR * base.slope_step))
+
         def evaluate(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             Y = self._eval(line.points(t))
             return Y, output_scale(Y, st.fref, st.absolute)
