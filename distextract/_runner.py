@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 _HTTP_COUNTERS = ("rows_paid", "rows_answered", "rows_refused", "requests")
@@ -117,7 +119,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
                        retries: int = 8, seed: int = 0, resume: bool = False, workers: int = 1,
                        address: str | None = None, show_progress: bool | None = None,
                        echo: Callable[[str], None] | None = None, output: str = "logits",
-                       on_mismatch: str = "raise") -> RunOutcome:
+                       on_mismatch: str = "raise", options: dict | None = None) -> RunOutcome:
     """Extract the network behind ``url`` into the run directory ``out_dir``.
 
     Parameters
@@ -142,6 +144,11 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         Draw the one-line live display on stderr; default: when stderr is a terminal.
     echo : callable, optional
         Receives user-facing messages (e.g. how many journaled rows a resumed run found).
+    output, on_mismatch
+        As for :func:`distextract.extract`.
+    options : dict, optional
+        :class:`~distextract.ExtractConfig` overrides (CLI ``--config KEY=VALUE``); recorded
+        in ``run.json``, so a resumed run must give the same.
 
     Returns
     -------
@@ -159,6 +166,11 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
     from .engine._config import ExtractConfig
     from .rundir import write_run_outputs
 
+    options = dict(options or {})
+    if "on_mismatch" in options:
+        raise ConfigError("on_mismatch is an argument of its own (CLI: --on-mismatch), not a "
+                          "config option here")
+    cfg = ExtractConfig().updated(**options)
     t0 = time.perf_counter()
     distributed = address is not None or workers > 1
     limit = limit_rows_per_s(rate, rows_rate, batch_size)
@@ -177,7 +189,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
     oracle = None
     try:
         info = prepare_run_dir(out_dir, oracle=http.describe(), input_dim=input_dim, seed=seed,
-                               config={"extract": ExtractConfig().to_dict()}, resume=resume)
+                               config={"extract": cfg.to_dict()}, resume=resume)
         oracle = JournaledOracle(http, journal_dir(out_dir), "main")
         if resume and oracle.rows_loaded:
             oracle.verify(1)
@@ -186,7 +198,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         try:
             result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
                                  workers=workers, address=address, progress=progress,
-                                 output=output, on_mismatch=on_mismatch)
+                                 output=output, on_mismatch=on_mismatch, **options)
         finally:
             if display is not None:
                 display.close()

@@ -212,6 +212,7 @@ Examples:
   distextract extract --url https://api.example.com/v1/predict --input-dim 784 --out run \\
       --api-key-env API_KEY --budget 200000 --rate 5
   distextract extract ... --resume          # continue a crashed run, paying nothing twice
+  distextract extract ... --config target_rel_l2=1e-9 --config residual_stride=1
 """)
 @click.option("--url", required=True, help="Endpoint of the oracle API (DESIGN.md section 4).")
 @click.option("--input-dim", type=int, required=True, help="d, the length of an input row.")
@@ -247,19 +248,27 @@ Examples:
               show_default=True,
               help="If the API is not a one-hidden-layer ReLU network: stop with an error, or "
                    "write the best model flagged in report.json.")
+@click.option("--config", "config_items", multiple=True, metavar="KEY=VALUE",
+              help="An ExtractConfig knob (repeatable), e.g. target_rel_l2=1e-9 or "
+                   "residual_stride=1; each is documented in dx.ExtractConfig. A resumed run "
+                   "must give the same.")
 def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             budget: int | None, rate: float | None, rows_rate: float | None, batch_size: int,
             max_in_flight: int, timeout: float, retries: int, seed: int, resume: bool,
-            workers: int, address: str | None, output: str, on_mismatch: str) -> None:
+            workers: int, address: str | None, output: str, on_mismatch: str,
+            config_items: tuple[str, ...]) -> None:
     """Extract the network behind URL into the run directory --out."""
     from ._runner import extract_to_run_dir, journal_hint
+    from .engine._config import config_options
 
+    options = config_options(config_items)
     try:
         outcome = extract_to_run_dir(
             url, input_dim, out_dir, api_key_env=api_key_env, budget=budget, rate=rate,
             rows_rate=rows_rate, batch_size=batch_size, max_in_flight=max_in_flight,
             timeout=timeout, retries=retries, seed=seed, resume=resume, workers=workers,
-            address=address, echo=click.echo, output=output, on_mismatch=on_mismatch)
+            address=address, echo=click.echo, output=output, on_mismatch=on_mismatch,
+            options=options)
     except DistextractError as exc:
         from ._errors import JournalError
 

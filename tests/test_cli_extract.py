@@ -155,3 +155,42 @@ def test_failures_and_drops_keep_fidelity_and_paid_equals_served(model_path, tmp
     assert q["paid"] == stats["rows_served"] > q["answered"]
     assert report["fidelity_estimate"]["certified"]
     assert report["fidelity_estimate"]["rel_l2"] < 1e-6
+
+
+def test_config_knobs_reach_the_engine_and_bind_a_resume(model_path, tmp_path):
+    """``--config KEY=VALUE`` sets ExtractConfig knobs: they reach the engine (its report),
+    are recorded in run.json, and a resume with other knobs is refused; bad items are one
+    line errors before anything is paid."""
+    with launch_server_process(model_path) as server:
+        base = [sys.executable, "-m", "distextract", "extract", "--url", server.url,
+                "--input-dim", str(D)]
+        out = tmp_path / "run"
+        knobs = ["--config", "residual_stride=1", "--config", "target_rel_l2=1e-9"]
+        ok = subprocess.run(base + ["--out", str(out)] + knobs, check=False,
+                            capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0, ok.stderr
+        used = json.loads((out / "report.json").read_text())["extraction"]["config"]
+        assert used["residual_stride"] == 1 and used["target_rel_l2"] == 1e-9
+        saved = json.loads((out / "run.json").read_text())["config"]["extract"]
+        assert saved["residual_stride"] == 1 and saved["target_rel_l2"] == 1e-9
+
+        other = subprocess.run(base + ["--out", str(out), "--resume", "--config",
+                                       "target_rel_l2=1e-9"], check=False, capture_output=True,
+                               text=True, timeout=120)
+        assert other.returncode == 1
+        assert "made for a different config" in other.stderr
+        assert "residual_stride" in other.stderr
+
+        served_before = served(server)
+        for item, message in [("residual_stride=0", "config.residual_stride must be >= 1, got 0"),
+                              ("residual_stride", "is not KEY=VALUE"),
+                              ("target=1e-9", "unknown config option 'target'"),
+                              ("residual_scan=maybe", "must be true or false"),
+                              ("on_mismatch=flag", "--on-mismatch")]:
+            bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--config", item],
+                                 check=False, capture_output=True, text=True, timeout=60)
+            assert bad.returncode == 1, item
+            assert bad.stderr.strip().startswith("Error:") and message in bad.stderr, bad.stderr
+            assert "Traceback" not in bad.stderr
+        assert served(server) == served_before
+        assert not (tmp_path / "bad").exists()

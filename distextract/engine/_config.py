@@ -2,11 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 
 from .._errors import ConfigError
 
 EPS64 = 2.220446049250313e-16
+
+
+def _parse_value(key: str, kind: str, text: str):
+    """``text`` as a value of the knob ``key`` whose annotation is ``kind``."""
+    low = text.lower()
+    if "None" in kind and low in ("none", "null"):
+        return None
+    base = kind.replace("| None", "").strip()
+    if base == "bool":
+        if low in ("true", "yes", "1", "on"):
+            return True
+        if low in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"config.{key} must be true or false, got {text!r}")
+    if base == "str":
+        return text
+    try:
+        if base == "int":
+            return int(text)
+        return float(text)
+    except ValueError:
+        extra = " or none" if "None" in kind else ""
+        raise ConfigError(f"config.{key} must be {'an integer' if base == 'int' else 'a number'}"
+                          f"{extra}, got {text!r}") from None
+
+
+def config_options(items: Iterable[str]) -> dict:
+    """``KEY=VALUE`` items (the CLI's ``--config``) as :class:`ExtractConfig` overrides, each
+    value read as its knob's type: ``1e-9`` for a float, ``4`` for an int, ``true``/``false``
+    for a flag, ``none`` for an optional knob's derived default. Checked against the knobs'
+    own rules before anything runs.
+
+    Raises
+    ------
+    ConfigError
+        An item without ``=``, an unknown knob, a value of the wrong type, or one the knob
+        does not accept.
+    """
+    types = {f.name: str(f.type) for f in fields(ExtractConfig)}
+    changes: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ConfigError(f"config item {item!r} is not KEY=VALUE (e.g. target_rel_l2=1e-9)")
+        if key not in types:
+            raise ConfigError(f"unknown config option {key!r}; known: {sorted(types)}")
+        changes[key] = _parse_value(key, types[key], text)
+    ExtractConfig().updated(**changes)
+    return changes
 
 
 @dataclass(frozen=True)
