@@ -884,28 +884,29 @@ def test_sparse_residual_samples_flag_what_dense_ones_do_for_fewer_queries(missi
     assert out[4][1] < 0.4 * out[1][1], (out[4][1], out[1][1])
 
 
-def test_sparse_residual_flags_allow_one_kink_error_per_chord():
-    """A chord holding several predicted kinks is allowed the largest of their errors when
-    flagged leniently (sparse first samples), their sum otherwise: a bend between the two
-    is flagged by the first only."""
+def test_sparse_residual_flags_allow_the_smallest_kink_error_per_chord():
+    """A chord holding several predicted kinks is allowed their summed errors (dense
+    samples, the final flags) or only the smallest (sparse first samples), so a weak
+    neuron's bend next to strong ones is flagged by the first pass as a dense sample
+    would flag it."""
     ts = np.array([0.0, 1.0, 2.0, 3.0])
-    predicted = np.array([0.2, 0.4, 0.6, 0.8, 1.5, 2.5])
-    offset = np.zeros(6)
-    slope = np.full(6, 1.0)
-    r = np.array([[0.0], [0.0], [0.0], [0.0]])
-    r[3, 0] = 6.0  # the last chord's slope changes by 6 at sample 2
+    # chord 0 holds a weak kink (error 0.1) and two strong ones (error 3); chords 1 and 2
+    # one weak kink each
+    predicted = np.array([0.2, 0.5, 0.8, 1.5, 2.5])
+    offset = np.zeros(5)
+    slope = np.array([3.0, 0.1, 3.0, 0.1, 0.1])
     params = _search_params()
-    # allowed at sample 2: chords 1 and 2 hold one kink each -> 2 (plus rounding)
-    assert kinks.residual_flags(ts, r, np.ones(4), predicted, offset, slope, params)
-    r2 = np.array([[0.0], [0.0], [0.0], [0.0]])
-    r2[2, 0] = 3.5  # chord 1's slope moves by 3.5 at sample 1, -7 at sample 2
-    r2[3, 0] = 0.0
-    strict = kinks.residual_flags(ts, r2, np.ones(4), predicted, offset, slope, params)
-    lenient = kinks.residual_flags(ts, r2, np.ones(4), predicted, offset, slope, params,
-                                   lenient=True)
-    # at sample 1: chords 0 (four kinks) and 1 -> strict 5, lenient 2; 3.5 lies between
-    assert lenient and lenient[0][0] == 0.0
-    assert strict == [(1.0, 3.0)]
+    r = np.array([[0.0], [0.0], [1.0], [0.0]])  # chord 1's slope: +1, then -1
+    # at sample 1 the slope changes by 1: allowed 6.1 + 0.1 summed, 0.1 + 0.1 smallest
+    summed = kinks.residual_flags(ts, r, np.ones(4), predicted, offset, slope, params)
+    smallest = kinks.residual_flags(ts, r, np.ones(4), predicted, offset, slope, params,
+                                    allowance="min")
+    assert summed == [(1.0, 3.0)]  # only sample 2 (change 2, allowed 0.2)
+    assert smallest == [(0.0, 3.0)]  # samples 1 and 2
+    # below every allowance: nothing flagged either way
+    quiet = np.array([[0.0], [0.0], [0.05], [0.0]])
+    assert kinks.residual_flags(ts, quiet, np.ones(4), predicted, offset, slope, params,
+                                allowance="min") == []
 
 
 def test_a_known_hyperplane_explains_one_kink_only():

@@ -426,22 +426,27 @@ def residual_points(predicted: np.ndarray, reach: float) -> np.ndarray:
 
 def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, predicted: np.ndarray,
                    pred_offset: np.ndarray, pred_slope: np.ndarray,
-                   params: SearchParams, lenient: bool = False) -> list[tuple[float, float]]:
+                   params: SearchParams, allowance: str = "sum") -> list[tuple[float, float]]:
     """The intervals of the line to search in full: around every sample ``ts`` (sorted, none
     at a predicted kink) where the residual ``r`` (n, m) bends by more than the answers'
     rounding and the model's error at the predicted kinks of the two chords allow (a
     chord's slope moves by at most the slope error of each predicted kink it holds, plus
-    its offset error over the chord's length). ``lenient``: a chord holding several
-    predicted kinks is allowed the largest of their errors, not their sum — as much as
-    one holding a single kink, so sparse samples flag what dense ones would (and, where
-    the model's errors add up, a little more)."""
+    its offset error over the chord's length). ``allowance="min"``: a chord holding several
+    predicted kinks is allowed only the smallest of their errors, not their sum, so sparse
+    samples flag whatever dense ones would (a weak neuron's bend next to strong neurons'
+    included) and, where the model's errors add up, more."""
     h = np.diff(ts)
     slopes = np.diff(r, axis=0) / h[:, None]  # chord c: samples c, c + 1
     sigma = 2.0 * params.noise * scale  # answer rounding plus the model's own
     p = np.asarray(predicted, dtype=np.float64)
     chord = np.clip(np.searchsorted(ts, p) - 1, 0, h.size - 1)
-    tol_c = np.zeros(h.size)
-    (np.maximum if lenient else np.add).at(tol_c, chord, pred_offset / h[chord] + pred_slope)
+    if allowance == "min":
+        tol_c = np.full(h.size, np.inf)
+        np.minimum.at(tol_c, chord, pred_offset / h[chord] + pred_slope)
+        tol_c[~np.isfinite(tol_c)] = 0.0
+    else:
+        tol_c = np.zeros(h.size)
+        np.add.at(tol_c, chord, pred_offset / h[chord] + pred_slope)
     noise_c = (sigma[:-1] + sigma[1:]) / h
     change = np.linalg.norm(np.diff(slopes, axis=0), axis=1)  # at samples 1 .. n-2
     allowed = params.check_factor * (noise_c[:-1] + noise_c[1:]) + tol_c[:-1] + tol_c[1:]
@@ -464,12 +469,12 @@ def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
     model is right the residual is linear across any number of its kinks, so sparse samples
     see a kink the model lacks (or has wrongly) as well as dense ones — its slope change
     splits between the two samples around it whatever their distance — only less precisely
-    placed. They are flagged leniently (each chord allowed one predicted kink's error, not
-    the sum over those it holds: the model's errors rarely add up, and a false flag costs
-    only the second request's points). The points of :func:`residual_points` inside the
-    flagged intervals follow in a second request, and the flags are taken again over all
-    samples with the full allowance, so a flagged interval is as narrow as with every point
-    paid. ``evaluate(ts) -> (F values, scale)``, ``model_values(ts) -> model values``
+    placed. They are flagged strictly: each chord is allowed the smallest error of the
+    predicted kinks it holds, not their sum (a false flag costs only the second request's
+    points; a missed one, a kink the dense samples would have searched). The points of
+    :func:`residual_points` inside the flagged intervals follow in a second request, and the
+    flags are taken again over all samples with the full allowance, so a flagged interval
+    is as narrow as with every point paid. ``evaluate(ts) -> (F values, scale)``, ``model_values(ts) -> model values``
     (each point's model value computed once).
 
     Returns ``(ts, values, scale, intervals)``, the samples sorted.
@@ -485,7 +490,7 @@ def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
     f, sc = evaluate(ts)
     r = f - model_values(ts)
     intervals = residual_flags(ts, r, sc, predicted, pred_offset, pred_slope, params,
-                               lenient=keep is not None)
+                               allowance="sum" if keep is None else "min")
     if keep is not None and intervals:
         lo = np.array([a for a, _ in intervals])
         hi = np.array([b for _, b in intervals])
