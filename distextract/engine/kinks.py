@@ -460,6 +460,16 @@ def residual_flags(ts: np.ndarray, r: np.ndarray, scale: np.ndarray, predicted: 
     return intervals
 
 
+def _inside(t: np.ndarray, intervals: list[tuple[float, float]]) -> np.ndarray:
+    """Which of ``t`` lie in one of the sorted, disjoint ``intervals`` ``[a, b)``."""
+    if not intervals:
+        return np.zeros(t.size, dtype=bool)
+    lo = np.array([iv[0] for iv in intervals])
+    hi = np.array([iv[1] for iv in intervals])
+    at = np.searchsorted(lo, t, side="right") - 1
+    return (at >= 0) & (t < hi[np.maximum(at, 0)])
+
+
 def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
                      pred_offset: np.ndarray, pred_slope: np.ndarray, reach: float,
                      params: SearchParams, stride: int = 1):
@@ -474,8 +484,8 @@ def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
     points; a missed one, a kink the dense samples would have searched). The points of
     :func:`residual_points` inside the flagged intervals follow in a second request, and the
     flags are taken again over all samples with the full allowance, so a flagged interval
-    is as narrow as with every point paid. ``evaluate(ts) -> (F values, scale)``, ``model_values(ts) -> model values``
-    (each point's model value computed once).
+    is as narrow as with every point paid. ``evaluate(ts) -> (F values, scale)``,
+    ``model_values(ts) -> model values`` (each point's model value computed once).
 
     Returns ``(ts, values, scale, intervals)``, the samples sorted.
     """
@@ -492,10 +502,7 @@ def residual_samples(evaluate: Evaluator, model_values, predicted: np.ndarray,
     intervals = residual_flags(ts, r, sc, predicted, pred_offset, pred_slope, params,
                                allowance="sum" if keep is None else "min")
     if keep is not None and intervals:
-        lo = np.array([a for a, _ in intervals])
-        hi = np.array([b for _, b in intervals])
-        at = np.searchsorted(lo, full, side="right") - 1
-        inside = (at >= 0) & (full < hi[np.maximum(at, 0)]) & ~keep
+        inside = _inside(full, intervals) & ~keep
         if inside.any():
             t2 = full[inside]
             f2, sc2 = evaluate(t2)
@@ -521,13 +528,7 @@ def predicted_outside(predicted: np.ndarray, intervals: list[tuple[float, float]
                       m: int) -> SegmentResult:
     """The predicted kinks outside the searched ``intervals``, taken where predicted."""
     p = np.asarray(predicted, dtype=np.float64)
-    inside = np.zeros(p.size, dtype=bool)
-    if intervals:
-        lo = np.array([iv[0] for iv in intervals])
-        hi = np.array([iv[1] for iv in intervals])
-        at = np.searchsorted(lo, p, side="right") - 1
-        inside = (at >= 0) & (p < hi[np.maximum(at, 0)])
-    keep = p[~inside]
+    keep = p[~_inside(p, intervals)]
     return SegmentResult(t=np.zeros(0), values=np.zeros((0, m)), scale=np.zeros(0),
                          kinks=keep, resolved=np.ones(keep.size, dtype=bool))
 

@@ -297,12 +297,14 @@ def _run_jumps(by: dict, sig: np.ndarray, prec: dict, a: dict, run: list, m: int
             return lam, eta
         return lam - np.outer(la, la) / q, eta - np.outer(la, av @ eta) / q
 
+    def observe(lam, eta, j):  # add region j's measurement of J
+        return lam + wts[j] * eye, eta + wts[j] * (by[j].J / sig[:, None])
+
     def forward(state, n):  # information on J at regions[n], from regions[:n + 1]
         lam, eta = state
         if n:
             lam, eta = forget(lam, eta, a[regions[n - 1]])
-        j = regions[n]
-        return lam + wts[j] * eye, eta + wts[j] * (by[j].J / sig[:, None])
+        return observe(lam, eta, regions[n])
 
     # the forward pass keeps every block-th state; the backward pass recomputes one block
     # at a time from them (memory ~2·sqrt(R) states instead of R: m=128, d=784 states are
@@ -334,8 +336,7 @@ def _run_jumps(by: dict, sig: np.ndarray, prec: dict, a: dict, run: list, m: int
         j1 = regions[n]
         if n < len(regions) - 1:
             lam, eta = forget(lam, eta, a[j1])
-        lam = lam + wts[j1] * eye
-        eta = eta + wts[j1] * (by[j1].J / sig[:, None])
+        lam, eta = observe(lam, eta, j1)
         j = regions[n - 1]
         av = a[j]
         lf, ef = forward_at(n - 1)
