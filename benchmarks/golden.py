@@ -21,9 +21,13 @@ distextract.bench`` at seed 0, the ``issue2`` row ``random-d128-k1024-m1``, a ru
 its budget and an ``on_mismatch="flag"`` run. Every case runs in-process (the
 ``LocalExecutor``), where the order of oracle calls is deterministic.
 
-BLAS threading: the recorder pins no thread count. ``record`` twice and ``record`` with
-``OPENBLAS_NUM_THREADS=1`` gave identical hashes on the 2-core development machine (see the
-commit that added this file); ``check`` re-runs under whatever threading the environment has.
+BLAS threading changes bits: with OpenBLAS on 2 threads instead of 1, 17 of 61 cases diverged
+(the lowd rows with k >= 200, every hard d64-k256 row, d128-k1024: a least-squares fit's last
+bits, then a different row). So every case runs with BLAS limited to one thread
+(``threadpoolctl``, installed with scikit-learn, a test dependency); recording twice gave the
+same hashes. The traces hold for this numpy/OpenBLAS build on this CPU family (OpenBLAS picks
+its kernels by CPU): on another machine, record the baseline there first (from the commit
+before the change under test), then check.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from distextract import bench, targets
 from distextract._errors import DistextractError
@@ -136,7 +141,8 @@ def rounds(info: list[dict]) -> list[list]:
 
 def _run(rec: RecordingOracle, **kwargs: Any) -> dict:
     try:
-        res = extract(rec, **kwargs)
+        with threadpool_limits(limits=1, user_api="blas"):
+            res = extract(rec, **kwargs)
     except DistextractError as exc:
         return _trace(rec, exc=exc)
     return _trace(rec, res)
