@@ -15,7 +15,8 @@ from ._model import ReluNetwork
 from ._oracle import CountingOracle, SoftmaxLogitOracle, as_oracle
 from ._validation import check_positive_int
 from .engine._config import ExtractConfig
-from .engine.loop import PROBE_LINES, PROBE_POINTS, Coordinator
+from .engine.loop import Coordinator
+from .engine.precision import PROBE_LINES, PROBE_POINTS
 from .engine.tasks import LocalExecutor
 
 logger = logging.getLogger(__name__)

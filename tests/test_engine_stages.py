@@ -202,7 +202,7 @@ def test_longer_slope_steps_see_a_weak_kink_beside_a_strong_one(ratio):
     """A kink ``ratio`` times weaker than its neighbour 2e-3 away hides under the slope error
     of the default slope step (1e-4 of the interval); the engine's sensitive line
     (``SENSITIVE_STEP_FACTOR`` times longer steps) sees it."""
-    from distextract.engine.loop import SENSITIVE_STEP_FACTOR
+    from distextract.engine.scan import SENSITIVE_STEP_FACTOR
 
     planted = [0.5, 0.502]
     default = kinks.search_segments(_ramp_evaluator(planted, [1.0, ratio], []), [(0.0, 1.0)],
@@ -432,20 +432,27 @@ def test_jacobian_tasks_send_a_seeded_sample_of_each_regions_rows():
 
 
 def test_a_line_with_more_rows_than_the_solve_keeps_is_sent_as_a_sample(monkeypatch):
-    from distextract.engine import loop
-    monkeypatch.setattr(loop, "SOLVE_ROW_BUDGET", 400)
+    """With a row budget of 400 (PaidRows(solve_row_budget=...)), the workers send each
+    region's rows as a sample of SOLVE_ROWS_PER_REGION, and the model is still exact."""
+    from distextract._oracle import CountingOracle, as_oracle
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.paid import SOLVE_ROWS_PER_REGION, PaidRows
+
     sent = []
     orig = tasks._sample_rows
 
-    def sample(region, keep, seed):
+    def sample(region, keep, seed):  # a spy: records what the worker-side sample kept
         out = orig(region, keep, seed)
         sent.append((region.X.shape[0], out.X.shape[0], keep))
         return out
     monkeypatch.setattr(tasks, "_sample_rows", sample)
     net = dx.targets.random_network(16, 48, 3, seed=4)
-    res = dx.extract(net, seed=0)
+    coord = Coordinator(tasks.LocalExecutor(CountingOracle(as_oracle(net, 16))), 16,
+                        ExtractConfig(), 0)
+    coord.paid = PaidRows(16, solve_row_budget=400)
+    res = coord.run()
     assert sent and all(n_out == min(n, keep) for n, n_out, keep in sent)
-    assert max(keep for _n, _o, keep in sent) == loop.SOLVE_ROWS_PER_REGION
+    assert max(keep for _n, _o, keep in sent) == SOLVE_ROWS_PER_REGION
     assert res.certified
     assert dx.evaluate_fidelity(res.model, net, n_points=2000, seed=1).rel_l2 < 1e-8
 

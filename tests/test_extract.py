@@ -237,7 +237,8 @@ def test_small_work_spread_over_every_slot_unless_requests_are_rationed():
     tasks. Either way the same rows are asked and the same hyperplanes come out."""
     from distextract._oracle import CountingOracle, as_oracle
     from distextract.engine._config import ExtractConfig
-    from distextract.engine.loop import SEARCH_TASKS, Coordinator
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.session import SEARCH_TASKS
     from distextract.engine.tasks import EvalTask, LocalExecutor, SearchTask
 
     class Recording(LocalExecutor):
@@ -284,7 +285,7 @@ def test_stencil_steps_lengthen_when_their_rounding_would_miss_the_goal():
     decides the step: at the default goal a small network keeps the short steps; asked
     for 1e-12 it takes WIDE_CROSSING_RATE's longer ones (d=128, k=1024 seed 3: rel L2
     1.8e-8 -> 9.0e-9 for 1.4% more queries, BENCHMARKS.md); a configured rate is kept."""
-    from distextract.engine.loop import CROSSING_RATE, WIDE_CROSSING_RATE
+    from distextract.engine.scan import CROSSING_RATE, WIDE_CROSSING_RATE
 
     net = dx.targets.random_network(16, 32, 1, seed=1)
     rate = {}
@@ -383,7 +384,7 @@ def test_a_constant_target_gives_an_affine_model_without_warnings():
 def test_tiny_outputs_are_not_taken_for_rounded_answers():
     """Answers of size 1e-8 are within 1e-6 of the integer 0: the probe took them for
     answers rounded to 0 decimals (relative noise 3e7) and the run ended at rel L2 0.1."""
-    from distextract.engine.loop import decimal_quantum
+    from distextract.engine.precision import decimal_quantum
 
     Y = np.random.default_rng(0).standard_normal((20, 2)) * 1e-8
     assert decimal_quantum(Y) is None

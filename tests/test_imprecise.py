@@ -9,7 +9,7 @@ import pytest
 import distextract as dx
 from distextract import targets
 from distextract._oracle import NetworkOracle
-from distextract.engine.loop import decimal_quantum, is_float32
+from distextract.engine.precision import decimal_quantum, is_float32
 from distextract.engine.polish import HyperplaneEvidence, anchor_points, locate_crossings
 from distextract.fidelity import evaluate_fidelity
 
@@ -112,7 +112,7 @@ def test_extract_imprecise_oracle(output, rel_max):
 
 
 def test_binary_rounding_names_the_format():
-    from distextract.engine.loop import binary_rounding
+    from distextract.engine.precision import binary_rounding
 
     Y = np.random.default_rng(0).standard_normal((20, 3))
     assert binary_rounding(Y) is None

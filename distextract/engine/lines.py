@@ -84,6 +84,13 @@ class Line:
         return [(float(cuts[i]), float(cuts[i + 1])) for i in range(count)]
 
 
+def line_reach(d: int, line_reach: float, input_scale: float) -> float:
+    """How far a line reaches either side of its base point: ``line_reach·sqrt(d)·s`` (a
+    Gaussian input's norm is about ``sqrt(d)·s``). The one definition, for searched lines
+    and the lines along a neuron's normal alike."""
+    return line_reach * np.sqrt(d) * input_scale
+
+
 def make_line(index: int, dim: int, seed_seq: np.random.SeedSequence, input_scale: float,
               reach: float) -> Line:
     """Draw line ``index`` from its own child seed (independent of scheduling order)."""

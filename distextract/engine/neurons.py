@@ -475,9 +475,22 @@ def predicted_crossings(line: Line, ns: NeuronSet
 EXPLAIN_FACTOR = 20.0  # a hyperplane explains a kink within this many position errors
 
 
+def crossings_inside(t: np.ndarray, reach: float, margin: float,
+                     tol: np.ndarray | None = None) -> np.ndarray:
+    """The predicted crossings a searched line can see: indices of ``t`` (K,) that are finite
+    and strictly inside the line, ``|t| < reach·(1 − margin)`` (and whose tolerance ``tol`` is
+    finite, if given), sorted by ``t``. The one definition of the predicted-crossing filter;
+    its callers keep their own margins (further lines 1e-9, polish lines 1e-6)."""
+    ok = np.isfinite(t) & (np.abs(t) < reach * (1 - margin))
+    if tol is not None:
+        ok &= np.isfinite(tol)
+    idx = np.flatnonzero(ok)
+    return idx[np.argsort(t[idx])]
+
+
 def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = EXPLAIN_FACTOR,
                   wide: bool = False, jumps: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Compare the kinks found on ``line`` with the crossings the known hyperplanes predict.
 
     A kink is explained when a known hyperplane crosses the line within

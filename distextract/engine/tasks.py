@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .._model import ReluNetwork
 from .jacobians import RegionPlan, measure_regions
 from .kinks import SearchParams, guided_search, search_segments
 from .lines import Line
@@ -25,20 +24,19 @@ def output_scale(Y: np.ndarray, fref: float, absolute: bool = False) -> np.ndarr
 
 @dataclass(frozen=True, eq=False)
 class SearchTask:
-    """Search ``segments`` of ``line`` for kinks of ``F`` (or of ``F - model``)."""
+    """Search ``segments`` of ``line`` for kinks of ``F``."""
 
     line: Line
     segments: list
     params: SearchParams
     fref: float
-    model: ReluNetwork | None = None
     known: dict = field(default_factory=dict)
     absolute: bool = False
 
 
 @dataclass(frozen=True, eq=False)
 class JacobianTask:
-    """Measure the Jacobians of planned regions of ``line`` (of ``F - model`` if given).
+    """Measure the Jacobians of planned regions of ``line``.
 
     ``keep_rows``: return at most this many of each region's paid rows (a sample seeded by
     the line and the region's index; None: all). The coordinator keeps only a sample
@@ -51,7 +49,6 @@ class JacobianTask:
     check_factor: float
     n_checks: int
     fref: float
-    model: ReluNetwork | None = None
     absolute: bool = False
     keep_rows: int | None = None
 
@@ -64,7 +61,6 @@ class GuidedTask:
     predicted: np.ndarray
     params: SearchParams
     fref: float
-    model: ReluNetwork | None = None
     absolute: bool = False
     pred_tol: np.ndarray | None = None
     pred_jump: np.ndarray | None = None
@@ -81,14 +77,11 @@ def run_task(oracle, task):
     """Run one task with ``oracle`` (anything with ``query(X) -> Y``)."""
     if isinstance(task, EvalTask):
         return oracle.query(task.X)
-    line, model, fref, absolute = task.line, task.model, task.fref, task.absolute
+    line, fref, absolute = task.line, task.fref, task.absolute
 
     def values(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Y = oracle.query(X)
-        sc = output_scale(Y, fref, absolute)
-        if model is not None:
-            Y = Y - model.predict(X)
-        return Y, sc
+        return Y, output_scale(Y, fref, absolute)
 
     if isinstance(task, SearchTask):
         return search_segments(lambda ts: values(line.points(ts)), task.segments, task.params,

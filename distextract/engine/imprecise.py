@@ -1,0 +1,287 @@
+"""The imprecise path (float32 or rounded answers): polish hyperplanes from kinks located
+on further lines, refine every parameter by Gauss-Newton over bought Gaussian rows, prune the
+neurons the refinement leaves without effect, and search again after a refinement that could
+not fit the answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._model import ReluNetwork
+from . import update
+from .neurons import NeuronSet, crossings_inside, predicted_crossings
+from .polish import HyperplaneEvidence, anchor_points, locate_crossings
+from .refine import refine_network, refine_work
+from .solve import relative_error
+from .state import LineRecord
+from .tasks import output_scale
+
+if TYPE_CHECKING:
+    from .loop import Coordinator
+
+logger = logging.getLogger(__name__)
+
+IMPRECISE_SOLVE_POINTS = 4  # Gaussian points per unknown of the output solve
+POLISH_TARGET_NOISE = 100.0  # polishing stops at this many times the relative noise
+POLISH_STALL = 8  # ... or after this many lines without a 1% better validation error
+POLISH_UNCONFIRMED = 5  # a neuron predicted on this many polish lines but never found goes
+POLISH_OUTLIER = 12.0
+POLISH_MIN_SHARE = 0.5
+REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for the refinement
+REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
+REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
+PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
+PRUNE_CHI2 = 1.05  # ... is dropped if the refit misfit stays within this factor
+PRUNE_SINGLES = 8  # candidates tried one by one when dropping them all fails
+PRUNE_MAX_CHI2 = 1.0  # ... and only from a fit down to about the answers' errors
+RECHECK_LINES = 4  # residual lines searched after a refinement that could not fit
+REFINE_MAX_WORK = 1e10  # flops of one refinement CG iteration at most (rows are sampled)
+KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
+
+
+def polish_line(eng: Coordinator, index: int, ev: HyperplaneEvidence) -> int:
+    """Locate every predicted crossing of a further line from two anchors per gap and
+    add each located kink to its neuron's constraints. Returns the kinks added."""
+    st = eng.st
+    q0 = eng.session.queries
+    line = eng.line(index)
+    reach = line.reach
+    ns = st.neurons
+    tm, tol, _ = predicted_crossings(line, ns)
+    order = crossings_inside(tm, reach, 1e-6, tol)
+    tp, tolp = tm[order], tol[order]
+    anchors = anchor_points(tp, reach)
+    X = line.points(anchors)
+    Y = eng.session.eval(X)
+    sig = eng.st.noise * output_scale(Y, st.fref, st.absolute)
+    found = locate_crossings(tp, order, anchors, Y, sig, ns.W, ns.a, line.v, tolp)
+    ev.predicted[order] += 1
+    ev.add(found, line.u, line.v)
+    eng.paid.add(X, Y)
+    scan_kinks = np.sort(np.array([c.t for c in found]))
+    st.lines.append(LineRecord(
+        index=line.index, kind="polish", u=line.u, v=line.v, reach=line.reach,
+        kinks=scan_kinks, resolved=np.ones(scan_kinks.size, dtype=bool),
+        regions_measured=0, regions_failed=0, regions_repaired=0,
+        queries=eng.session.queries - q0))
+    return len(found)
+
+
+def refit_hyperplanes(eng: Coordinator, ev: HyperplaneEvidence) -> None:
+    """Every neuron with kink constraints gets its posterior hyperplane; a constraint far
+    off its neuron's fit (a kink measured for the wrong neuron) is dropped."""
+    ns = eng.st.neurons
+    W, b, err = ns.W.copy(), ns.b.copy(), ns.err.copy()
+    for n in np.flatnonzero(ev.counts()):
+        for _ in range(3):
+            w, bb, e = ev.fit(int(n))
+            r = np.abs(ev.residuals(int(n), w, bb))
+            if r.size <= 2 or r.max() <= POLISH_OUTLIER:
+                break
+            ev.rows[n].pop(int(np.argmax(r)))
+        W[n], b[n], err[n] = w, bb, e
+    eng.st.neurons = NeuronSet(W, b, ns.a, err, ns.rank_residual, ns.line, ns.t, ns.count)
+
+
+def refine_rows(eng: Coordinator, rows: int) -> bool:
+    """Whether a refinement over ``rows`` rows fits the size gate (REFINE_MAX_WORK)."""
+    st = eng.st
+    return refine_work(rows, st.neurons.size, st.d, st.m) <= REFINE_MAX_WORK
+
+
+def refine(eng: Coordinator, extra_rows: bool = True) -> bool:
+    """Gauss-Newton refinement of every parameter over the paid answers
+    (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
+    REFINE_OBS answers per unknown). Keeps the refined model
+    when it validates better. Returns False (nothing bought or changed) when the size
+    gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
+    parameter."""
+    st, cfg = eng.st, eng.cfg
+    ns = st.neurons
+    k, d, m = ns.size, st.d, st.m
+    unknowns = k * (d + 2) + m * (d + 1)
+    n_new = 0
+    if extra_rows:
+        n_new = int(np.ceil(REFINE_OBS * unknowns / m))
+        if not refine_rows(eng, eng.paid.Xs.shape[0] + n_new):
+            return False
+        # bought in chunks: a budget that runs out keeps the chunks already paid
+        rng = eng.streams.refine_rows()
+        for lo in range(0, n_new, REFINE_CHUNK):
+            Xn = rng.standard_normal((min(REFINE_CHUNK, n_new - lo), d)) * cfg.input_scale
+            Yn = eng.session.eval(Xn)
+            eng.paid.Xs = np.concatenate([eng.paid.Xs, Xn], axis=0)
+            eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yn], axis=0)
+        eng.assemble()
+    # Gaussian rows only: stencil rows cluster around a few lines (their spread across
+    # directions is a stencil step), which slows the solve ~10x and adds little
+    X, Y = eng.paid.Xs, eng.paid.Ys.reshape(-1, m)
+    if X.shape[0] * m < REFINE_MIN_OBS * unknowns or not refine_rows(eng, X.shape[0]):
+        return n_new > 0
+    sigma = st.noise * output_scale(Y, st.fref, st.absolute)
+    res = refine_network(st.model, X, Y, sigma)
+    keep = np.arange(ns.size)
+    res, keep = prune(eng, res, X, Y, sigma, keep)
+    err, mx = relative_error(res.model, eng.paid.Xv, eng.paid.Yv)
+    logger.info("refine: %d rows, %d steps, %d CG iterations, chi2 %.3g -> %.3g, "
+                "%d neurons dropped, validation rel L2 %.3g -> %.3g", X.shape[0],
+                res.steps, res.cg_iterations, res.chi2_start, res.chi2,
+                ns.size - keep.size, st.val_rel_l2, err)
+    kept = bool(err < st.val_rel_l2)
+    prev = st.refinement or {}
+    st.refinement = {
+        "runs": prev.get("runs", 0) + 1, "rows": int(X.shape[0]),
+        "rows_bought": prev.get("rows_bought", 0) + int(n_new),
+        "steps": prev.get("steps", 0) + int(res.steps),
+        "cg_iterations": prev.get("cg_iterations", 0) + int(res.cg_iterations),
+        "chi2_per_answer": float(res.chi2) if kept else prev.get(
+            "chi2_per_answer", float(res.chi2)),
+        "neurons_dropped": prev.get("neurons_dropped", 0) + (
+            int(ns.size - keep.size) if kept else 0),
+        "validation_rel_l2_before": prev.get("validation_rel_l2_before",
+                                             float(st.val_rel_l2)),
+        "validation_rel_l2_after": float(min(err, st.val_rel_l2)),
+        "kept": kept or prev.get("kept", False)}
+    if kept:
+        st.model, st.val_rel_l2, st.val_max_abs = res.model, err, mx
+        st.neurons = _neurons_of(res.model, ns.take(keep))
+    return True
+
+
+def prune(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
+           keep: np.ndarray):
+    """Drop neurons the refinement left without effect (a spurious neuron's output
+    vector goes to about the noise): candidates add less than PRUNE_NOISE answer errors
+    (rms) anywhere on the rows; they go, all at once or else one by one, when the
+    refitted misfit stays within PRUNE_CHI2 of the full model's."""
+    model = res.model
+    H = np.maximum(X @ model.W.T + model.b, 0.0)
+    contrib = np.sqrt(np.mean(H * H, axis=0)) * np.linalg.norm(model.A, axis=0)
+    noise = float(np.sqrt(np.mean(sigma * sigma)))
+    weak = np.flatnonzero(contrib < PRUNE_NOISE * noise)
+    # an unconverged fit (a neuron missing) says little about which neurons matter
+    if weak.size == 0 or res.chi2 > PRUNE_MAX_CHI2:
+        return res, keep
+    dof = X.shape[1] + 2 + model.A.shape[0]
+
+    def without(drop: np.ndarray):
+        idx = np.setdiff1d(np.arange(model.W.shape[0]), drop)
+        cand = ReluNetwork(model.W[idx], model.b[idx], model.A[:, idx], model.c, model.L,
+                           metadata=dict(model.metadata))
+        new = refine_network(cand, X, Y, sigma)
+        allowed = PRUNE_CHI2 * res.chi2 + 4.0 * dof * drop.size / Y.size
+        return (new, idx) if new.chi2 <= allowed else (None, None)
+
+    new, idx = without(weak)
+    if new is not None:
+        return new, keep[idx]
+    if weak.size == 1:
+        return res, keep
+    drop = [j for j in weak[np.argsort(contrib[weak])][:PRUNE_SINGLES]
+            if without(np.array([j]))[0] is not None]
+    if not drop:
+        return res, keep
+    new, idx = without(np.array(drop))
+    return (new, keep[idx]) if new is not None else (res, keep)
+
+
+def recheck(eng: Coordinator, index: int) -> int:
+    """After a refinement that could not fit the answers to their errors (a neuron
+    missing or wrong: the Jacobians' imprecision hid it from the earlier lines), search
+    residual lines against the refined model, whose residual is now near the noise
+    everywhere but at the culprits, and refine again over the rows held."""
+    st = eng.st
+    for _ in range(RECHECK_LINES):
+        ref = st.refinement
+        if ref is None or ref["chi2_per_answer"] <= PRUNE_MAX_CHI2:
+            break
+        changes = update.residual_line(eng, index)
+        index += 1
+        if changes:
+            refine(eng, extra_rows=False)
+    return index
+
+
+def polish(eng: Coordinator, index: int) -> int:
+    """Imprecise answers only: refine every parameter over bought Gaussian rows
+    (:func:`refine`); where its size gate rules that out, polish hyperplanes from kinks
+    on further lines while the validation error improves, then refine over the rows
+    held if that fits the gate."""
+    st = eng.st
+    ns = st.neurons
+    if ns is None or ns.size == 0:
+        return index
+    if refine(eng):
+        return index
+    index = polish_lines(eng, index)
+    if st.val_rel_l2 > eng.target:
+        refine(eng, extra_rows=False)
+    return index
+
+
+def polish_lines(eng: Coordinator, index: int) -> int:
+    st, cfg = eng.st, eng.cfg
+    ns = st.neurons
+    # the kink where each neuron was measured is a point of its hyperplane
+    recs = {r.index: r for r in st.lines}
+    X0 = np.array([recs[int(li)].u + t * recs[int(li)].v for li, t in zip(ns.line, ns.t)])
+    amp = np.linalg.norm(ns.a, axis=1)
+    sig0 = KINK_SIGMA_NOISE * st.noise * st.fref / np.maximum(amp, 1e-300)
+    ev = HyperplaneEvidence.start(ns.W, ns.b, ns.err, X0, sig0)
+    unknowns = ns.size + st.d + 1
+    if unknowns <= cfg.solve_max_unknowns:
+        n = IMPRECISE_SOLVE_POINTS * unknowns
+        eng.paid.Xs = eng.streams.polish_solve().standard_normal((n, st.d)) * cfg.input_scale
+        eng.paid.Ys = eng.session.eval(eng.paid.Xs)
+        eng.assemble()
+    best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+    kept = np.zeros(0, dtype=int)  # unconfirmed neurons the model needs
+    stall = 0
+    goal = max(eng.target_floor, POLISH_TARGET_NOISE * st.noise)
+    floor = ns.size * (st.d + 1)
+    # small networks spend more than the factor before polishing (fixed costs): they
+    # still get half a floor's worth of polish lines
+    cap = max(cfg.polish_query_factor * floor, eng.session.queries + POLISH_MIN_SHARE * floor)
+    lines = 0
+    while st.val_rel_l2 > goal and lines < st.d + 1 + POLISH_STALL:
+        cost = 2 * (st.neurons.size + 1)
+        if eng.session.queries + cost > cap:
+            break
+        polish_line(eng, index, ev)
+        index += 1
+        lines += 1
+        refit_hyperplanes(eng, ev)
+        eng.assemble()
+        gone = ev.unconfirmed(POLISH_UNCONFIRMED)
+        gone = gone[~np.isin(gone, kept)] if kept.size else gone
+        if gone.size:
+            # never found on several lines: removed if the model does not get worse
+            keep = np.setdiff1d(np.arange(st.neurons.size), gone)
+            if eng.keep_if_no_worse(st.neurons.take(keep)):
+                ev = ev.take(keep)
+                kept = np.searchsorted(keep, kept[np.isin(kept, keep)])
+            else:
+                kept = np.union1d(kept, gone)
+        eng.emit("polish", line=index - 1)
+        st.rounds.append(eng.round_info(index - 1, int(st.lines[-1].kinks.size), 0, 0))
+        if st.val_rel_l2 < 0.99 * best[0]:
+            best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+            stall = 0
+        else:
+            stall += 1
+            if stall >= POLISH_STALL:
+                break
+    st.val_rel_l2, st.model, st.neurons, st.val_max_abs = best
+    return index
+
+
+def _neurons_of(model: ReluNetwork, ns: NeuronSet) -> NeuronSet:
+    """``ns`` with the hyperplanes and output vectors of ``model`` (same neurons, same
+    order; unit normals, the scale moved into the output vectors)."""
+    norm = np.linalg.norm(model.W, axis=1)
+    norm[norm == 0] = 1.0
+    return NeuronSet(model.W / norm[:, None], model.b / norm, model.A.T * norm[:, None],
+                     ns.err, ns.rank_residual, ns.line, ns.t, ns.count)

@@ -1,0 +1,200 @@
+"""Line scans: the searches that find the kinks of ``F`` along a line, and the measurement
+of the regions between them.
+
+A line is scanned in one of four ways: the first line and the one sensitive line are searched
+in full (:func:`search`); a further line with float64 answers is searched for the residual
+``F - model`` (:func:`residual`); with imprecise answers, guided by the predicted crossings
+(:func:`guided`). :func:`measure` then measures the Jacobians of chosen regions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .finish import REMEASURE_GOAL
+from .kinks import (
+    SIGNATURE_RTOL,
+    SearchParams,
+    predicted_outside,
+    residual_pieces,
+    residual_samples,
+    segment_end_points,
+)
+from .lines import Line
+from .neurons import NeuronSet
+from .regions import LineScan, add_points, make_plans, merge_segments, missing_points, rounding_error
+from .session import chunks
+from .tasks import GuidedTask, JacobianTask, output_scale
+
+if TYPE_CHECKING:
+    from .loop import Coordinator
+
+logger = logging.getLogger(__name__)
+
+NOISY_STEP_FACTOR = 30.0
+MAX_STEP = 0.05
+# cut points of a residual gap-search interval whose ends' lines miss it (SearchParams):
+# 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
+# rounds but cost 0.5-6% more queries on small networks
+RESIDUAL_SPLIT_POINTS = 3
+SENSITIVE_STEP_FACTOR = 100.0  # slope steps of the one sensitive line (run loop)
+IMPRECISE_ANCHOR_STEP = 0.25
+JUMP_RTOL = 1e-3  # float64: a gap whose slope change is off its predicted kink's by more
+# than this (relative) holds a second kink the guided search looks for (k=8192: a missing
+# neuron hides next to a known one)
+MODEL_BLOCK = 512  # points per block when the coordinator evaluates the model
+RESIDUAL_SPREADS = 4.0  # residual search: the model's error at a predicted kink, in error
+# estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
+CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs) ...
+CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
+WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step), networks
+# whose stencil rounding would miss the fidelity goal by LONG_STEPS_FACTOR, imprecise answers
+LONG_STEPS_FACTOR = 3.0  # (at 5, d128-k1024 seed 8 estimated 3.6e-8 and ended at 1.01e-8)
+
+
+def search(eng: Coordinator, line: Line, segments: list, noise: float,
+            sensitive: bool = False) -> LineScan:
+    cfg, st = eng.cfg, eng.st
+    params = search_params(eng, noise)
+    if sensitive:
+        params = replace(params, slope_step=min(MAX_STEP, SENSITIVE_STEP_FACTOR
+                                                * params.slope_step))
+    ends = np.unique(segment_end_points(segments, cfg.slope_step))
+    paid = eng.first_ends if line.index == 0 else {}
+    fresh = np.array([float(t) not in paid for t in ends], dtype=bool)
+    Y = np.empty((ends.size, st.m))
+    if fresh.any():
+        Y[fresh] = eng.session.eval(line.points(ends[fresh]))
+    for i in np.flatnonzero(~fresh):
+        Y[i] = paid[float(ends[i])]
+    sc = output_scale(Y, st.fref, st.absolute)
+    known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ends)}
+    return merge_segments(eng.session.search(line, segments, params, st.fref, st.absolute, known),
+                          [(ends, Y, sc)])
+
+
+def search_params(eng: Coordinator, noise: float) -> SearchParams:
+    """Search steps derived from the measured precision: a slope over a step ``δ`` is
+    known to ``noise/δ``, so noisier answers need longer slope and check steps (the
+    defaults hold for float64), and intervals are not split below what the noise can
+    resolve."""
+    cfg = eng.cfg
+    grow = NOISY_STEP_FACTOR * np.sqrt(noise)
+    return SearchParams(noise=noise, check_factor=eng.check_factor,
+                        slope_step=float(min(MAX_STEP, max(cfg.slope_step, grow))),
+                        min_width=float(max(cfg.min_width, 1e3 * noise)),
+                        check_step=float(min(MAX_STEP, max(cfg.check_step, grow))),
+                        anchor_step=IMPRECISE_ANCHOR_STEP if eng.imprecise else None,
+                        jump_rtol=SIGNATURE_RTOL if eng.imprecise else JUMP_RTOL)
+
+
+def guided(eng: Coordinator, line: Line, predicted: np.ndarray, pred_tol: np.ndarray | None = None,
+            pred_jump: np.ndarray | None = None) -> LineScan:
+    st = eng.st
+    params = search_params(eng, st.noise)
+    task = GuidedTask(line, predicted, params, st.fref, absolute=st.absolute,
+                      pred_tol=pred_tol, pred_jump=pred_jump)
+    return merge_segments(eng.session.map([task])[0])
+
+
+def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet) -> LineScan:
+    """Residual search of ``line`` against the current model (float64 answers).
+
+    One point in every gap between consecutive predicted kinks ``predicted`` (and both ends,
+    :func:`.kinks.residual_points`; with ``residual_stride`` > 1 every stride-th of them
+    first, then the others where those bend, :func:`.kinks.residual_samples`): the residual
+    ``r = F − model`` is linear between the samples wherever the model is right, so its chord
+    slopes change only at a kink the model lacks, a kink it has that ``F`` lacks, or by the
+    model's own error at a predicted kink (from the error estimates of ``ns``, the neurons
+    predicted there). Samples whose chord slopes change by more are searched in full on ``F``
+    over the two chords around them (:func:`.kinks.residual_flags`, cut at the samples inside,
+    :func:`.kinks.residual_pieces`, searched by up to SEARCH_TASKS tasks); every other
+    predicted kink is taken where predicted. About one query per known kink with stride 1, a
+    quarter with 4 (the guided search takes two), and a missing neuron's residual is a ramp
+    that stands out whatever its neighbours. The samples are evaluated by the executor's
+    tasks, the model here (it never travels)."""
+    st = eng.st
+    # a flagged gap holds what bends the residual, often a weak kink next to a strong
+    # one (why earlier lines missed it): long slope steps see 100x weaker slope changes
+    # (norm_range d64-k256: with the default steps the pieces' search missed 4 of the
+    # 10 kinks line 1 flagged and the lines never came back clean)
+    base = search_params(eng, st.noise)
+    params = replace(base, split_points=RESIDUAL_SPLIT_POINTS)
+    if st.val_rel_l2 > eng.target:
+        params = replace(params, slope_step=min(
+            MAX_STEP, SENSITIVE_STEP_FACTOR * base.slope_step))
+
+    def evaluate(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        Y = eng.session.eval(line.points(t))
+        return Y, output_scale(Y, st.fref, st.absolute)
+
+    x_norm = np.sqrt(float(line.u @ line.u) + predicted ** 2)
+    amp = np.linalg.norm(ns.a, axis=1)
+    offset = RESIDUAL_SPREADS * amp * ns.err * (x_norm + 1.0)
+    slope = RESIDUAL_SPREADS * amp * ns.err * 2.0
+    ts, Y, sc, intervals = residual_samples(
+        evaluate, lambda t: line.model_values(st.model, t, MODEL_BLOCK), predicted,
+        offset, slope, line.reach, params, eng.cfg.residual_stride)
+    results = [predicted_outside(predicted, intervals, Y.shape[1])]
+    if intervals:
+        known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
+        results += eng.session.search(line, residual_pieces(ts, intervals), params,
+                                     st.fref, st.absolute, known)
+    return merge_segments(results, [(ts, Y, sc)])
+
+
+def measure(eng: Coordinator, line: Line, scan: LineScan, noise: float,
+             only: set | None = None) -> list:
+    cfg, st = eng.cfg, eng.st
+    # centres and baselines for the regions to measure
+    want = missing_points(scan, line.reach, regions=only)
+    if want.size:
+        Xw = line.points(want)
+        Yw = eng.eval_paying_validation(Xw)
+        scw = output_scale(Yw, st.fref, st.absolute)
+        scan = add_points(scan, want, Yw, scw)
+    plans = make_plans(scan, line.reach, eng.st.d, cfg.stencil_checks,
+                       eng.crossing_rate, regions=only)
+    if only is None and not st.lines and longer_steps(eng, plans, noise):
+        plans = make_plans(scan, line.reach, eng.st.d, cfg.stencil_checks,
+                           eng.crossing_rate)
+    # enough tasks for every concurrent slot, at most regions_per_task regions each
+    per_task = max(1, min(cfg.regions_per_task, -(-len(plans) // eng.session.parallelism)))
+    # the output solve keeps a sample of the rows: the workers send only that sample
+    # when the line's stencils hold more rows than the solve's budget
+    keep = None
+    if len(plans) * (eng.st.d + cfg.stencil_checks) > eng.paid.solve_row_budget:
+        keep = eng.paid.per_region(len(plans))
+    tasks = [JacobianTask(line, group, noise, eng.check_factor, cfg.stencil_checks,
+                          eng.st.fref, absolute=eng.st.absolute, keep_rows=keep)
+             for group in chunks(plans, per_task)]
+    regions = [r for batch in eng.session.map(tasks) for r in batch]
+    return regions
+
+
+def longer_steps(eng: Coordinator, plans: list, noise: float) -> bool:
+    """Whether the first line's stencils should take WIDE_CROSSING_RATE's longer steps
+    (more stencil rows crossing a hyperplane and measured again, about 2% more queries)
+    because the rounding error the planned steps leave (:func:`.regions.rounding_error`,
+    an upper estimate, relative to the output rows' norm) exceeds LONG_STEPS_FACTOR × the
+    fidelity goal: d=128, k=1024 seeds 0, 1, 3 (estimates 4.6e-8, 2e-7 and 1e-7; seed 2
+    gives 1.5e-8, m=10 seed 0 2.4e-8, measured 2.1e-9).
+    Sets ``st.long_steps``."""
+    cfg, st = eng.cfg, eng.st
+    if (cfg.stencil_crossing_rate is not None or eng.imprecise
+            or eng.crossing_rate >= WIDE_CROSSING_RATE):
+        return False
+    # (the error of a neuron's term lies along its output vector; relative L2 compares
+    # it with whole output rows)
+    size = float(np.sqrt(np.mean(np.sum(eng.paid.Yv ** 2, axis=1)))) if eng.paid.Yv.size else st.fref
+    goal = REMEASURE_GOAL if cfg.target_rel_l2 is None else cfg.target_rel_l2
+    est = rounding_error(plans, noise, st.d) * cfg.input_scale / max(size, 1e-300)
+    st.long_steps = bool(est > LONG_STEPS_FACTOR * goal)
+    if st.long_steps:
+        logger.info("stencil rounding would leave rel L2 up to %.2g: longer steps (crossing "
+                    "rate %g)", est, WIDE_CROSSING_RATE)
+    return st.long_steps

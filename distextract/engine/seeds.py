@@ -1,0 +1,88 @@
+"""Named random streams of a run: every random choice of the engine draws from one of these,
+each a child of the run's seed (``SeedSequence(seed)`` spawned by a fixed key), so a run is
+reproducible from its seed and independent of scheduling.
+
+The keys are part of the golden traces (tests/golden): changing one changes the queries.
+Streams drawn elsewhere from a line's own seed: :func:`.lines.make_line` (key ``(7, index)``
+of the run's seed), :meth:`.lines.Line.basis` (``[line.seed, 1]``) and the worker-side row
+sample of :func:`.tasks._sample_rows` (``[line.seed, 3, region]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PROBE = (1,)
+VALIDATION = (2,)
+ASSEMBLE = 3  # (3, lines recorded so far)
+SOLVE_ROWS = 4  # (4, lines recorded so far)
+JACOBIAN_SAMPLE = 5  # (5, line index)
+POLISH_SOLVE = (6,)
+REFINE_ROWS = (7,)  # (7, index) of the same root are the lines (make_line)
+REMEASURE_LINE = 8  # (8, neuron)
+ORIENT = 9  # (9, neuron)
+PIN_SHIFT = (10,)
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The run's random streams, by name.
+
+    Parameters
+    ----------
+    seed_seq : numpy.random.SeedSequence
+        The run's root (``SeedSequence(seed)``); lines are drawn from it too.
+    """
+
+    seed_seq: np.random.SeedSequence
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Streams:
+        return cls(np.random.SeedSequence(seed))
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        ss = self.seed_seq
+        return np.random.default_rng(np.random.SeedSequence(
+            entropy=ss.entropy, spawn_key=(*ss.spawn_key, *key)))
+
+    def probe(self) -> np.random.Generator:
+        """The precision probe's lines."""
+        return self._rng(*PROBE)
+
+    def validation(self) -> np.random.Generator:
+        """The validation points."""
+        return self._rng(*VALIDATION)
+
+    def assemble(self, lines: int) -> np.random.Generator:
+        """The rows sampled for an output fit after ``lines`` recorded lines."""
+        return self._rng(ASSEMBLE, lines)
+
+    def solve_rows(self, lines: int) -> np.random.Generator:
+        """The rows a line's regions keep for the output fit (``lines`` recorded before)."""
+        return self._rng(SOLVE_ROWS, lines)
+
+    def jacobian_sample(self, line_index: int) -> np.random.Generator:
+        """The regions whose Jacobians line ``line_index`` keeps for ``L`` and ``c``."""
+        return self._rng(JACOBIAN_SAMPLE, line_index)
+
+    def polish_solve(self) -> np.random.Generator:
+        """Gaussian rows bought for the imprecise path's output solve."""
+        return self._rng(*POLISH_SOLVE)
+
+    def refine_rows(self) -> np.random.Generator:
+        """Gaussian rows bought for the refinement."""
+        return self._rng(*REFINE_ROWS)
+
+    def remeasure_line(self, neuron: int) -> np.random.Generator:
+        """The seed of the line along ``neuron``'s normal that measures it again."""
+        return self._rng(REMEASURE_LINE, neuron)
+
+    def orient(self, neuron: int) -> np.random.Generator:
+        """Points of ``neuron``'s hyperplane where its kinks are located."""
+        return self._rng(ORIENT, neuron)
+
+    def pin_shift(self) -> np.random.Generator:
+        """Shifts of the lines that pin neurons whose foot is crowded."""
+        return self._rng(*PIN_SHIFT)

@@ -1,0 +1,94 @@
+"""The run's state between stages: the model in progress, what each line found, and what
+the engine returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._model import ReluNetwork
+from .neurons import NeuronSet
+from .precision import Precision
+
+
+class PrecisionLimited(Exception):
+    """Internal: stop the rounds, the answers are too imprecise to go further."""
+
+
+@dataclass
+class LineRecord:
+    """What one line found (for run directories and reports)."""
+
+    index: int
+    kind: str  # "first", "residual", "sensitive" or "polish"
+    u: np.ndarray
+    v: np.ndarray
+    reach: float
+    kinks: np.ndarray
+    resolved: np.ndarray
+    regions_measured: int
+    regions_failed: int
+    regions_repaired: int
+    queries: int
+
+
+@dataclass
+class EngineState:
+    """The model in progress (owned by the coordinator; changed by the stages).
+
+    ``neurons`` and ``model`` are None until the first line is assembled; ``refinement``
+    and ``finishing`` until those stages run.
+    """
+
+    d: int
+    m: int = 0
+    precision: Precision = field(default_factory=Precision)
+    neurons: NeuronSet | None = None
+    model: ReluNetwork | None = None
+    val_rel_l2: float = float("inf")
+    val_max_abs: float = float("inf")
+    lines: list = field(default_factory=list)
+    rounds: list = field(default_factory=list)
+    first_kinks: int = 0  # kinks the first line found (about the number of neurons)
+    long_steps: bool = False  # stencils take the wide crossing rate (scan.longer_steps)
+    # how far a kink located by a full search lay off its neuron's hyperplane (normalised
+    # offset), by the neuron's (first line, kink position) (cleanup.note_offsets)
+    offsets: dict = field(default_factory=dict)
+    refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
+    finishing: dict | None = None  # what the float64 finishing pass did (pins, re-measures)
+
+    @property
+    def noise(self) -> float:
+        """Relative rounding error of the answers (:class:`.precision.Precision`)."""
+        return self.precision.noise
+
+    @property
+    def fref(self) -> float:
+        """Output scale (:class:`.precision.Precision`)."""
+        return self.precision.fref
+
+    @property
+    def absolute(self) -> bool:
+        """Whether rounding errors are absolute (:class:`.precision.Precision`)."""
+        return self.precision.absolute
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """What :meth:`.loop.Coordinator.run` returns."""
+
+    model: ReluNetwork
+    neurons: NeuronSet
+    certified: bool
+    stop_reason: str
+    val_rel_l2: float
+    val_max_abs: float
+    noise: float
+    target_rel_l2: float
+    lines: list
+    rounds: list
+    verdict: str | None = None
+    refinement: dict | None = None
+    finishing: dict | None = None
+    crossing_rate: float | None = None  # the stencils' (ExtractConfig.stencil_crossing_rate)
