@@ -166,6 +166,8 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         "verdict": eng.verdict,
         "refinement": eng.refinement,
         "finishing": eng.finishing,
+        "derived": eng.derived,
+        "counters": eng.counters,
         "lines": len(eng.lines), "rounds": eng.rounds, "wall_seconds": wall,
         "seed": int(seed), "config": cfg.to_dict(),
     }

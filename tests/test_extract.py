@@ -149,6 +149,7 @@ def test_a_neuron_mislocated_on_the_first_line_is_corrected(delta):
     rep = dx.evaluate_fidelity(eng.model, net, n_points=10_000, seed=123)
     assert eng.certified and rep.rel_l2 <= EXACT_REL_L2, rep
     assert rep.matched_neurons == rep.live_neurons == 64 and rep.spurious_neurons == 0, rep
+    assert eng.counters["remeasured"] + eng.counters["settled"] >= 1, eng.counters
 
 
 def _recovered_exactly(net, seed: int = 0, live: int | None = None,
@@ -173,20 +174,24 @@ def test_a_spurious_neuron_most_lines_do_not_see_is_dropped():
     crossing it; it stayed (1000/1000 + 1 spurious, rel L2 1.7e-3, precision_floor) until
     neurons most lines do not see were tested for removal."""
     # tested after the first clean line, not only in the finishing pass (8 lines before)
-    _recovered_exactly(dx.ReluNetwork.load(DATA / "trained_8d_h1000.arrow"), live=1000,
-                       max_lines=4)
+    res = _recovered_exactly(dx.ReluNetwork.load(DATA / "trained_8d_h1000.arrow"), live=1000,
+                             max_lines=4)
+    assert res.report["counters"]["unseen_dropped"] >= 1, res.report["counters"]
 
 
-def test_a_new_neuron_that_makes_validation_worse_is_rejected():
+def test_a_line_whose_new_neurons_make_validation_worse_is_repaired():
     """A random d=2, k=1000, m=1 network: line 2's one new neuron (two kinks merged into
     one jump; m=1 cannot tell) took validation from 1e-5 to 1.9e-2, and five more lines
-    were searched before the neuron went (8 lines, 9.9·k(d+1)). A line's new neurons whose
-    removal lowers validation are dropped when they made it worse: validation does not jump
-    up from one line to the next (a new neuron that is right but measured a little worse
-    than a neighbour it refines may leave it a few percent higher)."""
+    were searched before the neuron went (8 lines, 9.9·k(d+1)). When a line's new neurons
+    make validation worse, old neurons measured where they cross (merges) are tested for
+    removal first, then the new ones: validation does not jump up from one line to the next
+    (a new neuron that is right but measured a little worse than a neighbour it refines may
+    leave it a few percent higher). Here the merge rule is the one that fires (the
+    counters say so: no new neuron is rejected)."""
     res = _recovered_exactly(dx.targets.random_network(2, 1000, 1, seed=2))
     vals = [r["val_rel_l2"] for r in res.report["rounds"]]
     assert all(b <= 2 * a for a, b in itertools.pairwise(vals)), vals
+    assert res.report["counters"]["merges_dropped"] >= 1, res.report["counters"]
 
 
 def test_an_old_neuron_that_merged_two_new_ones_is_dropped():
@@ -196,14 +201,17 @@ def test_an_old_neuron_that_merged_two_new_ones_is_dropped():
     neurons measured where the new ones cross their line are tested for removal first
     (rejecting the new ones left rel L2 8e-4 at precision_floor; before that guard the
     finishing pass fixed it after five more lines)."""
-    _recovered_exactly(dx.targets.random_network(3, 1000, 1, seed=100), max_lines=4)
+    res = _recovered_exactly(dx.targets.random_network(3, 1000, 1, seed=100), max_lines=4)
+    assert res.report["counters"]["merges_dropped"] >= 1, res.report["counters"]
 
 
 def test_a_merge_goes_when_a_line_finds_its_two_neurons():
     """A random d=8, k=1000, m=1 network: the merge of two kinks kept validation at 3.5e-3
     through five clean lines (10,000 rows) until the finishing pass dropped it. Line 2
     finds the two real neurons and the merge goes there: 4 lines instead of 8."""
-    _recovered_exactly(dx.targets.random_network(8, 1000, 1, seed=0), live=1000, max_lines=4)
+    res = _recovered_exactly(dx.targets.random_network(8, 1000, 1, seed=0), live=1000,
+                             max_lines=4)
+    assert res.report["counters"]["merges_dropped"] >= 1, res.report["counters"]
 
 
 def test_a_weak_neuron_pinned_off_its_foot_gets_its_bias_to_the_matching_tolerance():
@@ -211,7 +219,9 @@ def test_a_weak_neuron_pinned_off_its_foot_gets_its_bias_to_the_matching_toleran
     known to 2.6e-5 rad) whose foot is crowded is pinned on a line through another point of
     its hyperplane; the direction error times that shift left its bias 1.2e-6 off (matched
     999/1000, one "spurious"). The mirrored line cancels it: every neuron matched."""
-    _recovered_exactly(dx.targets.random_network(8, 1000, 1, seed=201), seed=1, live=1000)
+    res = _recovered_exactly(dx.targets.random_network(8, 1000, 1, seed=201), seed=1,
+                             live=1000)
+    assert res.report["counters"]["pins_mirrored"] >= 1, res.report["counters"]
 
 
 def test_probe_and_first_line_ends_share_one_request():

@@ -70,6 +70,7 @@ def drop_merges(eng: Coordinator, index: int) -> int:
             if abs(ts[j] - t) <= MERGE_SPACING * spacing[q - 1]:
                 cands.add(int(order[j]))
     dropped = drop_each(eng, np.array(sorted(cands), dtype=int))
+    st.counters["merges_dropped"] += dropped
     if dropped:
         logger.info("%d neurons measured where line %d's new neurons cross their line "
                     "dropped (merged kinks)", dropped, index)
@@ -84,6 +85,7 @@ def reject_new(eng: Coordinator, index: int) -> int:
     neurons dropped."""
     st = eng.st
     dropped = drop_each(eng, np.flatnonzero(st.neurons.line == index)[:NEW_REJECT_MAX])
+    st.counters["new_rejected"] += dropped
     if dropped:
         logger.info("%d neurons line %d added made validation worse: dropped", dropped,
                     index)
@@ -104,6 +106,7 @@ def settle(eng: Coordinator, disputed: list) -> int:
             continue  # merged or removed meanwhile
         if eng.keep_if_no_worse(ns.replaced(hit, new, np.array([0])), slack=1.0):
             kept += 1
+    eng.st.counters["settled"] += kept
     return kept
 
 
@@ -133,6 +136,7 @@ def drop_unseen(eng: Coordinator, min_lines: int = UNSEEN_MIN_LINES) -> int:
         dropped = int(unseen.size)
     else:
         dropped = drop_each(eng, unseen)
+    st.counters["unseen_dropped"] += dropped
     logger.info("%d of %d neurons that most lines crossing them did not see dropped",
                 dropped, unseen.size)
     return dropped

@@ -166,6 +166,7 @@ def pin_pass(eng: Coordinator, idx: np.ndarray, err: np.ndarray, allowed: float,
     b, a = ns.b.copy(), ns.a.copy()
     pinned, failed = 0, []
     kinks: dict[int, tuple[PinPlan, float, np.ndarray]] = {}  # neuron: plan, t, answers
+    n_mirrored = 0
     # one round trip for every pin when the budget holds them all; otherwise in
     # chunks, so that a budget running out keeps the pins already paid
     chunk = len(plans) if eng.session.affords(PIN_POINTS * len(plans)) else PIN_CHUNK
@@ -188,6 +189,7 @@ def pin_pass(eng: Coordinator, idx: np.ndarray, err: np.ndarray, allowed: float,
                     b[q.neuron] = ns.b[q.neuron] - t * float(np.linalg.norm(
                         ns.W[q.neuron]))
                     a[q.neuron] = 0.5 * (a[q.neuron] + fit[1])
+                    n_mirrored += 1
     except BudgetExhausted as exc:
         logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
     # pins are checked one by one (pin_fit); validation only guards against a gross
@@ -197,6 +199,8 @@ def pin_pass(eng: Coordinator, idx: np.ndarray, err: np.ndarray, allowed: float,
     if pinned and not eng.keep_if_no_worse(replace(ns, b=b, a=a), allowed, keep):
         pinned = 0
         kinks.clear()
+    if pinned:
+        eng.st.counters["pins_mirrored"] += n_mirrored
     return len(plans), pinned, failed, kinks
 
 

@@ -29,12 +29,13 @@ from .assemble import assemble, no_worse
 from .cleanup import UNSEEN_EARLY_LINES
 from .kinks import segment_end_points
 from .lines import Line, line_reach, make_line
-from .neurons import MATCH_CEILING, RANK_FACTOR, NeuronSet, dedup, jumps_to_neurons
+from .neurons import NeuronSet, dedup, jumps_to_neurons
 from .paid import PaidRows
 from .precision import PROBE_LINES, PROBE_POINTS, measure_precision, probe_points
 from .regions import LineScan, region_edges
 from .seeds import Streams
 from .session import QuerySession
+from .settings import LINE_SEGMENTS, Derived, derive
 from .state import EngineResult, EngineState, LineRecord, PrecisionLimited
 
 logger = logging.getLogger(__name__)
@@ -42,17 +43,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["PROBE_LINES", "PROBE_POINTS", "Coordinator", "EngineResult"]
 
 MISMATCH_ERROR = 1e-2  # a model missing validation by more than this gets a verdict line
-LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig docs)
-IMPRECISE_LINE_SEGMENTS = 64
 OPENING_BUDGET_FACTOR = 4  # opening in one request when the budget holds 4x its rows
 IMPRECISE_FEW_CHANGES = 2  # imprecise answers: a searched line changing at most this many
 IMPRECISE_FEW_SHARE = 0.03  # (or this share of the) neurons ends the searched lines
-IMPRECISE_CHECK_FACTOR = 4.0
-IMPRECISE_RANK_FACTOR = 1.0
-IMPRECISE_TARGET_NOISE = 1e3
-JACOBIAN_TARGET_NOISE = 1e5
-TARGET_FLOOR = 1e-7  # the fidelity target is never below this unless set
-
 
 class Coordinator:
     """Runs the extraction rounds over an executor.
@@ -91,61 +84,44 @@ class Coordinator:
 
     # ------------------------------------------------------------ derived settings
     @property
+    def derived(self) -> Derived:
+        """The settings in force (:func:`.settings.derive`: config, measured precision, and
+        the first line's kinks and stencil rounding)."""
+        st = self.st
+        return derive(self.cfg, st.precision, st.first_kinks, st.long_steps)
+
+    @property
     def imprecise(self) -> bool:
         """Answers far coarser than float64 rounding (float32, rounded decimals)."""
         return self.st.precision.imprecise
 
     @property
     def check_factor(self) -> float:
-        """Float64 answers carry rounding that grows with intermediate sums the probe does
-        not see, hence the wide default factor; float32 and decimal rounding is bounded by
-        half a unit of the last place, which the probe measures directly."""
-        if self.imprecise:
-            return min(self.cfg.check_factor, IMPRECISE_CHECK_FACTOR)
-        return self.cfg.check_factor
+        return self.derived.check_factor
 
     @property
     def line_segments(self) -> int:
-        """Segments of the first line (finer for imprecise answers)."""
-        if self.cfg.line_segments is not None:
-            return int(self.cfg.line_segments)
-        return IMPRECISE_LINE_SEGMENTS if self.imprecise else LINE_SEGMENTS
+        return self.derived.line_segments
 
     @property
     def crossing_rate(self) -> float:
-        """The stencils' crossing rate: wider for imprecise answers, wide first lines and
-        stencils whose rounding would miss the fidelity goal (:func:`.scan.longer_steps`)."""
-        if self.cfg.stencil_crossing_rate is not None:
-            return self.cfg.stencil_crossing_rate
-        if (self.imprecise or self.st.first_kinks > scan.CROSSING_RATE_MAX_KINKS
-                or self.st.long_steps):
-            return scan.WIDE_CROSSING_RATE
-        return scan.CROSSING_RATE
+        return self.derived.crossing_rate
 
     @property
     def rank_factor(self) -> float:
-        return IMPRECISE_RANK_FACTOR if self.imprecise else RANK_FACTOR
+        return self.derived.rank_factor
 
     @property
     def match_ceiling(self) -> float:
-        """Two measurements of one hyperplane never differ by more than this (float64: the
-        near-parallel pairs of DESIGN.md §2 stay apart; imprecise answers scatter more)."""
-        return float(max(MATCH_CEILING, min(0.05, 1e5 * self.st.noise)))
+        return self.derived.match_ceiling
 
     @property
     def target(self) -> float:
-        """The validation error that certifies (``cfg.target_rel_l2``, else derived from
-        the measured noise)."""
-        if self.cfg.target_rel_l2 is not None:
-            return self.cfg.target_rel_l2
-        # float64: rounding of intermediate sums limits what the Jacobians reach; imprecise
-        # answers are polished from kink positions, which reach about 1e3 × the noise
-        factor = IMPRECISE_TARGET_NOISE if self.imprecise else JACOBIAN_TARGET_NOISE
-        return max(self.target_floor, factor * self.st.noise)
+        return self.derived.target_rel_l2
 
     @property
     def target_floor(self) -> float:
-        return TARGET_FLOOR if self.cfg.target_rel_l2 is None else self.cfg.target_rel_l2
+        return self.derived.target_floor
 
     # ------------------------------------------------------------------ helpers
     def line(self, index: int) -> Line:
@@ -397,4 +373,5 @@ class Coordinator:
                             val_max_abs=st.val_max_abs, noise=st.noise,
                             target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
                             verdict=self.verdict, refinement=st.refinement,
-                            finishing=st.finishing, crossing_rate=self.crossing_rate)
+                            finishing=st.finishing, crossing_rate=self.crossing_rate,
+                            derived=self.derived.to_dict(), counters=dict(st.counters))

@@ -28,6 +28,7 @@ from .lines import Line
 from .neurons import NeuronSet
 from .regions import LineScan, add_points, make_plans, merge_segments, missing_points, rounding_error
 from .session import chunks
+from .settings import WIDE_CROSSING_RATE
 from .tasks import GuidedTask, JacobianTask, output_scale
 
 if TYPE_CHECKING:
@@ -49,10 +50,6 @@ JUMP_RTOL = 1e-3  # float64: a gap whose slope change is off its predicted kink'
 MODEL_BLOCK = 512  # points per block when the coordinator evaluates the model
 RESIDUAL_SPREADS = 4.0  # residual search: the model's error at a predicted kink, in error
 # estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
-CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs) ...
-CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
-WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step), networks
-# whose stencil rounding would miss the fidelity goal by LONG_STEPS_FACTOR, imprecise answers
 LONG_STEPS_FACTOR = 3.0  # (at 5, d128-k1024 seed 8 estimated 3.6e-8 and ended at 1.01e-8)
 
 

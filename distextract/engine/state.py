@@ -12,6 +12,18 @@ from .neurons import NeuronSet
 from .precision import Precision
 
 
+COUNTERS = (
+    "unconfirmed_removed",  # neurons seen on one line only that a later line did not see
+    "remeasured",  # neurons measured again on a later line (the new measurement replaced it)
+    "disputed",  # re-measurements that did not explain the old kink, left to validation ...
+    "settled",  # ... and kept by it (cleanup.settle)
+    "merges_dropped",  # old neurons where a line's new ones cross: merged kinks (cleanup)
+    "unseen_dropped",  # neurons most lines crossing them did not see (cleanup)
+    "new_rejected",  # new neurons of a line that made validation worse (cleanup)
+    "pins_mirrored",  # pins averaged with a mirrored line through the foot (finish)
+)
+
+
 class PrecisionLimited(Exception):
     """Internal: stop the rounds, the answers are too imprecise to go further."""
 
@@ -55,6 +67,8 @@ class EngineState:
     # how far a kink located by a full search lay off its neuron's hyperplane (normalised
     # offset), by the neuron's (first line, kink position) (cleanup.note_offsets)
     offsets: dict = field(default_factory=dict)
+    # what the per-line rules did (update, cleanup, finish), by mechanism
+    counters: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
     finishing: dict | None = None  # what the float64 finishing pass did (pins, re-measures)
 
@@ -92,3 +106,5 @@ class EngineResult:
     refinement: dict | None = None
     finishing: dict | None = None
     crossing_rate: float | None = None  # the stencils' (ExtractConfig.stencil_crossing_rate)
+    derived: dict | None = None  # the settings in force at the end (settings.derive)
+    counters: dict | None = None  # what each mechanism did (state.COUNTERS)

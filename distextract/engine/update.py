@@ -35,7 +35,6 @@ CROSSING_MARGIN = 1e-9  # predicted crossings this close (relative) to the line'
 MISMATCH_FRACTION = 0.2
 MISMATCH_MIN_KINKS = 4
 BEND_VERDICT_NOISE = 1e-10
-IMPRECISE_EXPLAIN_FACTOR = 3.0
 
 
 def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
@@ -65,7 +64,7 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
         scan = guided(eng, line, tp, pred_jump=jump)
     eng.emit("search", line=index, kinks=int(scan.kinks.size))
     unexplained, unconfirmed, hits, by, loose = explain_kinks(
-        line, scan.kinks, ns, IMPRECISE_EXPLAIN_FACTOR if eng.imprecise else EXPLAIN_FACTOR,
+        line, scan.kinks, ns, eng.derived.explain_factor,
         wide=eng.imprecise, jumps=kink_jumps(scan, reach) if eng.imprecise else None)
     if sensitive:
         cleanup.note_offsets(eng, line, scan.kinks, ns, by)
@@ -105,6 +104,7 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
     keep = np.ones(st.neurons.size, dtype=bool)
     keep[unconfirmed] = False
     removed = int(unconfirmed.size)
+    st.counters["unconfirmed_removed"] += removed
     if unexplained.size or refine:
         edges = region_edges(scan, line.reach)
         wanted = set()
@@ -129,6 +129,8 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
                     disputed.append((ns.W[tgt].copy(), ns.b[tgt], found.take(
                         np.array([f]))))
             refined += len(targets)
+            st.counters["remeasured"] += len(targets)
+            st.counters["disputed"] += len(disputed)
             ns = ns.replaced(np.array(targets, dtype=int), found,
                              np.array(sources, dtype=int))
             found = found.take(np.array(new_rows, dtype=int))
