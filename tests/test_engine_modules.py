@@ -198,3 +198,28 @@ def test_the_derived_settings_are_in_the_report():
     assert der["imprecise"] is True and der["line_segments"] == IMPRECISE_LINE_SEGMENTS
     assert der["crossing_rate"] == res.report["precision"]["stencil_crossing_rate"]
     assert der["target_rel_l2"] == res.report["target_rel_l2"]
+
+
+def test_a_run_takes_its_stage_settings_as_an_argument():
+    """Settings are passed, not monkeypatched: with an opening budget factor no budget can
+    meet, the probe and the validation points go in requests of their own."""
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.settings import LoopSettings, Settings
+
+    net = dx.targets.random_network(16, 32, 1, seed=1)
+    sizes = {}
+    for name, settings in {"default": None,
+                           "apart": Settings(loop=LoopSettings(opening_budget_factor=10**6))
+                           }.items():
+        calls = []
+
+        def f(X, calls=calls):
+            calls.append(X.shape[0])
+            return net.predict(X)
+        oracle = CountingOracle(as_oracle(f, 16), budget=10**5)
+        eng = Coordinator(LocalExecutor(oracle), 16, ExtractConfig(), 0,
+                          settings=settings).run()
+        assert eng.certified
+        sizes[name] = calls[:2]
+    assert sizes["default"][0] == 29 + 49  # probe and the first line's segment ends
+    assert sizes["apart"] == [29, 128]  # probe, then the validation points

@@ -201,14 +201,14 @@ def test_split_points_separate_a_close_pair_in_fewer_rounds(gap):
 def test_longer_slope_steps_see_a_weak_kink_beside_a_strong_one(ratio):
     """A kink ``ratio`` times weaker than its neighbour 2e-3 away hides under the slope error
     of the default slope step (1e-4 of the interval); the engine's sensitive line
-    (``SENSITIVE_STEP_FACTOR`` times longer steps) sees it."""
-    from distextract.engine.scan import SENSITIVE_STEP_FACTOR
+    (``ScanSettings.sensitive_step_factor`` times longer steps) sees it."""
+    from distextract.engine.settings import ScanSettings
 
     planted = [0.5, 0.502]
     default = kinks.search_segments(_ramp_evaluator(planted, [1.0, ratio], []), [(0.0, 1.0)],
                                     _search_params())[0]
     assert default.kinks.size == 1  # the weak kink is missed
-    params = replace(_search_params(), slope_step=SENSITIVE_STEP_FACTOR * CFG.slope_step)
+    params = replace(_search_params(), slope_step=ScanSettings().sensitive_step_factor * CFG.slope_step)
     sensitive = kinks.search_segments(_ramp_evaluator(planted, [1.0, ratio], []),
                                       [(0.0, 1.0)], params)[0]
     # (a weak kink is placed to the noise over its bend: 1e-9 for the 1e-7 one)

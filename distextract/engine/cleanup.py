@@ -17,13 +17,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MERGE_SPACING = 0.1  # an old neuron this close (of the local kink spacing) to a new one's crossing may be a merge
-NEW_REJECT_MAX = 16  # new neurons of one line tested for removal when it made validation worse
-UNSEEN_MIN_LINES = 3  # a neuron crossing at least this many lines ...
-UNSEEN_SHARE = 0.5  # ... and seen on at most this share of them is tested for removal
-UNSEEN_EARLY_LINES = 2  # ... after a clean line, as soon as this many lines cross it
-UNSEEN_MAX = 32  # ... (the least seen first, at most this many)
-
 
 def drop_each(eng: Coordinator, idx: np.ndarray) -> int:
     """Drop each neuron ``idx`` of ``st.neurons`` whose removal does not make validation
@@ -41,13 +34,14 @@ def drop_each(eng: Coordinator, idx: np.ndarray) -> int:
 
 def drop_merges(eng: Coordinator, index: int) -> int:
     """Line ``index``'s new neurons made validation worse: an old neuron measured at a
-    kink where a new one crosses that old neuron's line (within MERGE_SPACING of the
+    kink where a new one crosses that old neuron's line (within merge_spacing of the
     line's local kink spacing) may be those kinks merged into one jump (m=1 cannot tell
     a rank-two jump); each such old neuron is dropped if validation does not get worse
     without it. Returns the neurons dropped."""
+    rs = eng.settings.rules
     st = eng.st
     ns = st.neurons
-    new = np.flatnonzero(ns.line == index)[:NEW_REJECT_MAX]
+    new = np.flatnonzero(ns.line == index)[:rs.new_reject_max]
     if new.size == 0:
         return 0
     fresh = ns.take(new)
@@ -67,7 +61,7 @@ def drop_merges(eng: Coordinator, index: int) -> int:
             p = int(np.clip(np.searchsorted(ts, t), 1, ts.size - 1))
             j = p if abs(ts[p] - t) < abs(ts[p - 1] - t) else p - 1
             q = int(np.clip(np.searchsorted(rec.kinks, t), 1, rec.kinks.size - 1))
-            if abs(ts[j] - t) <= MERGE_SPACING * spacing[q - 1]:
+            if abs(ts[j] - t) <= rs.merge_spacing * spacing[q - 1]:
                 cands.add(int(order[j]))
     dropped = drop_each(eng, np.array(sorted(cands), dtype=int))
     st.counters["merges_dropped"] += dropped
@@ -79,12 +73,13 @@ def drop_merges(eng: Coordinator, index: int) -> int:
 
 def reject_new(eng: Coordinator, index: int) -> int:
     """The neurons line ``index`` added made validation worse: drop each of them (at
-    most NEW_REJECT_MAX) whose removal lowers it (a random d=2, k=1000, m=1 network:
+    most new_reject_max) whose removal lowers it (a random d=2, k=1000, m=1 network:
     one line's new neuron, two kinks merged into one jump, took validation from 1e-5
     to 1.9e-2, and five more lines were searched before the neuron went). Returns the
     neurons dropped."""
+    rs = eng.settings.rules
     st = eng.st
-    dropped = drop_each(eng, np.flatnonzero(st.neurons.line == index)[:NEW_REJECT_MAX])
+    dropped = drop_each(eng, np.flatnonzero(st.neurons.line == index)[:rs.new_reject_max])
     st.counters["new_rejected"] += dropped
     if dropped:
         logger.info("%d neurons line %d added made validation worse: dropped", dropped,
@@ -110,15 +105,19 @@ def settle(eng: Coordinator, disputed: list) -> int:
     return kept
 
 
-def drop_unseen(eng: Coordinator, min_lines: int = UNSEEN_MIN_LINES) -> int:
+def drop_unseen(eng: Coordinator, min_lines: int | None = None) -> int:
     """Float64, lines clean but validation above target: drop the neurons that most of
     the lines crossing them did not see (a neuron seen on two of the eight lines that
     cross it where every other neuron was seen on seven or eight: an 8-input trained
     network's first line merged two kinks into one jump, m=1 cannot tell, and the
     garbage direction, once 'confirmed' by a neighbour's kink, was never removed: rel L2
     1.7e-3 at precision_floor). Each is dropped if validation does not get worse, all
-    together first, then one by one. Returns the neurons dropped."""
+    together first, then one by one. ``min_lines``: lines that must cross a neuron
+    (default ``unseen_min_lines``). Returns the neurons dropped."""
+    rs = eng.settings.rules
     st = eng.st
+    if min_lines is None:
+        min_lines = rs.unseen_min_lines
     ns = st.neurons
     if ns is None or ns.size == 0:
         return 0
@@ -127,8 +126,8 @@ def drop_unseen(eng: Coordinator, min_lines: int = UNSEEN_MIN_LINES) -> int:
         t, _, _ = predicted_crossings(rec, ns)
         expected += (np.abs(t) < rec.reach) & (ns.line <= rec.index)
     unseen = np.flatnonzero((expected >= min_lines)
-                            & (ns.count <= UNSEEN_SHARE * expected))
-    unseen = unseen[np.argsort(ns.count[unseen] / expected[unseen])][:UNSEEN_MAX]
+                            & (ns.count <= rs.unseen_share * expected))
+    unseen = unseen[np.argsort(ns.count[unseen] / expected[unseen])][:rs.unseen_max]
     if unseen.size == 0:
         return 0
     keep = np.setdiff1d(np.arange(ns.size), unseen)

@@ -23,50 +23,28 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PIN_ERR = 4e-7  # float64: a neuron whose direction error exceeds this (relative to
-# max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
-# about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
-PIN_CHUNK = 64  # neurons pinned per batch of queries
-PIN_TIGHT = 0.1  # second pass: own window this fraction of the error estimate's
-PIN_SCORE = 3.0  # ... and, above REMEASURE_GOAL, one whose |a|·err is this many medians
-PIN_KEEP = 1.1  # the pinned model is kept unless validation gets worse than this factor
-PIN_RETRIES = 8  # lines tried near a crowded foot, ...
-PIN_SHIFT = 0.1  # ... this many input scales from it
-ORIENT_ERR = 1e-4  # float64: a pinned neuron whose direction error exceeds this (a weak
-# neuron: its jump is small) gets its hyperplane from d + 4 kinks located on it ...
-ORIENT_POINTS = 4  # (d + this many)
-ORIENT_MARGIN = 1.0  # its kinks are looked for within this many direction errors
-ORIENT_SHARE = 0.02  # ... spending at most this share of k·(d+1) queries
-ORIENT_MIN = 1  # ... but at least this many (a small network's 2% is less than one)
-REMEASURE_GOAL = 1e-8  # float64: while validation is above this (DESIGN.md's fidelity for
-# random networks), the neurons with the largest |a|·err are measured again at their foot
-REMEASURE_FACTOR = 5.0  # ... those above this many times the median |a|·err ...
-REMEASURE_SHARE = 0.02  # ... spending at most this share of k·(d+1) queries
-REMEASURE_MIN_SHARE = 0.3  # ... if they hold at least this share of the error estimate
-# (d=128, k=1024 seed 1 and k=8192: 47% each; measured again, 1.5e-8 -> 1.1e-8 for +1.6%
-# queries and 1.7e-8 -> 1.3e-8 for +1.9%)
-
 
 def pin(eng: Coordinator) -> int:
     """Float64 answers: re-locate the offset and output vector of every neuron whose
-    direction error could move its bias by more than PIN_ERR (weak neurons: small
+    direction error could move its bias by more than pin_err (weak neurons: small
     jumps) from the kink on the line along its normal through its foot (:mod:`.pin`,
     four queries each), then :func:`orient` and :func:`remeasure`. Keeps each step
     when validation does not get worse. A neuron whose kink is not where its foot says
     (a weak merge of two hyperplanes) goes if validation does not get worse without
     it. Records what it did in ``st.finishing``; returns the neurons pinned."""
+    fs = eng.settings.finish
     st = eng.st
     ns = st.neurons
     if ns is None or ns.size == 0 or eng.imprecise:
         return 0
     q0, val0 = eng.session.queries, st.val_rel_l2
     beta = np.abs(ns.b) / np.maximum(np.linalg.norm(ns.W, axis=1), 1e-300)
-    weak = ns.err > PIN_ERR * np.maximum(1.0, beta)
+    weak = ns.err > fs.pin_err * np.maximum(1.0, beta)
     amp = np.linalg.norm(ns.a, axis=1)
     score = amp * ns.err * np.maximum(1.0, beta)
-    if st.val_rel_l2 > REMEASURE_GOAL:
+    if st.val_rel_l2 > fs.remeasure_goal:
         # above the fidelity goal: also the neurons whose bias error weighs most
-        weak |= score > PIN_SCORE * np.median(score)
+        weak |= score > fs.pin_score * np.median(score)
     idx = np.flatnonzero(weak)
     st.finishing = {"candidates": int(idx.size), "planned": 0, "pinned": 0,
                     "dropped": 0, "oriented": 0, "remeasured": 0, "queries": 0,
@@ -75,8 +53,8 @@ def pin(eng: Coordinator) -> int:
     planned, pinned, failed, kinks = 0, 0, [], {}
     if idx.size:
         planned, pinned, failed, kinks = pin_pass(eng, idx, ns.err, eng.target,
-                                                         PIN_KEEP)
-    if st.val_rel_l2 > REMEASURE_GOAL:
+                                                         fs.pin_keep)
+    if st.val_rel_l2 > fs.remeasure_goal:
         # a kink a fully searched line placed off a neuron's hyperplane
         # (_note_offsets) weighs as a bias error that large; those neurons are pinned
         # in a window that wide, and kept on their own (a wide window can take a
@@ -84,7 +62,7 @@ def pin(eng: Coordinator) -> int:
         ns = st.neurons
         off = np.array([st.offsets.get((int(li), float(t)), 0.0)
                         for li, t in zip(ns.line, ns.t)])
-        extra = np.flatnonzero((amp * off > PIN_SCORE * np.median(score))
+        extra = np.flatnonzero((amp * off > fs.pin_score * np.median(score))
                                & (off > ns.err * np.maximum(1.0, beta)))
         extra = np.setdiff1d(extra, list(kinks))
         if extra.size:
@@ -100,7 +78,7 @@ def pin(eng: Coordinator) -> int:
         return 0
     oriented = orient(eng, kinks) if kinks else 0
     remeasured = (remeasure(eng, kinks)
-                  if kinks and st.val_rel_l2 > REMEASURE_GOAL else 0)
+                  if kinks and st.val_rel_l2 > fs.remeasure_goal else 0)
     dropped = 0
     if failed and eng.keep_if_no_worse(st.neurons.take(
             np.setdiff1d(np.arange(st.neurons.size), failed))):
@@ -121,28 +99,29 @@ def pin_pass(eng: Coordinator, idx: np.ndarray, err: np.ndarray, allowed: float,
     or at most ``allowed``.
     Returns (plans made, neurons pinned, neurons whose pin failed, {neuron: (plan, t,
     answers)} of the kept pins)."""
+    fs = eng.settings.finish
     st = eng.st
     ns = st.neurons
     scale = eng.cfg.input_scale
     # the line through each foot; where another hyperplane crowds it, a line through a
     # point of the hyperplane near it (bias error: the direction error times that
-    # distance, PIN_SHIFT); then, for the neurons still without a line, the same with a
-    # window PIN_TIGHT times the error estimate (estimates run ~10x the true error: a
+    # distance, pin_shift); then, for the neurons still without a line, the same with a
+    # window pin_tight times the error estimate (estimates run ~10x the true error: a
     # weak neuron's own window of 0.07 found no gap among 1,024 hyperplanes; pin_fit
     # still requires the neuron's own slope change)
     plans: list[PinPlan] = []
     margins: dict[int, float] = {}
-    for margin in (OWN_MARGIN, PIN_TIGHT * OWN_MARGIN):
+    for margin in (OWN_MARGIN, fs.pin_tight * OWN_MARGIN):
         rest = np.setdiff1d(idx, [p.neuron for p in plans])
         if rest.size == 0:
             break
         plans += pin_plans(ns.W, ns.b, err, rest, scale, own_margin=margin)
         rest = np.setdiff1d(idx, [p.neuron for p in plans])
-        many = np.repeat(rest, PIN_RETRIES)
+        many = np.repeat(rest, fs.pin_retries)
         z = eng.streams.pin_shift().standard_normal((many.size, st.d))
         U = ns.W[many] / np.linalg.norm(ns.W[many], axis=1, keepdims=True)
         z -= np.sum(z * U, axis=1, keepdims=True) * U
-        z *= PIN_SHIFT * scale / np.linalg.norm(z, axis=1, keepdims=True)
+        z *= fs.pin_shift * scale / np.linalg.norm(z, axis=1, keepdims=True)
         seen: set[int] = set()
         for p in pin_plans(ns.W, ns.b, err, many, scale, shift=z, own_margin=margin):
             if p.neuron not in seen:
@@ -169,7 +148,7 @@ def pin_pass(eng: Coordinator, idx: np.ndarray, err: np.ndarray, allowed: float,
     n_mirrored = 0
     # one round trip for every pin when the budget holds them all; otherwise in
     # chunks, so that a budget running out keeps the pins already paid
-    chunk = len(plans) if eng.session.affords(PIN_POINTS * len(plans)) else PIN_CHUNK
+    chunk = len(plans) if eng.session.affords(PIN_POINTS * len(plans)) else fs.pin_chunk
     try:
         for group in chunks(plans, max(chunk, 1)):
             for p, (fit, Yp) in zip(group, fit_pins(eng, group, ns.a)):
@@ -221,20 +200,21 @@ def fit_pins(eng: Coordinator, plans: list, a: np.ndarray) -> list:
 
 def orient(eng: Coordinator, kinks: dict) -> int:
     """The hyperplane of each pinned neuron whose direction is known worse than
-    ORIENT_ERR, from kinks located on it: lines along its normal through ``d +
-    ORIENT_POINTS`` seeded points of its hyperplane around the foot (four queries each,
+    orient_err, from kinks located on it: lines along its normal through ``d +
+    orient_points`` seeded points of its hyperplane around the foot (four queries each,
     :func:`.pin.pin_fit`), and a plane through them (:func:`.pin.plane_fit`). A weak
     neuron's Jacobian jump leaves its direction off by the noise over its small output
     vector (d=128, k=1024: 1 − cos = 1.9e-9 for output weight 7e-6, past DESIGN.md's
     1e-9); a kink's position is known to the noise over its slope change, 1e-10 there.
     Kept when validation does not get worse. Returns the neurons fitted."""
+    fs = eng.settings.finish
     st, cfg = eng.st, eng.cfg
     ns = st.neurons
     d, s = st.d, cfg.input_scale
-    n_pts = d + ORIENT_POINTS
-    cap = max(ORIENT_MIN, int(ORIENT_SHARE * ns.size * (d + 1) // (PIN_POINTS * n_pts)))
+    n_pts = d + fs.orient_points
+    cap = max(fs.orient_min, int(fs.orient_share * ns.size * (d + 1) // (PIN_POINTS * n_pts)))
     picks = [int(j) for j in np.argsort(-ns.err)[:cap]
-             if int(j) in kinks and ns.err[j] > ORIENT_ERR]
+             if int(j) in kinks and ns.err[j] > fs.orient_err]
     if not picks:
         return 0
     W, b, err = ns.W.copy(), ns.b.copy(), ns.err.copy()
@@ -245,8 +225,8 @@ def orient(eng: Coordinator, kinks: dict) -> int:
         # for within one (conservative) direction error of each point: the fit refuses
         # a kink found further off
         # (twice as many candidates: some have a neighbour too close; then, as pin()
-        # does, a window PIN_TIGHT times the estimate from four times as many)
-        for margin, many in ((ORIENT_MARGIN, 2), (PIN_TIGHT * ORIENT_MARGIN, 4)):
+        # does, a window pin_tight times the estimate from four times as many)
+        for margin, many in ((fs.orient_margin, 2), (fs.pin_tight * fs.orient_margin, 4)):
             z = eng.streams.orient(j).standard_normal((many * n_pts, d)) * (s / np.sqrt(d))
             z -= (z @ w0)[:, None] * w0[None, :]
             plans = pin_plans(ns.W, ns.b, ns.err, np.full(many * n_pts, j), s, shift=z,
@@ -297,18 +277,19 @@ def remeasure(eng: Coordinator, kinks: dict) -> int:
     stencil each (2·(d + checks + 1) queries); the new direction is averaged with the
     old by precision, and the bias taken from the pinned kink. Kept when validation does
     not get worse. Returns the neurons measured again."""
+    fs = eng.settings.finish
     st, cfg = eng.st, eng.cfg
     ns = st.neurons
     d = st.d
     score = np.linalg.norm(ns.a, axis=1) * ns.err
     cost = 2 * (d + cfg.stencil_checks + 1)
-    cap = int(REMEASURE_SHARE * ns.size * (d + 1) // cost)
+    cap = int(fs.remeasure_share * ns.size * (d + 1) // cost)
     picks = [int(j) for j in np.argsort(-score)[:cap]
-             if int(j) in kinks and score[j] > REMEASURE_FACTOR * np.median(score)]
+             if int(j) in kinks and score[j] > fs.remeasure_factor * np.median(score)]
     # worth it only if these terms are a good part of the error (score² as their share;
     # the error of a wide network is spread over many neurons)
     share = float(np.sum(score[picks] ** 2) / max(np.sum(score ** 2), 1e-300))
-    if not picks or share < REMEASURE_MIN_SHARE:
+    if not picks or share < fs.remeasure_min_share:
         logger.info("remeasure: not worth it (%d candidates hold %.0f%% of the error "
                     "estimate, validation %.3g)", len(picks), 100 * share,
                     st.val_rel_l2)

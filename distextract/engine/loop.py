@@ -26,7 +26,6 @@ from .._model import ReluNetwork
 from . import cleanup, finish, imprecise, scan, update
 from ._config import ExtractConfig
 from .assemble import assemble, no_worse
-from .cleanup import UNSEEN_EARLY_LINES
 from .kinks import segment_end_points
 from .lines import Line, line_reach, make_line
 from .neurons import NeuronSet, dedup, jumps_to_neurons
@@ -35,17 +34,13 @@ from .precision import PROBE_LINES, PROBE_POINTS, measure_precision, probe_point
 from .regions import LineScan, region_edges
 from .seeds import Streams
 from .session import QuerySession
-from .settings import LINE_SEGMENTS, Derived, derive
+from .settings import LINE_SEGMENTS, Derived, Settings, derive
 from .state import EngineResult, EngineState, LineRecord, PrecisionLimited
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PROBE_LINES", "PROBE_POINTS", "Coordinator", "EngineResult"]
 
-MISMATCH_ERROR = 1e-2  # a model missing validation by more than this gets a verdict line
-OPENING_BUDGET_FACTOR = 4  # opening in one request when the budget holds 4x its rows
-IMPRECISE_FEW_CHANGES = 2  # imprecise answers: a searched line changing at most this many
-IMPRECISE_FEW_SHARE = 0.03  # (or this share of the) neurons ends the searched lines
 
 class Coordinator:
     """Runs the extraction rounds over an executor.
@@ -64,11 +59,15 @@ class Coordinator:
         Concurrent task slots of the executor.
     validation_points : int, optional
         Validation points (default ``cfg.validation_points``).
+    settings : Settings, optional
+        The stages' fixed settings (:mod:`.settings`; default: ``Settings()``).
     """
 
     def __init__(self, executor, d: int, cfg: ExtractConfig, seed: int,
                  progress: Callable[[dict], None] | None = None, parallelism: int = 1,
-                 validation_points: int | None = None) -> None:
+                 validation_points: int | None = None,
+                 settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self.session = QuerySession(executor, parallelism)
         self.cfg = cfg
         self.streams = Streams.from_seed(seed)
@@ -172,11 +171,12 @@ class Coordinator:
         reused (at most ``4 × LINE_SEGMENTS`` rows unused). With a budget too small to pay
         for all of them at once, the probe and the validation points go first, one after
         the other (each finished step keeps what it paid for)."""
+        ls = self.settings.loop
         cfg = self.cfg
         Xp = probe_points(self.streams.probe(), self.st.d, cfg.input_scale)
         ends = np.unique(segment_end_points(self.line(0).segments(LINE_SEGMENTS),
                                             cfg.slope_step))
-        if not self.session.affords(OPENING_BUDGET_FACTOR * (Xp.shape[0] + self.n_val
+        if not self.session.affords(ls.opening_budget_factor * (Xp.shape[0] + self.n_val
                                                              + ends.size)):
             self.probe(self.session.eval(Xp))
             self.validation_set()
@@ -281,6 +281,8 @@ class Coordinator:
         self.emit("round", line=0, kinks=int(found.kinks.size))
 
     def run(self) -> EngineResult:
+        ls = self.settings.loop
+        rs = self.settings.rules
         cfg, st = self.cfg, self.st
         reason = "certified"
         try:
@@ -309,7 +311,7 @@ class Coordinator:
                     # d8-h1000 network of tests/data: four more lines, 9,000 rows, before
                     # the finishing pass dropped it; one line after its own is enough to
                     # test it, the validation decides)
-                    cleanup.drop_unseen(self, UNSEEN_EARLY_LINES)
+                    cleanup.drop_unseen(self, rs.unseen_early_lines)
                 if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
                     reason = "certified"
                     break
@@ -318,7 +320,7 @@ class Coordinator:
                 # more searched lines, and the lines it may trigger search a residual near
                 # the noise (round:6 d64-k128-m10: 3.22-3.48 instead of 3.48-4.13·k(d+1))
                 if self.imprecise and (clean >= cfg.clean_lines or changes <= max(
-                        IMPRECISE_FEW_CHANGES, IMPRECISE_FEW_SHARE * st.neurons.size)):
+                        ls.imprecise_few_changes, ls.imprecise_few_share * st.neurons.size)):
                     reason = "precision_floor"
                     break
                 # Clean lines but the error stays above target: a neuron may cross every line
@@ -353,7 +355,7 @@ class Coordinator:
             except BudgetExhausted as exc2:
                 logger.warning("%s; returning the best model so far (not certified)", exc2)
                 reason = "budget"
-            if st.val_rel_l2 > MISMATCH_ERROR:
+            if st.val_rel_l2 > ls.mismatch_error:
                 self.verdict = str(exc)
         except TargetMismatch as exc:
             if cfg.on_mismatch == "raise":
@@ -365,7 +367,7 @@ class Coordinator:
                 self.fallback_model()
         certified = reason == "certified"
         if (not certified and self.verdict is None and reason != "target_mismatch"
-                and st.val_rel_l2 > MISMATCH_ERROR):
+                and st.val_rel_l2 > ls.mismatch_error):
             self.verdict = (f"the best model still misses the validation points by relative L2 "
                             f"{st.val_rel_l2:.3g} after {len(st.lines)} lines")
         return EngineResult(model=st.model, neurons=st.neurons, certified=certified,

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .finish import REMEASURE_GOAL
 from .kinks import (
     SIGNATURE_RTOL,
     SearchParams,
@@ -36,29 +35,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NOISY_STEP_FACTOR = 30.0
-MAX_STEP = 0.05
-# cut points of a residual gap-search interval whose ends' lines miss it (SearchParams):
-# 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
-# rounds but cost 0.5-6% more queries on small networks
-RESIDUAL_SPLIT_POINTS = 3
-SENSITIVE_STEP_FACTOR = 100.0  # slope steps of the one sensitive line (run loop)
-IMPRECISE_ANCHOR_STEP = 0.25
-JUMP_RTOL = 1e-3  # float64: a gap whose slope change is off its predicted kink's by more
-# than this (relative) holds a second kink the guided search looks for (k=8192: a missing
-# neuron hides next to a known one)
-MODEL_BLOCK = 512  # points per block when the coordinator evaluates the model
-RESIDUAL_SPREADS = 4.0  # residual search: the model's error at a predicted kink, in error
-# estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
-LONG_STEPS_FACTOR = 3.0  # (at 5, d128-k1024 seed 8 estimated 3.6e-8 and ended at 1.01e-8)
-
 
 def search(eng: Coordinator, line: Line, segments: list, noise: float,
             sensitive: bool = False) -> LineScan:
+    ss = eng.settings.scan
     cfg, st = eng.cfg, eng.st
     params = search_params(eng, noise)
     if sensitive:
-        params = replace(params, slope_step=min(MAX_STEP, SENSITIVE_STEP_FACTOR
+        params = replace(params, slope_step=min(ss.max_step, ss.sensitive_step_factor
                                                 * params.slope_step))
     ends = np.unique(segment_end_points(segments, cfg.slope_step))
     paid = eng.first_ends if line.index == 0 else {}
@@ -79,14 +63,15 @@ def search_params(eng: Coordinator, noise: float) -> SearchParams:
     known to ``noise/δ``, so noisier answers need longer slope and check steps (the
     defaults hold for float64), and intervals are not split below what the noise can
     resolve."""
+    ss = eng.settings.scan
     cfg = eng.cfg
-    grow = NOISY_STEP_FACTOR * np.sqrt(noise)
+    grow = ss.noisy_step_factor * np.sqrt(noise)
     return SearchParams(noise=noise, check_factor=eng.check_factor,
-                        slope_step=float(min(MAX_STEP, max(cfg.slope_step, grow))),
+                        slope_step=float(min(ss.max_step, max(cfg.slope_step, grow))),
                         min_width=float(max(cfg.min_width, 1e3 * noise)),
-                        check_step=float(min(MAX_STEP, max(cfg.check_step, grow))),
-                        anchor_step=IMPRECISE_ANCHOR_STEP if eng.imprecise else None,
-                        jump_rtol=SIGNATURE_RTOL if eng.imprecise else JUMP_RTOL)
+                        check_step=float(min(ss.max_step, max(cfg.check_step, grow))),
+                        anchor_step=ss.imprecise_anchor_step if eng.imprecise else None,
+                        jump_rtol=SIGNATURE_RTOL if eng.imprecise else ss.jump_rtol)
 
 
 def guided(eng: Coordinator, line: Line, predicted: np.ndarray, pred_tol: np.ndarray | None = None,
@@ -114,16 +99,17 @@ def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet)
     quarter with 4 (the guided search takes two), and a missing neuron's residual is a ramp
     that stands out whatever its neighbours. The samples are evaluated by the executor's
     tasks, the model here (it never travels)."""
+    ss = eng.settings.scan
     st = eng.st
     # a flagged gap holds what bends the residual, often a weak kink next to a strong
     # one (why earlier lines missed it): long slope steps see 100x weaker slope changes
     # (norm_range d64-k256: with the default steps the pieces' search missed 4 of the
     # 10 kinks line 1 flagged and the lines never came back clean)
     base = search_params(eng, st.noise)
-    params = replace(base, split_points=RESIDUAL_SPLIT_POINTS)
+    params = replace(base, split_points=ss.residual_split_points)
     if st.val_rel_l2 > eng.target:
         params = replace(params, slope_step=min(
-            MAX_STEP, SENSITIVE_STEP_FACTOR * base.slope_step))
+            ss.max_step, ss.sensitive_step_factor * base.slope_step))
 
     def evaluate(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Y = eng.session.eval(line.points(t))
@@ -131,10 +117,10 @@ def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet)
 
     x_norm = np.sqrt(float(line.u @ line.u) + predicted ** 2)
     amp = np.linalg.norm(ns.a, axis=1)
-    offset = RESIDUAL_SPREADS * amp * ns.err * (x_norm + 1.0)
-    slope = RESIDUAL_SPREADS * amp * ns.err * 2.0
+    offset = ss.residual_spreads * amp * ns.err * (x_norm + 1.0)
+    slope = ss.residual_spreads * amp * ns.err * 2.0
     ts, Y, sc, intervals = residual_samples(
-        evaluate, lambda t: line.model_values(st.model, t, MODEL_BLOCK), predicted,
+        evaluate, lambda t: line.model_values(st.model, t, ss.model_block), predicted,
         offset, slope, line.reach, params, eng.cfg.residual_stride)
     results = [predicted_outside(predicted, intervals, Y.shape[1])]
     if intervals:
@@ -177,10 +163,12 @@ def longer_steps(eng: Coordinator, plans: list, noise: float) -> bool:
     """Whether the first line's stencils should take WIDE_CROSSING_RATE's longer steps
     (more stencil rows crossing a hyperplane and measured again, about 2% more queries)
     because the rounding error the planned steps leave (:func:`.regions.rounding_error`,
-    an upper estimate, relative to the output rows' norm) exceeds LONG_STEPS_FACTOR × the
+    an upper estimate, relative to the output rows' norm) exceeds long_steps_factor × the
     fidelity goal: d=128, k=1024 seeds 0, 1, 3 (estimates 4.6e-8, 2e-7 and 1e-7; seed 2
     gives 1.5e-8, m=10 seed 0 2.4e-8, measured 2.1e-9).
     Sets ``st.long_steps``."""
+    fs = eng.settings.finish
+    ss = eng.settings.scan
     cfg, st = eng.cfg, eng.st
     if (cfg.stencil_crossing_rate is not None or eng.imprecise
             or eng.crossing_rate >= WIDE_CROSSING_RATE):
@@ -188,9 +176,9 @@ def longer_steps(eng: Coordinator, plans: list, noise: float) -> bool:
     # (the error of a neuron's term lies along its output vector; relative L2 compares
     # it with whole output rows)
     size = float(np.sqrt(np.mean(np.sum(eng.paid.Yv ** 2, axis=1)))) if eng.paid.Yv.size else st.fref
-    goal = REMEASURE_GOAL if cfg.target_rel_l2 is None else cfg.target_rel_l2
+    goal = fs.remeasure_goal if cfg.target_rel_l2 is None else cfg.target_rel_l2
     est = rounding_error(plans, noise, st.d) * cfg.input_scale / max(size, 1e-300)
-    st.long_steps = bool(est > LONG_STEPS_FACTOR * goal)
+    st.long_steps = bool(est > ss.long_steps_factor * goal)
     if st.long_steps:
         logger.info("stencil rounding would leave rel L2 up to %.2g: longer steps (crossing "
                     "rate %g)", est, WIDE_CROSSING_RATE)

@@ -8,7 +8,7 @@ differ from the float64 ones. Each rule is stated once, beside its constant.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ._config import ExtractConfig
 from .neurons import EXPLAIN_FACTOR, MATCH_CEILING, RANK_FACTOR
@@ -111,3 +111,131 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         match_ceiling=float(max(MATCH_CEILING, min(MATCH_CEILING_MAX,
                                                    MATCH_CEILING_NOISE * precision.noise))),
         target_rel_l2=target, target_floor=floor)
+
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """Line scans (:mod:`.scan`)."""
+
+    # slope and check steps grow to this times sqrt(noise) for noisy answers ...
+    noisy_step_factor: float = 30.0
+    # ... and never beyond this (relative to the interval)
+    max_step: float = 0.05
+    # cut points of a residual gap-search interval whose ends' lines miss it (SearchParams):
+    # 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
+    # rounds but cost 0.5-6% more queries on small networks
+    residual_split_points: int = 3
+    # slope steps of the one sensitive line (run loop)
+    sensitive_step_factor: float = 100.0
+    # imprecise answers: anchor points of a search step (relative to the interval)
+    imprecise_anchor_step: float = 0.25
+    # float64: a gap whose slope change is off its predicted kink's by more
+    # than this (relative) holds a second kink the guided search looks for (k=8192: a missing
+    # neuron hides next to a known one)
+    jump_rtol: float = 1e-3
+    # points per block when the coordinator evaluates the model
+    model_block: int = 512
+    # residual search: the model's error at a predicted kink, in error
+    # estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
+    residual_spreads: float = 4.0
+    # the first line's stencils take the wide crossing rate's longer steps when their
+    # rounding would miss the fidelity goal by this factor (at 5, d128-k1024 seed 8
+    # estimated 3.6e-8 and ended at 1.01e-8)
+    long_steps_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class LineRules:
+    """The per-line update and clean-up rules (:mod:`.update`, :mod:`.cleanup`)."""
+
+    # predicted crossings this close (relative) to the line's ends or to
+    # each other are left out (a guided search needs distinct points inside the line)
+    crossing_margin: float = 1e-9
+    # a line where more than this share of the kinks (and more than mismatch_min_kinks)
+    # match no known hyperplane, twice in a row, is a verdict: kinks that bend ...
+    mismatch_fraction: float = 0.2
+    mismatch_min_kinks: int = 4
+    # ... unless the answers are noisier than this (then it is a precision limit)
+    bend_verdict_noise: float = 1e-10
+    # an old neuron this close (of the local kink spacing) to a new one's crossing may be a merge
+    merge_spacing: float = 0.1
+    # new neurons of one line tested for removal when it made validation worse
+    new_reject_max: int = 16
+    # a neuron crossing at least this many lines ...
+    unseen_min_lines: int = 3
+    # ... and seen on at most this share of them is tested for removal
+    unseen_share: float = 0.5
+    # ... after a clean line, as soon as this many lines cross it
+    unseen_early_lines: int = 2
+    # ... (the least seen first, at most this many)
+    unseen_max: int = 32
+
+
+@dataclass(frozen=True)
+class FinishSettings:
+    """Finishing, float64 answers (:mod:`.finish`)."""
+
+    # float64: a neuron whose direction error exceeds this (relative to
+    # max(1, |β|)) gets its offset pinned along its normal (:mod:`.pin`): its β error is at most
+    # about 1.6 × err (measured at d=128, k=512), DESIGN.md matches biases within 1e-6
+    pin_err: float = 4e-7
+    # neurons pinned per batch of queries
+    pin_chunk: int = 64
+    # second pass: own window this fraction of the error estimate's
+    pin_tight: float = 0.1
+    # ... and, above remeasure_goal, one whose |a|·err is this many medians
+    pin_score: float = 3.0
+    # the pinned model is kept unless validation gets worse than this factor
+    pin_keep: float = 1.1
+    # lines tried near a crowded foot, ...
+    pin_retries: int = 8
+    # ... this many input scales from it
+    pin_shift: float = 0.1
+    # float64: a pinned neuron whose direction error exceeds this (a weak
+    # neuron: its jump is small) gets its hyperplane from d + 4 kinks located on it ...
+    orient_err: float = 1e-4
+    # (d + this many)
+    orient_points: int = 4
+    # its kinks are looked for within this many direction errors
+    orient_margin: float = 1.0
+    # ... spending at most this share of k·(d+1) queries
+    orient_share: float = 0.02
+    # ... but at least this many (a small network's 2% is less than one)
+    orient_min: int = 1
+    # float64: while validation is above this (DESIGN.md's fidelity for
+    # random networks), the neurons with the largest |a|·err are measured again at their foot
+    remeasure_goal: float = 1e-8
+    # ... those above this many times the median |a|·err ...
+    remeasure_factor: float = 5.0
+    # ... spending at most this share of k·(d+1) queries
+    remeasure_share: float = 0.02
+    # ... if they hold at least this share of the error estimate
+    # (d=128, k=1024 seed 1 and k=8192: 47% each; measured again, 1.5e-8 -> 1.1e-8 for +1.6%
+    # queries and 1.7e-8 -> 1.3e-8 for +1.9%)
+    remeasure_min_share: float = 0.3
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The stop rules (:mod:`.loop`)."""
+
+    # a model missing validation by more than this gets a verdict line
+    mismatch_error: float = 1e-2
+    # opening in one request when the budget holds 4x its rows
+    opening_budget_factor: int = 4
+    # imprecise answers: a searched line changing at most this many
+    imprecise_few_changes: int = 2
+    # (or this share of the) neurons ends the searched lines
+    imprecise_few_share: float = 0.03
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The engine's fixed settings, by stage (each documented once, beside its field).
+    A run takes the defaults; tests pass other values (``Coordinator(..., settings=)``)."""
+
+    scan: ScanSettings = field(default_factory=ScanSettings)
+    rules: LineRules = field(default_factory=LineRules)
+    finish: FinishSettings = field(default_factory=FinishSettings)
+    loop: LoopSettings = field(default_factory=LoopSettings)

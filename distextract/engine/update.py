@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import cleanup
-from .cleanup import UNSEEN_EARLY_LINES
 from .neurons import (
     EXPLAIN_FACTOR,
     NeuronSet,
@@ -30,27 +29,22 @@ from .state import PrecisionLimited
 if TYPE_CHECKING:
     from .loop import Coordinator
 
-CROSSING_MARGIN = 1e-9  # predicted crossings this close (relative) to the line's ends or to
-# each other are left out (a guided search needs distinct points inside the line)
-MISMATCH_FRACTION = 0.2
-MISMATCH_MIN_KINKS = 4
-BEND_VERDICT_NOISE = 1e-10
-
 
 def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
     """Search a further line for kinks of ``F``; kinks that no known hyperplane explains
     are new neurons (their two regions are measured), known hyperplanes that should cross
     the line but show no kink were spurious and are removed. Returns the number of
     changes (new + removed); 0 means the line confirmed the model."""
+    rs = eng.settings.rules
     cfg, st = eng.cfg, eng.st
     q0 = eng.session.queries
     line = eng.line(index)
     reach = line.reach
     ns = st.neurons
     tp, ptol, wv = predicted_crossings(line, ns)
-    sel = crossings_inside(tp, reach, CROSSING_MARGIN)
+    sel = crossings_inside(tp, reach, rs.crossing_margin)
     if sel.size:  # one of two crossings closer than this margin (coinciding hyperplanes)
-        sel = sel[np.concatenate([[True], np.diff(tp[sel]) > CROSSING_MARGIN
+        sel = sel[np.concatenate([[True], np.diff(tp[sel]) > rs.crossing_margin
                                   * (1 + np.abs(tp[sel][1:]))])]
     tp = tp[sel]
     jump = ns.a[sel] * np.abs(wv[sel])[:, None]
@@ -79,9 +73,9 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
     regions = []
     added = 0
     frac = unexplained.size / max(scan.kinks.size, 1)
-    if unexplained.size > MISMATCH_MIN_KINKS and frac > MISMATCH_FRACTION:
+    if unexplained.size > rs.mismatch_min_kinks and frac > rs.mismatch_fraction:
         eng.mismatch_lines += 1
-        if eng.mismatch_lines >= 2 and st.noise > BEND_VERDICT_NOISE:
+        if eng.mismatch_lines >= 2 and st.noise > rs.bend_verdict_noise:
             # with imprecise answers, misplaced hyperplanes look the same as bending
             # ones: no verdict on the target, the model is limited by precision
             raise PrecisionLimited(
@@ -153,7 +147,7 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
         # lines miss, then new ones that still make it worse
         removed += cleanup.drop_merges(eng, index)
         if st.val_rel_l2 > worse:
-            removed += cleanup.drop_unseen(eng, UNSEEN_EARLY_LINES)
+            removed += cleanup.drop_unseen(eng, rs.unseen_early_lines)
         if st.val_rel_l2 > worse:
             added -= cleanup.reject_new(eng, index)
     eng.record_line(line, "sensitive" if sensitive else "residual", scan, regions, q0)
