@@ -125,7 +125,8 @@ def _trace(rec: RecordingOracle, res: Any = None, exc: BaseException | None = No
         out["raised"] = f"{type(exc).__name__}: {exc}"
     else:
         out.update(model=model_hash(res.model), stop_reason=res.stop_reason,
-                   rounds=rounds(res.report["rounds"]), queries=res.queries, certified=res.certified,
+                   rounds=rounds(res.report["rounds"]), queries=res.queries,
+                   certified=res.certified,
                    val_rel_l2=repr(res.val_rel_l2), hidden=res.model.hidden_dim)
     out["rolling"] = rec.rolling
     out["trace"] = rec.calls

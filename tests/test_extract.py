@@ -295,7 +295,7 @@ def test_stencil_steps_lengthen_when_their_rounding_would_miss_the_goal():
     decides the step: at the default goal a small network keeps the short steps; asked
     for 1e-12 it takes WIDE_CROSSING_RATE's longer ones (d=128, k=1024 seed 3: rel L2
     1.8e-8 -> 9.0e-9 for 1.4% more queries, BENCHMARKS.md); a configured rate is kept."""
-    from distextract.engine.scan import CROSSING_RATE, WIDE_CROSSING_RATE
+    from distextract.engine.settings import CROSSING_RATE, WIDE_CROSSING_RATE
 
     net = dx.targets.random_network(16, 32, 1, seed=1)
     rate = {}

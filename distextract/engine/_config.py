@@ -124,7 +124,7 @@ class ExtractConfig:
         networks keep the output weights measured from the jumps.
     residual_scan : bool
         Float64 answers: later lines look for kinks of the residual ``F − model`` (about a
-        quarter of a query per known kink, :func:`.scan.residual`) instead of
+        quarter of a query per known kink, :func:`.kinks.residual_search`) instead of
         re-locating every known kink (two per kink, :func:`.kinks.guided_search`).
     residual_stride : int
         A later line's residual is sampled in every ``residual_stride``-th gap between the

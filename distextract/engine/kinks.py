@@ -417,8 +417,8 @@ def guided_search(evaluate: Evaluator, predicted: np.ndarray, reach: float,
 
 
 def residual_points(predicted: np.ndarray, reach: float) -> np.ndarray:
-    """Where the residual search (:func:`.scan.residual`) may sample a line: both ends and the middle of every gap
-    between the sorted predicted kinks. Shape (K + 3,)."""
+    """Where :func:`residual_search` may sample a line: both ends and
+    the middle of every gap between the sorted predicted kinks. Shape (K + 3,)."""
     p = np.asarray(predicted, dtype=np.float64)
     edges = np.concatenate([[-reach], p, [reach]])
     return np.concatenate([[-reach], 0.5 * (edges[:-1] + edges[1:]), [reach]])
@@ -531,3 +531,64 @@ def predicted_outside(predicted: np.ndarray, intervals: list[tuple[float, float]
     keep = p[~_inside(p, intervals)]
     return SegmentResult(t=np.zeros(0), values=np.zeros((0, m)), scale=np.zeros(0),
                          kinks=keep, resolved=np.ones(keep.size, dtype=bool))
+
+
+def residual_search(evaluate: Evaluator, model_values, predicted: np.ndarray,
+                    pred_offset: np.ndarray, pred_slope: np.ndarray, reach: float,
+                    params: SearchParams, stride: int = 1,
+                    search: Callable[[list, dict], list[SegmentResult]] | None = None
+                    ) -> list[SegmentResult]:
+    """Kink search on a line against a model that predicts every kink it knows.
+
+    One point in every gap between consecutive predicted kinks (and both ends,
+    :func:`residual_points`; with ``stride`` > 1 every ``stride``-th of them first, then the
+    others where those bend, :func:`residual_samples`): the residual ``r = F − model`` is
+    linear between the samples wherever the model is right, so its chord slopes change only
+    at a kink the model lacks, a kink it has that ``F`` lacks, or by the model's own error at
+    a predicted kink (``pred_offset``: how far the residual may sit off a line there, from
+    the hyperplane's position error; ``pred_slope``: the error of its slope change). Samples
+    whose chord slopes change by more are searched in full (:func:`search_segments` on ``F``
+    over the two chords around them, :func:`residual_flags`, cut at the samples inside,
+    :func:`residual_pieces`); every other predicted kink is taken where predicted. About one
+    query per known kink with ``stride`` 1, a quarter with 4 (the guided search takes two),
+    and a missing neuron's residual is a ramp that stands out whatever its neighbours. The
+    engine runs it with the model evaluated on its side and the searches spread over tasks
+    (:func:`.scan.residual`, through ``search``).
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(ts) -> (F values (n, m), scale (n,))``.
+    model_values : callable
+        ``model_values(ts) -> (n, m)``: the model along the line.
+    predicted : ndarray of shape (K,)
+        Predicted kink positions inside ``(-reach, reach)``, sorted.
+    pred_offset, pred_slope : ndarray of shape (K,)
+        Model error scales at each predicted kink (value offset, slope-change error).
+    reach : float
+    params : SearchParams
+    stride : int
+        Sample every ``stride``-th gap first (1: every gap at once).
+    search : callable, optional
+        ``search(pieces, known) -> list of SegmentResult``: searches the flagged pieces,
+        given the answers already paid (``{t: (values, scale)}``). Default:
+        :func:`search_segments` with ``evaluate``.
+
+    Returns
+    -------
+    list of SegmentResult
+        The samples, the searched intervals' results and the predicted kinks outside them;
+        :func:`.regions.merge_segments` makes one scan of them.
+    """
+    ts, f, sc, intervals = residual_samples(evaluate, model_values, predicted, pred_offset,
+                                            pred_slope, reach, params, stride)
+    m = f.shape[1]
+    out = [SegmentResult(t=ts, values=f, scale=sc, kinks=np.zeros(0),
+                         resolved=np.zeros(0, dtype=bool)),
+           predicted_outside(predicted, intervals, m)]
+    if intervals:
+        known = {float(t): (f[i], float(sc[i])) for i, t in enumerate(ts)}
+        pieces = residual_pieces(ts, intervals)
+        out += (search(pieces, known) if search is not None
+                else search_segments(evaluate, pieces, params, known))
+    return out

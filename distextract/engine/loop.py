@@ -346,7 +346,8 @@ class Coordinator:
             if st.model is None:
                 self.fallback_model()
             elif self.imprecise and st.neurons is not None and st.neurons.size:
-                imprecise.refine(self, extra_rows=False)  # the rows paid so far still sharpen the model
+                # the rows paid so far still sharpen the model
+                imprecise.refine(self, extra_rows=False)
         except PrecisionLimited as exc:
             logger.warning("%s; polishing the hyperplanes found so far", exc)
             reason = "precision_floor"

@@ -18,14 +18,19 @@ import numpy as np
 from .kinks import (
     SIGNATURE_RTOL,
     SearchParams,
-    predicted_outside,
-    residual_pieces,
-    residual_samples,
+    residual_search,
     segment_end_points,
 )
 from .lines import Line
 from .neurons import NeuronSet
-from .regions import LineScan, add_points, make_plans, merge_segments, missing_points, rounding_error
+from .regions import (
+    LineScan,
+    add_points,
+    make_plans,
+    merge_segments,
+    missing_points,
+    rounding_error,
+)
 from .session import chunks
 from .settings import WIDE_CROSSING_RATE
 from .tasks import GuidedTask, JacobianTask, output_scale
@@ -84,21 +89,12 @@ def guided(eng: Coordinator, line: Line, predicted: np.ndarray, pred_tol: np.nda
 
 
 def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet) -> LineScan:
-    """Residual search of ``line`` against the current model (float64 answers).
-
-    One point in every gap between consecutive predicted kinks ``predicted`` (and both ends,
-    :func:`.kinks.residual_points`; with ``residual_stride`` > 1 every stride-th of them
-    first, then the others where those bend, :func:`.kinks.residual_samples`): the residual
-    ``r = F − model`` is linear between the samples wherever the model is right, so its chord
-    slopes change only at a kink the model lacks, a kink it has that ``F`` lacks, or by the
-    model's own error at a predicted kink (from the error estimates of ``ns``, the neurons
-    predicted there). Samples whose chord slopes change by more are searched in full on ``F``
-    over the two chords around them (:func:`.kinks.residual_flags`, cut at the samples inside,
-    :func:`.kinks.residual_pieces`, searched by up to SEARCH_TASKS tasks); every other
-    predicted kink is taken where predicted. About one query per known kink with stride 1, a
-    quarter with 4 (the guided search takes two), and a missing neuron's residual is a ramp
-    that stands out whatever its neighbours. The samples are evaluated by the executor's
-    tasks, the model here (it never travels)."""
+    """Residual search of ``line`` against the current model (float64 answers,
+    :func:`.kinks.residual_search`): the samples are evaluated by the executor's tasks,
+    the model here (it never travels), the flagged intervals searched by up to
+    SEARCH_TASKS tasks (:meth:`.session.QuerySession.search`). ``ns`` are the neurons
+    predicted at ``predicted``; their error estimates bound how far the residual may bend
+    at their crossings."""
     ss = eng.settings.scan
     st = eng.st
     # a flagged gap holds what bends the residual, often a weak kink next to a strong
@@ -119,15 +115,12 @@ def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet)
     amp = np.linalg.norm(ns.a, axis=1)
     offset = ss.residual_spreads * amp * ns.err * (x_norm + 1.0)
     slope = ss.residual_spreads * amp * ns.err * 2.0
-    ts, Y, sc, intervals = residual_samples(
+    samples, *results = residual_search(
         evaluate, lambda t: line.model_values(st.model, t, ss.model_block), predicted,
-        offset, slope, line.reach, params, eng.cfg.residual_stride)
-    results = [predicted_outside(predicted, intervals, Y.shape[1])]
-    if intervals:
-        known = {float(t): (Y[i], float(sc[i])) for i, t in enumerate(ts)}
-        results += eng.session.search(line, residual_pieces(ts, intervals), params,
-                                     st.fref, st.absolute, known)
-    return merge_segments(results, [(ts, Y, sc)])
+        offset, slope, line.reach, params, eng.cfg.residual_stride,
+        search=lambda pieces, known: eng.session.search(line, pieces, params, st.fref,
+                                                        st.absolute, known))
+    return merge_segments(results, [(samples.t, samples.values, samples.scale)])
 
 
 def measure(eng: Coordinator, line: Line, scan: LineScan, noise: float,
@@ -175,7 +168,8 @@ def longer_steps(eng: Coordinator, plans: list, noise: float) -> bool:
         return False
     # (the error of a neuron's term lies along its output vector; relative L2 compares
     # it with whole output rows)
-    size = float(np.sqrt(np.mean(np.sum(eng.paid.Yv ** 2, axis=1)))) if eng.paid.Yv.size else st.fref
+    Yv = eng.paid.Yv
+    size = float(np.sqrt(np.mean(np.sum(Yv ** 2, axis=1)))) if Yv.size else st.fref
     goal = fs.remeasure_goal if cfg.target_rel_l2 is None else cfg.target_rel_l2
     est = rounding_error(plans, noise, st.d) * cfg.input_scale / max(size, 1e-300)
     st.long_steps = bool(est > ss.long_steps_factor * goal)
