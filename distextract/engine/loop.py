@@ -1,6 +1,6 @@
 """The coordinator: the stop-rule state machine over the stages.
 
-Probe the precision, search the first line, measure its regions, turn jumps into neurons,
+Probe the precision (:mod:`.opening`), search the first line, measure its regions, turn jumps into neurons,
 assemble; then scan further lines until enough come back clean with the validation error at
 the target (``certified``), the error stays above it (``precision_floor``), rounds or budget run
 out, or the target is not a one-hidden-layer ReLU network. Float64 answers are finished
@@ -23,18 +23,17 @@ import numpy as np
 
 from .._errors import BudgetExhausted, TargetMismatch
 from .._model import ReluNetwork
-from . import cleanup, finish, imprecise, scan, update
+from . import cleanup, finish, imprecise, opening, scan, update
 from ._config import ExtractConfig
 from .assemble import assemble, no_worse
-from .kinks import segment_end_points
 from .lines import Line, line_reach, make_line
 from .neurons import NeuronSet, dedup, jumps_to_neurons
 from .paid import PaidRows
-from .precision import PROBE_LINES, PROBE_POINTS, measure_precision, probe_points
+from .precision import PROBE_LINES, PROBE_POINTS
 from .regions import LineScan, region_edges
 from .seeds import Streams
 from .session import QuerySession
-from .settings import LINE_SEGMENTS, Derived, Settings, derive
+from .settings import Derived, Settings, derive
 from .state import EngineResult, EngineState, LineRecord, PrecisionLimited
 
 logger = logging.getLogger(__name__)
@@ -160,71 +159,13 @@ class Coordinator:
                 "val_rel_l2": self.st.val_rel_l2, "val_max_abs": self.st.val_max_abs,
                 "elapsed": time.perf_counter() - self.t_start}
 
-    # ------------------------------------------------------------ probe, validation
-    def opening(self) -> None:
-        """The probe and the first line's segment ends (with their slope points) in one
-        round trip instead of two: with a slow oracle every sequential round costs its
-        latency. The validation points travel later with the first line's region centres
-        (:meth:`eval_paying_validation`), so a target the probe refuses costs the probe and
-        the ends only. The ends are those of float64 answers; if the probe finds coarser
-        answers the first line is cut finer and only the ends shared by both cuts are
-        reused (at most ``4 × LINE_SEGMENTS`` rows unused). With a budget too small to pay
-        for all of them at once, the probe and the validation points go first, one after
-        the other (each finished step keeps what it paid for)."""
-        ls = self.settings.loop
-        cfg = self.cfg
-        Xp = probe_points(self.streams.probe(), self.st.d, cfg.input_scale)
-        ends = np.unique(segment_end_points(self.line(0).segments(LINE_SEGMENTS),
-                                            cfg.slope_step))
-        if not self.session.affords(ls.opening_budget_factor * (Xp.shape[0] + self.n_val
-                                                             + ends.size)):
-            self.probe(self.session.eval(Xp))
-            self.validation_set()
-            return
-        Y = self.session.eval(np.concatenate([Xp, self.line(0).points(ends)], axis=0))
-        n1 = Xp.shape[0]
-        self.probe(Y[:n1])
-        self.validation_pending = self.n_val > 0
-        self.first_ends = {float(t): Y[n1 + i] for i, t in enumerate(ends)}
-
-    def probe(self, Y: np.ndarray) -> None:
-        """Take the precision measured from the probe's answers ``Y``
-        (:func:`.precision.measure_precision`)."""
-        self.st.m = Y.shape[1]
-        self.st.precision = measure_precision(Y, self.session.queries)
-        p = self.st.precision
-        logger.info("probe: m=%d, output scale %.3g, relative precision %.3g",
-                    self.st.m, p.fref, p.noise)
-        self.emit("probe", noise=p.noise)
-
-    def _validation_points(self) -> np.ndarray:
-        rng = self.streams.validation()
-        return rng.standard_normal((max(self.n_val, 0), self.st.d)) * self.cfg.input_scale
-
-    def validation_set(self, Y: np.ndarray | None = None) -> None:
-        if self.n_val <= 0:
-            return
-        self.paid.Xv = self._validation_points()
-        self.paid.Yv = self.session.eval(self.paid.Xv) if Y is None else Y
-
-    def eval_paying_validation(self, X: np.ndarray) -> np.ndarray:
-        """Answers at ``X``, with the validation points in the same round trip while they
-        are still to be paid (:meth:`opening`)."""
-        if not self.validation_pending:
-            return self.session.eval(X)
-        Xv = self._validation_points()
-        Y = self.session.eval(np.concatenate([X, Xv], axis=0))
-        self.validation_pending = False
-        self.validation_set(Y[X.shape[0]:])
-        return Y[:X.shape[0]]
-
     # ------------------------------------------------------------------ models
     def assemble(self) -> None:
         """Assemble the model of ``st.neurons`` (:func:`.assemble.assemble`) and take it."""
         st = self.st
         if self.validation_pending:  # no region centre went out with them
             self.validation_pending = False
-            self.validation_set()
+            opening.validation_set(self)
         res = assemble(st.neurons, self.paid, st.m, self.streams.assemble(len(st.lines)),
                        self.imprecise, self.target, self.cfg.solve_max_unknowns)
         st.model, st.val_rel_l2, st.val_max_abs = res.model, res.val_rel_l2, res.val_max_abs
@@ -286,7 +227,7 @@ class Coordinator:
         cfg, st = self.cfg, self.st
         reason = "certified"
         try:
-            self.opening()
+            opening.first_request(self)
             self.first_line()
             clean = 0
             index = 1

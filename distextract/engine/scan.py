@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import opening
 from .kinks import (
     SIGNATURE_RTOL,
     SearchParams,
@@ -130,7 +131,7 @@ def measure(eng: Coordinator, line: Line, scan: LineScan, noise: float,
     want = missing_points(scan, line.reach, regions=only)
     if want.size:
         Xw = line.points(want)
-        Yw = eng.eval_paying_validation(Xw)
+        Yw = opening.eval_paying_validation(eng, Xw)
         scw = output_scale(Yw, st.fref, st.absolute)
         scan = add_points(scan, want, Yw, scw)
     plans = make_plans(scan, line.reach, eng.st.d, cfg.stencil_checks,
