@@ -104,7 +104,7 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
     from . import targets
     from ._runner import extract_to_run_dir
     from .fidelity import evaluate_fidelity
-    from .report import write_report
+    from .report import plots_available, plots_skipped_note, write_report
     from .serve import start_server
 
     s = settings or DemoSettings()
@@ -166,6 +166,8 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
         "timing": {"wall_s": time.perf_counter() - t0, "extract_s": extract_s,
                    "ray_start_s": (dist.get("timing") or {}).get("ray_start_s")},
         "run_dir": out_dir, "plots": [p for n, p in paths.items() if n.endswith(".png")],
+        # why there are no plots, and how to get them (matplotlib is the "plots" extra)
+        "plots_skipped": None if plots_available() else plots_skipped_note(out_dir),
     }
     with open(os.path.join(out_dir, DEMO_FILE), "w", encoding="utf-8") as fh:
         json.dump({"settings": asdict(s), "summary": summary}, fh, indent=2, default=float)
@@ -196,7 +198,8 @@ def format_summary(summary: dict) -> str:
         f"  result      certified={summary['certified']} (stop: {summary['stop_reason']})",
         f"  wall time   {t['wall_s']:.1f} s (extraction {t['extract_s']:.1f} s{ray})",
         (f"  run dir     {summary['run_dir']}: model.arrow, report.json, summary.txt, "
-         f"{len(summary['plots'])} PNG plots"),
+         + (f"{len(summary['plots'])} PNG plots" if not summary.get("plots_skipped")
+            else f"no plots ({summary['plots_skipped']})")),
         "Next:",
         f"  distextract report {summary['run_dir']}",
         f"  distextract export {os.path.join(summary['run_dir'], 'model.arrow')} --to onnx",
