@@ -161,6 +161,7 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
         "fidelity": {"points": fid.n_points, "rel_l2": fid.rel_l2,
                      "max_abs_error": fid.max_abs_error,
                      "argmax_agreement": fid.argmax_agreement},
+        "output": result.report.get("output"),
         "certified": result.certified, "stop_reason": result.stop_reason,
         "workers": workers,
         "timing": {"wall_s": time.perf_counter() - t0, "extract_s": extract_s,
@@ -172,6 +173,12 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
     with open(os.path.join(out_dir, DEMO_FILE), "w", encoding="utf-8") as fh:
         json.dump({"settings": asdict(s), "summary": summary}, fh, indent=2, default=float)
     return summary
+
+
+def _describe_output(record: dict | None) -> str:
+    from ._detect import OutputDetection
+
+    return OutputDetection(**record).describe() if record else "not recorded"
 
 
 def format_summary(summary: dict) -> str:
@@ -195,6 +202,7 @@ def format_summary(summary: dict) -> str:
          f"live matched, {n['spurious']} spurious)"),
         (f"  fidelity    relative L2 {f['rel_l2']:.2g}, max abs error {f['max_abs_error']:.2g}"
          f"{agree} on {f['points']:,} fresh N(0, I) points"),
+        f"  answers     {_describe_output(summary.get('output'))}",
         f"  result      certified={summary['certified']} (stop: {summary['stop_reason']})",
         f"  wall time   {t['wall_s']:.1f} s (extraction {t['extract_s']:.1f} s{ray})",
         (f"  run dir     {summary['run_dir']}: model.arrow, report.json, summary.txt, "
