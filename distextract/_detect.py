@@ -13,9 +13,10 @@ probe's 29 rows, sent from the driver before the workers start) decide the outpu
   (:func:`sigmoid_hint`).
 
 The answers' number format is read with the engine's own precision functions
-(:func:`~distextract.engine.loop.decimal_quantum`, :func:`~distextract.engine.loop.binary_rounding`):
-``decimals:N``, ``float32``, ``float16``, ``bfloat16`` or ``float64``. How the engine then sets
-its steps and tolerances from the measured precision is unchanged (``report["precision"]``).
+(:func:`~distextract.engine.loop.decimal_quantum`,
+:func:`~distextract.engine.loop.binary_rounding`): ``decimals:N``, ``float32``, ``float16``,
+``bfloat16`` or ``float64``. How the engine then sets its steps and tolerances from the
+measured precision is unchanged (``report["precision"]``).
 
 What it costs (``OutputDetection.extra_rows``):
 

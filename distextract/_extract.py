@@ -99,12 +99,13 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
     progress : callable, optional
         Called with a dict of counters after each phase.
     output : {"auto", "logits", "softmax"}
-        What the oracle answers. ``"auto"`` (default): read from the answers of the engine's
-        precision probe, sent first (rows in [0, 1] summing to 1: softmax, else logits;
-        :mod:`distextract._detect`); the probe's answers are reused, so float64 logits are
-        asked exactly the rows ``"logits"`` asks. ``report["output"]`` records the mode, the
-        answers' number format, the evidence and the confidence.
-        ``"logits"``: any real outputs. ``"softmax"``: class probabilities (m >= 2); the engine works
+        What the oracle answers. ``"auto"`` (default): read from the answers of the run's first
+        request (rows of values in [0, 1] summing to 1: softmax, else logits;
+        :mod:`distextract._detect`); float64 logits are sent exactly the requests
+        ``"logits"`` sends, probabilities restart the engine as softmax (the rows this wastes
+        are counted). ``report["output"]`` records the mode, the answers' number format, the
+        evidence, the confidence and the extra rows. ``"logits"``: any real outputs.
+        ``"softmax"``: class probabilities (m >= 2); the engine works
         on centred log-probabilities ``log p - mean(log p)``, which are piecewise linear, and
         the returned model's :meth:`~ReluNetwork.predict_proba` gives the probabilities
         (``predict`` gives the centred logits). Lines are kept shorter (``line_reach`` 8
