@@ -222,10 +222,13 @@ class DetectingOracle(Oracle):
     def _query(self, X: np.ndarray) -> np.ndarray:
         Y = self.inner.query(X)
         if self.detection is None:
-            A = np.asarray(Y, dtype=np.float64)
+            try:
+                A = np.asarray(Y, dtype=np.float64)
+            except (TypeError, ValueError):
+                return Y  # the caller's answer check names the problem
             A = A[:, None] if A.ndim == 1 else A
             if A.ndim != 2 or A.shape[0] != X.shape[0]:
-                return Y  # the caller's answer check names the problem
+                return Y  # (likewise)
             self.detection = detect_output(A)
             if self.detection.mode == "softmax":
                 raise SoftmaxDetected(self.detection, X.copy(), A)
