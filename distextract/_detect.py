@@ -7,7 +7,7 @@ probe's 29 rows, sent from the driver before the workers start) decide the outpu
 - **softmax**: two or more columns, every value in [0, 1], every row summing to 1 within the
   answers' rounding (at least :data:`PROB_SUM_TOL`) -> the engine works on centred
   log-probabilities (:class:`~distextract.SoftmaxLogitOracle`);
-- **logits**: anything else (real-valued outputs). One column of values in (0, 1), or several
+- **logits**: anything else (real-valued outputs). One column of values in [0, 1], or several
   in [0, 1] that do not sum to 1, may be sigmoid probabilities: they are taken as logits with
   low confidence, and the verdict of a run that then finds no sharp kinks says so
   (:func:`sigmoid_hint`).
@@ -152,17 +152,17 @@ def detect_output(Y: np.ndarray) -> OutputDetection:
             "logits", True, fmt, "low",
             f"{m} values per row in [0, 1] whose rows do not sum to 1 (off by up to "
             f"{off:.2g}): independent sigmoid probabilities, or real outputs in [0, 1]", n)
-    if m == 1 and finite and bool(np.all((Y > 0.0) & (Y < 1.0))):
+    if m == 1 and in_unit:
+        # (closed: a sigmoid far out on a line rounds to exactly 1.0 in float64)
         return OutputDetection(
             "logits", True, fmt, "low",
-            "one column of values in (0, 1): a sigmoid probability, or a real output in "
-            "(0, 1)", n)
+            "one column of values in [0, 1]: a sigmoid probability, or a real output in "
+            "[0, 1]", n)
     if not finite:
         return OutputDetection("logits", True, fmt, "low", "NaN or Inf among the answers", n)
     lo, hi = float(np.min(Y)), float(np.max(Y))
-    why = (f"values outside [0, 1] (from {lo:.3g} to {hi:.3g})" if lo < 0.0 or hi > 1.0
-           else f"one column per row in [0, 1] that is 0 or 1")
-    return OutputDetection("logits", True, fmt, "high", why, n)
+    return OutputDetection("logits", True, fmt, "high",
+                           f"values outside [0, 1] (from {lo:.3g} to {hi:.3g})", n)
 
 
 def sigmoid_hint(detection: OutputDetection | None) -> str | None:

@@ -68,7 +68,9 @@ def test_detect_output_sigmoid_like_answers_are_logits_with_low_confidence(net):
     p = 1.0 / (1.0 + np.exp(-_answers(net, "float64")))
     one = detect_output(p[:, :1])
     assert (one.mode, one.confidence) == ("logits", "low")
-    assert "one column of values in (0, 1)" in one.evidence
+    assert "one column of values in [0, 1]" in one.evidence
+    saturated = detect_output(np.vstack([p[:, :1], [[1.0]], [[0.0]]]))
+    assert (saturated.mode, saturated.confidence) == ("logits", "low")
     several = detect_output(p)  # independent sigmoids: rows do not sum to 1
     assert (several.mode, several.confidence) == ("logits", "low")
     assert "do not sum to 1" in several.evidence
