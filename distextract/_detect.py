@@ -98,6 +98,17 @@ class OutputDetection:
                 f"extra rows)")
 
 
+def describe_record(record: dict | None) -> str:
+    """:meth:`OutputDetection.describe` of a ``report["output"]`` dict (as read back from a
+    report.json; only the mode if it holds other keys)."""
+    if not isinstance(record, dict) or not record.get("mode"):
+        return "not recorded"
+    try:
+        return OutputDetection(**record).describe()
+    except TypeError:  # a report.json written by another version
+        return str(record["mode"])
+
+
 def forced(mode: str) -> OutputDetection:
     """The record of a mode the caller chose."""
     return OutputDetection(mode=mode, detected=False, evidence=f"output={mode!r} given")
@@ -400,5 +411,5 @@ def detect_first(oracle: Oracle, cfg, seed: int) -> tuple[OutputDetection, Oracl
 
 
 __all__ = ["OUTPUT_MODES", "DetectingOracle", "OutputDetection", "PrepaidOracle",
-           "answer_format", "centred_log_probabilities", "detect_first", "detect_output",
-           "forced", "probe_rows", "run_detecting", "sigmoid_hint"]
+           "answer_format", "centred_log_probabilities", "describe_record", "detect_first",
+           "detect_output", "forced", "probe_rows", "run_detecting", "sigmoid_hint"]

@@ -284,9 +284,9 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
                f"{result.queries} rows ({q['paid']} paid this attempt, {q['from_journal']} "
                f"from the journal), validation relative L2 {result.val_rel_l2:.3g}, "
                f"certified={result.certified}")
-    from .demo import _describe_output
+    from ._detect import describe_record
 
-    click.echo("Answers: " + _describe_output(result.report.get("output")))
+    click.echo("Answers: " + describe_record(result.report.get("output")))
 
 
 # ------------------------------------------------------------------------- evaluate

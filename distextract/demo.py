@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._detect import describe_record
 from ._errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -175,12 +176,6 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
     return summary
 
 
-def _describe_output(record: dict | None) -> str:
-    from ._detect import OutputDetection
-
-    return OutputDetection(**record).describe() if record else "not recorded"
-
-
 def format_summary(summary: dict) -> str:
     """The summary :func:`run_demo` returns, as the lines the CLI prints."""
     q, tp, n, f = summary["queries"], summary["throughput"], summary["neurons"], summary["fidelity"]
@@ -202,7 +197,7 @@ def format_summary(summary: dict) -> str:
          f"live matched, {n['spurious']} spurious)"),
         (f"  fidelity    relative L2 {f['rel_l2']:.2g}, max abs error {f['max_abs_error']:.2g}"
          f"{agree} on {f['points']:,} fresh N(0, I) points"),
-        f"  answers     {_describe_output(summary.get('output'))}",
+        f"  answers     {describe_record(summary.get('output'))}",
         f"  result      certified={summary['certified']} (stop: {summary['stop_reason']})",
         f"  wall time   {t['wall_s']:.1f} s (extraction {t['extract_s']:.1f} s{ray})",
         (f"  run dir     {summary['run_dir']}: model.arrow, report.json, summary.txt, "

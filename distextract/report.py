@@ -171,14 +171,10 @@ def summarize(data: RunData) -> str:
         statuses = q.get("statuses")
         if statuses:
             out.append("HTTP statuses: " + ", ".join(f"{k}: {v:,}" for k, v in statuses.items()))
-    output = ext.get("output")
-    if isinstance(output, dict) and output.get("mode"):
-        from ._detect import OutputDetection
+    if isinstance(ext.get("output"), dict):
+        from ._detect import describe_record
 
-        try:
-            out.append("Answers: " + OutputDetection(**output).describe())
-        except TypeError:  # a report.json from another version: show the mode at least
-            out.append(f"Answers: {output['mode']}")
+        out.append("Answers: " + describe_record(ext["output"]))
     tp = rep.get("throughput") or {}
     limit = data.limit_rows_per_s()
     if tp.get("rows_per_s"):
