@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ConfigError
+from ._detect import (
+    OUTPUT_MODES,
+    detect_first,
+    forced,
+    run_detecting,
+    sigmoid_hint,
+    with_hint,
+)
+from ._errors import ConfigError, TargetMismatch
 from ._model import ReluNetwork
 from ._oracle import CountingOracle, SoftmaxLogitOracle, as_oracle
 from ._validation import check_positive_int
@@ -65,7 +73,7 @@ def _min_budget(d: int) -> int:
 def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
             budget: int | None = None, config: ExtractConfig | None = None,
             workers: int | None = None, address: str | None = None,
-            progress: Callable[[dict], None] | None = None, output: str = "logits",
+            progress: Callable[[dict], None] | None = None, output: str = "auto",
             tasks_per_worker: int | None = None, **options: Any) -> ExtractionResult:
     """Extract a one-hidden-layer ReLU network from query access.
 
@@ -91,8 +99,14 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         else 1. Only with Ray (``workers`` > 1 or ``address``).
     progress : callable, optional
         Called with a dict of counters after each phase.
-    output : {"logits", "softmax"}
-        What the oracle answers. ``"softmax"``: class probabilities (m >= 2); the engine works
+    output : {"auto", "logits", "softmax"}
+        What the oracle answers. ``"auto"`` (default): read from the answers of the run's first
+        request (rows of values in [0, 1] summing to 1: softmax, else logits;
+        :mod:`distextract._detect`); float64 logits are sent exactly the requests
+        ``"logits"`` sends, probabilities restart the engine as softmax (the rows this wastes
+        are counted). ``report["output"]`` records the mode, the answers' number format, the
+        evidence, the confidence and the extra rows. ``"logits"``: any real outputs.
+        ``"softmax"``: class probabilities (m >= 2); the engine works
         on centred log-probabilities ``log p - mean(log p)``, which are piecewise linear, and
         the returned model's :meth:`~ReluNetwork.predict_proba` gives the probabilities
         (``predict`` gives the centred logits). Lines are kept shorter (``line_reach`` 8
@@ -120,13 +134,9 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
                 f"tasks_per_worker={tasks_per_worker} needs Ray workers: pass workers=N (N > 1) "
                 f"or address=; an in-process run has no workers")
         executor_options["tasks_per_worker"] = tasks_per_worker
-    if output not in ("logits", "softmax"):
-        raise ConfigError(f"output must be 'logits' or 'softmax', got {output!r}")
+    if output not in OUTPUT_MODES:
+        raise ConfigError(f"output must be 'auto', 'logits' or 'softmax', got {output!r}")
     orc = as_oracle(oracle, input_dim)
-    if output == "softmax":
-        orc = SoftmaxLogitOracle(orc)
-        if "line_reach" not in options and config is None:
-            cfg = cfg.updated(line_reach=SOFTMAX_LINE_REACH)
     d = orc.input_dim
     if budget is not None:
         budget = check_positive_int("budget", budget)
@@ -135,20 +145,43 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
             raise ConfigError(
                 f"budget={budget} rows is too small to extract anything from a d={d} oracle: "
                 f"the precision probe and one pair of region Jacobians need at least {need} rows")
+    detection, unmetered = forced(output), 0
+    if output == "auto" and distributed:
+        detection, orc, unmetered = detect_first(orc, cfg, int(seed))
+        output = detection.mode
+    softmax_cfg = cfg
+    if "line_reach" not in options and config is None:
+        softmax_cfg = cfg.updated(line_reach=SOFTMAX_LINE_REACH)
+    if output == "softmax":
+        orc, cfg = SoftmaxLogitOracle(orc), softmax_cfg
     n_val = cfg.validation_points
     if budget is not None:
         n_val = min(n_val, budget // 10)
     t0 = time.perf_counter()
-    if distributed:
-        from .distributed import run_distributed
+    try:
+        if distributed:
+            from .distributed import run_distributed
 
-        eng, queries, extra = run_distributed(orc, d, cfg, int(seed), budget, workers or 2,
-                                              address, progress, n_val, **executor_options)
-    else:
-        counting = CountingOracle(orc, budget)
-        ex = LocalExecutor(counting)
-        eng = Coordinator(ex, d, cfg, int(seed), progress, 1, n_val).run()
-        queries, extra = counting.queries, {}
+            # rows output="auto" sent from this process before the workers started
+            left = None if budget is None else budget - unmetered
+            eng, queries, extra = run_distributed(orc, d, cfg, int(seed), left, workers or 2,
+                                                  address, progress, n_val, **executor_options)
+            queries += unmetered
+        elif output == "auto":
+            def run_engine(ex, softmax: bool):
+                return Coordinator(ex, d, softmax_cfg if softmax else cfg, int(seed), progress,
+                                   1, n_val).run()
+
+            eng, queries, detection = run_detecting(orc, budget, run_engine)
+            output, extra = detection.mode, {}
+            cfg = softmax_cfg if output == "softmax" else cfg
+        else:
+            counting = CountingOracle(orc, budget)
+            ex = LocalExecutor(counting)
+            eng = Coordinator(ex, d, cfg, int(seed), progress, 1, n_val).run()
+            queries, extra = counting.queries, {}
+    except TargetMismatch as exc:
+        raise with_hint(exc, detection) from None
     wall = time.perf_counter() - t0
     model = eng.model.with_metadata(seed=int(seed), queries=int(queries), output=output,
                                     certified=bool(eng.certified))
@@ -163,7 +196,9 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
                        "max_abs": eng.val_max_abs},
         "precision": {"relative_noise": eng.noise,
                       "stencil_crossing_rate": eng.crossing_rate},
-        "verdict": eng.verdict,
+        "output": detection.to_dict(),
+        "verdict": (f"{eng.verdict} — {sigmoid_hint(detection)}"
+                    if eng.verdict and sigmoid_hint(detection) else eng.verdict),
         "refinement": eng.refinement,
         "finishing": eng.finishing,
         "derived": eng.derived,

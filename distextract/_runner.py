@@ -118,7 +118,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
                        batch_size: int = 64, max_in_flight: int = 8, timeout: float = 30.0,
                        retries: int = 8, seed: int = 0, resume: bool = False, workers: int = 1,
                        address: str | None = None, show_progress: bool | None = None,
-                       echo: Callable[[str], None] | None = None, output: str = "logits",
+                       echo: Callable[[str], None] | None = None, output: str = "auto",
                        on_mismatch: str = "raise", options: dict | None = None) -> RunOutcome:
     """Extract the network behind ``url`` into the run directory ``out_dir``.
 

@@ -241,9 +241,12 @@ Examples:
                    "no Ray; more: starts Ray on this machine unless --address is given).")
 @click.option("--address", default=None,
               help="Join an existing Ray cluster: 'auto' or 'ray://host:10001'.")
-@click.option("--output", "output", type=click.Choice(["logits", "softmax"]), default="logits",
-              show_default=True,
-              help="What the API answers: logits (any real outputs) or softmax probabilities.")
+@click.option("--output", "output", type=click.Choice(["auto", "logits", "softmax"]),
+              default="auto", show_default=True,
+              help="What the API answers: auto (read from the answers of the first request, the "
+                   "precision probe, which the run reuses: rows in [0, 1] summing to 1 are "
+                   "softmax probabilities, anything else logits; recorded in report.json), or "
+                   "force logits (any real outputs) or softmax probabilities.")
 @click.option("--on-mismatch", type=click.Choice(["raise", "flag"]), default="raise",
               show_default=True,
               help="If the API is not a one-hidden-layer ReLU network: stop with an error, or "
@@ -281,6 +284,9 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
                f"{result.queries} rows ({q['paid']} paid this attempt, {q['from_journal']} "
                f"from the journal), validation relative L2 {result.val_rel_l2:.3g}, "
                f"certified={result.certified}")
+    from ._detect import describe_record
+
+    click.echo("Answers: " + describe_record(result.report.get("output")))
 
 
 # ------------------------------------------------------------------------- evaluate

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._detect import describe_record
 from ._errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
     from . import targets
     from ._runner import extract_to_run_dir
     from .fidelity import evaluate_fidelity
-    from .report import write_report
+    from .report import plots_available, plots_skipped_note, write_report
     from .serve import start_server
 
     s = settings or DemoSettings()
@@ -161,11 +162,14 @@ def run_demo(out_dir: str | os.PathLike = DEFAULT_OUT, settings: DemoSettings | 
         "fidelity": {"points": fid.n_points, "rel_l2": fid.rel_l2,
                      "max_abs_error": fid.max_abs_error,
                      "argmax_agreement": fid.argmax_agreement},
+        "output": result.report.get("output"),
         "certified": result.certified, "stop_reason": result.stop_reason,
         "workers": workers,
         "timing": {"wall_s": time.perf_counter() - t0, "extract_s": extract_s,
                    "ray_start_s": (dist.get("timing") or {}).get("ray_start_s")},
         "run_dir": out_dir, "plots": [p for n, p in paths.items() if n.endswith(".png")],
+        # why there are no plots, and how to get them (matplotlib is the "plots" extra)
+        "plots_skipped": None if plots_available() else plots_skipped_note(out_dir),
     }
     with open(os.path.join(out_dir, DEMO_FILE), "w", encoding="utf-8") as fh:
         json.dump({"settings": asdict(s), "summary": summary}, fh, indent=2, default=float)
@@ -193,10 +197,12 @@ def format_summary(summary: dict) -> str:
          f"live matched, {n['spurious']} spurious)"),
         (f"  fidelity    relative L2 {f['rel_l2']:.2g}, max abs error {f['max_abs_error']:.2g}"
          f"{agree} on {f['points']:,} fresh N(0, I) points"),
+        f"  answers     {describe_record(summary.get('output'))}",
         f"  result      certified={summary['certified']} (stop: {summary['stop_reason']})",
         f"  wall time   {t['wall_s']:.1f} s (extraction {t['extract_s']:.1f} s{ray})",
         (f"  run dir     {summary['run_dir']}: model.arrow, report.json, summary.txt, "
-         f"{len(summary['plots'])} PNG plots"),
+         + (f"{len(summary['plots'])} PNG plots" if not summary.get("plots_skipped")
+            else f"no plots ({summary['plots_skipped']})")),
         "Next:",
         f"  distextract report {summary['run_dir']}",
         f"  distextract export {os.path.join(summary['run_dir'], 'model.arrow')} --to onnx",

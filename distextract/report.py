@@ -18,13 +18,16 @@
     Per-neuron confidence: estimated direction error and rank-one residual of the Jacobian jump.
 
 A plot whose data the run directory lacks is still written and says what is missing. Plots
-use matplotlib's Agg canvas directly (no pyplot, no display, the caller's backend untouched);
-matplotlib is the ``plots`` extra.
+use matplotlib's Agg canvas directly (no pyplot, no display, the caller's backend untouched).
+matplotlib is the ``plots`` extra, not a core dependency: without it :func:`write_report` still
+writes ``summary.txt``, whose last line says the plots were skipped and how to get them
+(:data:`PLOTS_HINT`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -33,9 +36,13 @@ import numpy as np
 
 from ._errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 #: Files :func:`write_report` writes into the run directory.
 PLOTS = ("kinks.png", "throughput.png", "validation.png", "neurons.png")
 SUMMARY = "summary.txt"
+#: How to get the plots when matplotlib is missing (the ``plots`` extra).
+PLOTS_HINT = 'pip install "distextract[plots]"'
 #: Resolution of the PNG files.
 DPI = 110
 #: Values of zero are drawn at this floor on logarithmic axes.
@@ -164,6 +171,10 @@ def summarize(data: RunData) -> str:
         statuses = q.get("statuses")
         if statuses:
             out.append("HTTP statuses: " + ", ".join(f"{k}: {v:,}" for k, v in statuses.items()))
+    if isinstance(ext.get("output"), dict):
+        from ._detect import describe_record
+
+        out.append("Answers: " + describe_record(ext["output"]))
     tp = rep.get("throughput") or {}
     limit = data.limit_rows_per_s()
     if tp.get("rows_per_s"):
@@ -202,13 +213,29 @@ def summarize(data: RunData) -> str:
 
 
 # -------------------------------------------------------------------------- plots
+def plots_available() -> bool:
+    """Whether matplotlib (the ``plots`` extra) can be imported, so the PNG plots can be drawn."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def plots_skipped_note(run_dir: str) -> str:
+    """The sentence that replaces the plots when matplotlib is missing."""
+    return (f"not written: matplotlib is not installed; {PLOTS_HINT}, then: "
+            f"distextract report {run_dir}")
+
+
 def _figure(width: float = 8.0, height: float = 5.0) -> Any:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise ConfigError(f"plots need matplotlib, which is not installed ({exc}); install it "
-                          f'with: pip install "distextract[plots]"') from None
+                          f"with: {PLOTS_HINT}") from None
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -405,6 +432,9 @@ def plot_neurons(data: RunData, path: str) -> str:
 def write_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, str]]:
     """Write ``summary.txt`` and the PNG plots of :data:`PLOTS` into ``run_dir``.
 
+    Without matplotlib (the ``plots`` extra) only ``summary.txt`` is written; its last line
+    says the plots were skipped and how to get them (:func:`plots_skipped_note`).
+
     Returns
     -------
     summary : str
@@ -415,15 +445,20 @@ def write_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, str]]:
     Raises
     ------
     ConfigError
-        ``run_dir`` is not a run directory, a file in it is unreadable, or matplotlib is
-        missing.
+        ``run_dir`` is not a run directory or a file in it is unreadable.
     """
     data = RunData(run_dir)
     text = summarize(data)
     paths = {}
-    for name, fn in zip(PLOTS, (plot_kinks, plot_throughput, plot_validation, plot_neurons)):
-        paths[name] = fn(data, os.path.join(data.run_dir, name))
-    text += "\nPlots: " + ", ".join(PLOTS)
+    if plots_available():
+        for name, fn in zip(PLOTS, (plot_kinks, plot_throughput, plot_validation,
+                                    plot_neurons)):
+            paths[name] = fn(data, os.path.join(data.run_dir, name))
+        text += "\nPlots: " + ", ".join(PLOTS)
+    else:
+        logger.info("matplotlib is not installed: the report's plots are skipped (%s)",
+                    PLOTS_HINT)
+        text += "\nPlots: " + plots_skipped_note(data.run_dir)
     summary_path = os.path.join(data.run_dir, SUMMARY)
     with open(summary_path, "w", encoding="utf-8") as fh:
         fh.write(text + "\n")
@@ -431,5 +466,6 @@ def write_report(run_dir: str | os.PathLike) -> tuple[str, dict[str, str]]:
     return text, paths
 
 
-__all__ = ["PLOTS", "SUMMARY", "RunData", "plot_kinks", "plot_neurons", "plot_throughput",
-           "plot_validation", "summarize", "write_report"]
+__all__ = ["PLOTS", "PLOTS_HINT", "SUMMARY", "RunData", "plot_kinks", "plot_neurons",
+           "plot_throughput", "plot_validation", "plots_available", "plots_skipped_note",
+           "summarize", "write_report"]

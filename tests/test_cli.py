@@ -169,6 +169,32 @@ def test_extract_writes_the_run_outputs_report_reads(run_dir):
     assert report["extraction"]["rounds"]
 
 
+def readme_report_keys() -> list[str]:
+    """The keys README's report.json table documents (its first column)."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+    section = re.search(r"\n### report\.json\n(.*?)\n#{2,3} ", text, re.DOTALL)
+    assert section, "README.md has no '### report.json' section"
+    return re.findall(r"^\| `([A-Za-z_.]+)` \|", section.group(1), re.MULTILINE)
+
+
+def test_every_report_key_readme_documents_is_in_a_real_report(run_dir):
+    keys = readme_report_keys()
+    assert {"queries.paid", "queries.answered", "queries.refused",
+            "queries.from_journal"} <= set(keys)
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in keys:
+        node = report
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"report.json lacks {key}"
+            node = node[part]
+    # and every top-level key of the file is documented
+    assert set(report) <= {k.split(".")[0] for k in keys}
+    assert set(report["queries"]) <= {k.split(".")[1] for k in keys if k.startswith("queries.")}
+
+
 def test_report_writes_summary_and_plots(run_dir):
     out = run("report", str(run_dir))
     assert out.exit_code == 0, out.output
@@ -176,6 +202,7 @@ def test_report_writes_summary_and_plots(run_dir):
     assert "Throughput:" in out.output and "limit 3,200 rows/s" in out.output
     assert "Stopped: certified" in out.output
     assert "Probe lines:" in out.output
+    assert "Answers: logits (real values), float64 (detected from the" in out.output
     for name in PLOTS:
         data = (run_dir / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000, name

@@ -65,3 +65,36 @@ def test_demo_on_ray_workers(tmp_path):
     summary = check_summary(proc.stdout, run_dir)
     assert summary["workers"] == 2
     assert summary["timing"]["ray_start_s"] > 0
+
+
+# matplotlib made unimportable, as on a plain ``pip install .`` (it is the "plots" extra)
+NO_MATPLOTLIB = ("import sys; sys.modules['matplotlib'] = None; "
+                 "from distextract.cli import main; main()")
+
+
+def test_demo_and_report_without_matplotlib_say_how_to_get_the_plots(tmp_path):
+    run_dir = tmp_path / "demo"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-c", NO_MATPLOTLIB, "demo", "--no-ray", "--out",
+                           str(run_dir), *SMALL], check=False, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "certified=True" in proc.stdout
+    assert ('no plots (not written: matplotlib is not installed; pip install '
+            '"distextract[plots]", then: distextract report') in proc.stdout
+    for name in ("model.arrow", "report.json", "summary.txt", "demo.json"):
+        assert (run_dir / name).exists(), name
+    assert not any((run_dir / name).exists() for name in PLOTS)
+    summary = json.loads((run_dir / "demo.json").read_text())["summary"]
+    assert summary["plots"] == [] and 'pip install "distextract[plots]"' in \
+        summary["plots_skipped"]
+
+    report = subprocess.run([sys.executable, "-c", NO_MATPLOTLIB, "report", str(run_dir)],
+                            check=False, capture_output=True, text=True, timeout=60, env=env)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "Stopped: certified" in report.stdout
+    assert 'Plots: not written: matplotlib is not installed; pip install "distextract[plots]"' \
+        in report.stdout
+    assert "Wrote " + str(run_dir / "summary.txt") in report.stdout
+    assert "Plots: not written" in (run_dir / "summary.txt").read_text()
+    assert not any((run_dir / name).exists() for name in PLOTS)

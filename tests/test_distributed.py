@@ -296,8 +296,13 @@ def test_rate_limited_http_run_matches_in_process(ray_local, net):
         finally:
             http.close()
         served = server.stats()
+        driver_paid = http.stats()["rows_paid"]
     ref = extract(net, seed=3)
-    assert res.queries == ref.queries
+    # output="auto" sent the precision probe's 29 rows from this process first; an HTTP client
+    # without a journal cannot hand their answers to the workers, which pay them again
+    out = res.report["output"]
+    assert out["mode"] == "logits" and out["extra_rows"] == driver_paid == 29
+    assert res.queries == ref.queries + out["extra_rows"]
     dist = res.report["distributed"]
     assert dist["limiter"]["rate"] == 190
     assert served["rows_served"] == res.queries
@@ -305,7 +310,7 @@ def test_rate_limited_http_run_matches_in_process(ray_local, net):
     # 4 tasks per worker (max_in_flight): their small search queries shared requests
     assert dist["tasks_per_worker"] == 4
     assert sum(h["requests_shared"] for h in dist["http"]) >= 1
-    assert sum(h["rows_paid"] for h in dist["http"]) == res.queries
+    assert sum(h["rows_paid"] for h in dist["http"]) + driver_paid == res.queries
 
 
 def test_http_oracle_travels_as_spec_without_its_key(monkeypatch):
@@ -371,9 +376,15 @@ def test_cli_extract_with_workers(ray_local, net, tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     dist = report["extraction"]["distributed"]
     assert dist["workers"] == 2
-    assert dist["rows_paid"] == served["rows_served"]
+    # output="auto": the probe's rows went first from this process, through the journal, and
+    # the workers were served them from it: nothing paid twice
+    detected = report["extraction"]["output"]
+    assert detected["mode"] == "logits" and detected["extra_rows"] == 0
+    assert dist["rows_paid"] + detected["rows"] == served["rows_served"]
+    assert report["queries"]["paid"] == served["rows_served"] == report["queries"]["rows"]
+    assert report["queries"]["from_journal"] == detected["rows"]
     names = {p.name for p in (tmp_path / "run" / "journal").iterdir()}
-    assert {"w0.0001.arrows", "w1.0001.arrows"} <= names
+    assert {"main.0001.arrows", "w0.0001.arrows", "w1.0001.arrows"} <= names
 
 
 def test_softmax_answers_on_workers_match_in_process(ray_local):
@@ -384,6 +395,12 @@ def test_softmax_answers_on_workers_match_in_process(ray_local):
     local = dx.extract(oracle, seed=2, output="softmax")
     dist = dx.extract(oracle, seed=2, output="softmax", workers=2)
     assert dist.queries == local.queries
+    # output="auto" reads the probabilities from the probe, sent first from this process; the
+    # workers are served its answers (the oracle travels with them): no row paid twice
+    auto = dx.extract(oracle, seed=2, workers=2)
+    assert auto.report["output"]["mode"] == "softmax" and auto.report["output"]["extra_rows"] == 0
+    assert auto.queries == local.queries
     X = np.random.default_rng(0).standard_normal((2000, 8))
     P = oracle.query(X)
     assert np.max(np.abs(dist.model.predict_proba(X) - P)) <= 1e-6
+    assert np.max(np.abs(auto.model.predict_proba(X) - P)) <= 1e-6

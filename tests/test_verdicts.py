@@ -37,7 +37,7 @@ def test_softmax_underflow_is_named():
 
 
 def test_unknown_output_kind():
-    with pytest.raises(dx.ConfigError, match="output must be 'logits' or 'softmax'"):
+    with pytest.raises(dx.ConfigError, match="output must be 'auto', 'logits' or 'softmax'"):
         dx.extract(dx.targets.random_network(4, 4, 1), output="probabilities")
 
 
@@ -89,12 +89,13 @@ def test_precision_is_measured_and_reported():
         assert dx.evaluate_fidelity(r32.model, net).rel_l2 <= 1e5 * n32
 
 
-def test_probabilities_without_output_softmax_are_named_in_the_verdict():
-    """Softmax answers are smooth: without output='softmax' the probe refuses them, and says
-    why and what to pass (not 'a smooth activation')."""
+def test_probabilities_with_output_logits_forced_are_named_in_the_verdict():
+    """Softmax answers are smooth: with output='logits' forced the probe refuses them, and
+    says why and what to pass (not 'a smooth activation'). (output='auto' reads them as
+    probabilities: test_detect.py.)"""
     from distextract._oracle import NetworkOracle
 
     net = dx.targets.random_network(16, 32, 3, seed=3)
     with pytest.raises(dx.TargetMismatch, match="output='softmax'") as info:
-        dx.extract(NetworkOracle(net, output="softmax"), input_dim=16, seed=0)
+        dx.extract(NetworkOracle(net, output="softmax"), input_dim=16, seed=0, output="logits")
     assert "are probabilities" in str(info.value)
