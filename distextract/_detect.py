@@ -1,7 +1,7 @@
 """``output="auto"``: what an oracle answers, read from answers the run pays anyway.
 
 The answers of the run's first request (in-process: the engine's precision probe and the first
-line's segment ends, :meth:`distextract.engine.loop.Coordinator.opening`; on Ray workers: the
+line's segment ends, :func:`distextract.engine.opening.first_request`; on Ray workers: the
 probe's 29 rows, sent from the driver before the workers start) decide the output mode:
 
 - **softmax**: two or more columns, every value in [0, 1], every row summing to 1 within the
@@ -13,8 +13,8 @@ probe's 29 rows, sent from the driver before the workers start) decide the outpu
   (:func:`sigmoid_hint`).
 
 The answers' number format is read with the engine's own precision functions
-(:func:`~distextract.engine.loop.decimal_quantum`,
-:func:`~distextract.engine.loop.binary_rounding`): ``decimals:N``, ``float32``, ``float16``,
+(:func:`~distextract.engine.precision.decimal_quantum`,
+:func:`~distextract.engine.precision.binary_rounding`): ``decimals:N``, ``float32``, ``float16``,
 ``bfloat16`` or ``float64``. How the engine then sets its steps and tolerances from the
 measured precision is unchanged (``report["precision"]``).
 
@@ -120,7 +120,7 @@ def answer_format(Y: np.ndarray) -> tuple[str, float]:
     Returns ``("decimals:N", 10^-N / 2)``, ``("float32", 2^-24)`` (float16, bfloat16 alike)
     or ``("float64", 2^-53)``.
     """
-    from .engine.loop import binary_rounding, decimal_quantum
+    from .engine.precision import binary_rounding, decimal_quantum
 
     quantum = decimal_quantum(Y)
     if quantum is not None:
@@ -199,9 +199,10 @@ def with_hint(exc: Exception, detection: OutputDetection | None) -> Exception:
 
 def probe_rows(d: int, cfg, seed: int) -> np.ndarray:
     """The rows of the engine's precision probe for this run (``(29, d)``)."""
-    from .engine.loop import Coordinator
+    from .engine.precision import probe_points
+    from .engine.seeds import Streams
 
-    return Coordinator(None, d, cfg, seed)._probe_points()
+    return probe_points(Streams.from_seed(seed).probe(), d, cfg.input_scale)
 
 
 class SoftmaxDetected(Exception):
