@@ -178,7 +178,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         show_progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     display = None
     if show_progress:
-        from .distributed import ProgressDisplay
+        from .distributed.progress import ProgressDisplay
 
         display = ProgressDisplay(input_dim=input_dim, limit_rows_per_s=limit, budget=budget)
     progress = _Progress(display, distributed)

@@ -1,0 +1,188 @@
+"""run_distributed: start or join Ray, run the coordinator over a RayExecutor, report."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from .._oracle import Oracle
+from .._validation import check_positive_int
+from .executor import RayExecutor
+from .progress import ProgressDisplay
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two polls of the actors' counters by the driver.
+POLL_INTERVAL_S = 0.5
+
+
+class _Poller(threading.Thread):
+    """Driver thread polling the ledger, limiter and workers' counters."""
+
+    def __init__(self, executor: RayExecutor, sink: Callable[..., None],
+                 interval: float = POLL_INTERVAL_S) -> None:
+        super().__init__(name="dx-progress", daemon=True)
+        self.executor = executor
+        self.sink = sink
+        self.interval = interval
+        self.halt = threading.Event()
+        self.samples: collections.deque = collections.deque(maxlen=10)
+        self.last: dict = {}
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - the display must never stop the run
+                logger.debug("progress poll failed: %s", exc)
+
+    def poll(self) -> dict:
+        ex = self.executor
+        ledger = ex.ledger_stats()
+        workers = ex.worker_stats(timeout=self.interval)
+        now = time.monotonic()
+        self.samples.append((now, ledger["paid"]))
+        t_first, p_first = self.samples[0]
+        rows_per_s = (ledger["paid"] - p_first) / (now - t_first) if now > t_first else 0.0
+        restarts = sum(max(0, w["attempts"] - 1) for w in ledger["per_worker"])
+        self.last = {"paid": ledger["paid"], "rows_per_s": rows_per_s,
+                     "elapsed": ledger["elapsed"], "restarts": restarts,
+                     "workers_busy": sum(1 for w in workers if w and w.get("busy_s") is not None)}
+        self.sink(**self.last)
+        return self.last
+
+
+# ------------------------------------------------------------------- entry point
+def _start_ray(address: str | None, workers: int) -> bool:
+    """Start or join Ray; returns True when this call started it (and should stop it)."""
+    if ray.is_initialized():
+        if address is not None:
+            logger.info("Ray already initialised; using it (address=%r ignored)", address)
+        return False
+    if address is None:
+        ncpu = max(os.cpu_count() or 1, workers)
+        logger.info("starting a local Ray instance (%d CPUs)", ncpu)
+        ray.init(address="local", num_cpus=ncpu, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        logger.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, logging_level=logging.WARNING)
+    return True
+
+
+def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | None,
+                    workers: int, address: str | None, progress: Callable[[dict], None] | None,
+                    n_val: int, **executor_options: Any) -> tuple[Any, int, dict]:
+    """Run the engine's coordinator over Ray workers (called by :func:`distextract.extract`).
+
+    Parameters
+    ----------
+    oracle : Oracle
+        The oracle (a journaled oracle makes every worker journal into its directory).
+    d : int
+        Input dimension.
+    cfg : ExtractConfig
+    seed : int
+    budget : int, optional
+        Global cap on paid rows across workers.
+    workers : int
+        Number of worker actors.
+    address : str, optional
+        Ray address: None starts a local Ray instance (and stops it afterwards); ``"auto"`` or
+        ``"ray://host:10001"`` joins a cluster. An already initialised Ray is used as it is.
+    progress : callable, optional
+        Engine progress callback; receives the engine's dicts enriched with the polled
+        counters under ``"distributed"``. With no callback and a terminal on stderr, a
+        :class:`ProgressDisplay` line is shown.
+    n_val : int
+        Validation points.
+    **executor_options
+        Passed to :class:`RayExecutor` (``tasks_per_worker``, ``placement``, ``rate``,
+        ``journal_dir``, ...).
+
+    Returns
+    -------
+    engine : EngineResult
+    queries : int
+        Rows paid across all workers and attempts.
+    extra : dict
+        ``{"distributed": {...}}`` merged into the report: workers, nodes, restarts, per-worker
+        rows, limiter counters, time split.
+    """
+    from ..engine.loop import Coordinator
+
+    workers = check_positive_int("workers", workers)
+    t0 = time.perf_counter()
+    started = _start_ray(address, workers)
+    t_ray = time.perf_counter() - t0
+    display = None
+    executor = None
+    poller = None
+    try:
+        executor = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
+        t_ready = time.perf_counter() - t0
+        if progress is None and getattr(sys.stderr, "isatty", lambda: False)():
+            display = ProgressDisplay(input_dim=d, limit_rows_per_s=executor.limit_rows_per_s(),
+                                      budget=budget)
+        sink = display.update if display is not None else (lambda **kw: None)
+        poller = _Poller(executor, sink)
+        poller.start()
+
+        def engine_progress(info: dict) -> None:
+            if display is not None:
+                display(info)
+            if progress is not None:
+                progress({**info, "distributed": dict(poller.last)})
+
+        # Cut the work into enough tasks to fill every worker's concurrent slots.
+        parallelism = workers * executor.tasks_per_worker
+        coord = Coordinator(executor, d, cfg, seed, engine_progress, parallelism, n_val)
+        t1 = time.perf_counter()
+        eng = coord.run()
+        run_s = time.perf_counter() - t1
+        poller.halt.set()
+        poller.join()
+        queries = executor.queries
+        ledger = executor.ledger_stats()
+        limiter = executor.limiter_stats()
+        finals = executor.close()
+        per = ledger["per_worker"]
+        oracle_s = sum(w["oracle_s"] for w in per)
+        task_s = sum(w["task_s"] for w in per)
+        extra = {"distributed": {
+            "workers": workers, "tasks_per_worker": executor.tasks_per_worker,
+            "address": address, "nodes": len(set(executor.nodes)),
+            "rows_paid": queries, "rows_asked": sum(w["asked"] for w in per),
+            "rows_from_journal": sum(w["from_journal"] for w in per),
+            "restarts": sum(max(0, w["attempts"] - 1) for w in per),
+            "per_worker": per, "limiter": limiter,
+            "limit_rows_per_s": executor.limit_rows_per_s(),
+            "rows_per_s": queries / run_s if run_s > 0 else None,
+            "http": [f.get("http") for f in finals if f is not None and "http" in f] or None,
+            "timing": {"ray_start_s": t_ray, "workers_ready_s": t_ready, "run_s": run_s,
+                       "worker_oracle_s": oracle_s, "worker_compute_s": task_s - oracle_s,
+                       "coordinator_s": run_s - executor.map_seconds},
+        }}
+        return eng, queries, extra
+    finally:
+        if poller is not None:
+            poller.halt.set()
+        if display is not None:
+            display.close()
+        if executor is not None:
+            executor.close()
+        if started:
+            ray.shutdown()
+
+
+
+
+__all__ = ["run_distributed"]
