@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -235,10 +235,8 @@ class _Worker:
         return {"index": self.index, "attempt": self.attempt, "pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id()}
 
-    def run(self, task: Any, model: Any = None) -> Any:
+    def run(self, task: Any) -> Any:
         """Run one engine task; library errors come back as :class:`_RemoteError` values."""
-        if model is not None:
-            task = replace(task, model=model)
         t0 = time.perf_counter()
         sent0, oracle0 = self.metered.task_counters()
         with self._lock:

@@ -15,6 +15,7 @@ import ray
 
 from .._errors import ConfigError
 from .._oracle import Oracle
+from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
 from .actors import STATS_GROUP, _Ledger, _RemoteError, _Worker
 from .limiter import LEASE_HORIZON_S, _Limiter
@@ -69,6 +70,10 @@ class RayExecutor:
         more tasks fill requests better — measured in BENCHMARKS.md); 1 for other oracles (a
         user's callable need not be thread-safe). The coordinator cuts its work into about
         ``workers × tasks_per_worker`` tasks (its ``parallelism``).
+    discover : bool, optional
+        With no rate limit: discover the server's requests/s limit in the shared limiter
+        actor (every worker's 429s lower one pace). Default: the HTTP oracle's
+        ``discover_rate``.
     actor_options : dict, optional
         Extra ``.options(...)`` for the worker actors (``resources``, ``runtime_env``, ...).
 
@@ -85,7 +90,7 @@ class RayExecutor:
                  journal_dir: str | None = None, placement: str | None = None,
                  num_cpus: float = 1.0, max_restarts: int = 4, max_task_retries: int = -1,
                  seed: int = 0, tasks_per_worker: int | None = None,
-                 actor_options: dict | None = None) -> None:
+                 actor_options: dict | None = None, discover: bool | None = None) -> None:
         if not ray.is_initialized():
             raise ConfigError("Ray is not initialised; call ray.init(...) or use "
                               "run_distributed(), which starts Ray for you")
@@ -103,8 +108,10 @@ class RayExecutor:
             spec = replace(spec, budget=None)
             if rate is None and rows_rate is None:
                 rate, rows_rate = spec.rate, spec.rows_rate
+                discover = spec.discover if discover is None else discover
         self.spec = SoftmaxSpec(spec) if isinstance(outer, SoftmaxSpec) else spec
         self.rate, self.rows_rate = rate, rows_rate
+        self.discover = bool(discover) and rate is None and rows_rate is None
         if tasks_per_worker is None:
             tasks_per_worker = 1
             if isinstance(spec, HTTPOracleSpec):  # spec: the unwrapped one
@@ -126,12 +133,14 @@ class RayExecutor:
                 budget, self.workers, self.spec if big else None)
         self._limiter = None
         lease_chunk = 1
-        if rate is not None or rows_rate is not None:
+        if rate is not None or rows_rate is not None or self.discover:
             self._names["limiter"] = f"distextract-limiter-{run_id}"
             self._limiter = ray.remote(_Limiter).options(
-                num_cpus=0, max_restarts=0, name=self._names["limiter"]).remote(rate, rows_rate)
-            per_s = rate if rate is not None else rows_rate / max(1, self.max_batch or 64)
-            lease_chunk = max(1, int(per_s * LEASE_HORIZON_S / self.workers))
+                num_cpus=0, max_restarts=0, name=self._names["limiter"]).remote(
+                    rate, rows_rate, self.discover)
+            if not self.discover:  # a discovered pace changes: lease one slot at a time
+                per_s = rate if rate is not None else rows_rate / max(1, self.max_batch or 64)
+                lease_chunk = max(1, int(per_s * LEASE_HORIZON_S / self.workers))
         self._pg = None
         options: dict[str, Any] = {"num_cpus": num_cpus, "max_restarts": max_restarts,
                                    "max_task_retries": max_task_retries,
@@ -194,7 +203,6 @@ class RayExecutor:
 
         Each worker holds up to ``tasks_per_worker`` running tasks plus
         :data:`QUEUED_PER_WORKER` queued ones; a worker that finishes a task takes the next.
-        Models carried by tasks are put in the object store once per call.
 
         Raises
         ------
@@ -206,7 +214,6 @@ class RayExecutor:
             raise ConfigError("this RayExecutor is closed; create a new one")
         t0 = time.perf_counter()
         results: list[Any] = [None] * len(tasks)
-        model_refs: dict[int, Any] = {}
         pending = collections.deque(enumerate(tasks))
         inflight: dict[Any, tuple[int, int]] = {}
         load = [0] * self.workers
@@ -214,15 +221,7 @@ class RayExecutor:
 
         def submit(w: int) -> None:
             i, task = pending.popleft()
-            model = getattr(task, "model", None)
-            ref = None
-            if model is not None:
-                key = id(model)
-                if key not in model_refs:
-                    model_refs[key] = ray.put(model)
-                ref = model_refs[key]
-                task = replace(task, model=None)
-            inflight[self.actors[w].run.remote(task, ref)] = (i, w)
+            inflight[self.actors[w].run.remote(task)] = (i, w)
             load[w] += 1
 
         for _ in range(self.tasks_per_worker + QUEUED_PER_WORKER):
@@ -282,16 +281,11 @@ class RayExecutor:
     def request_limited(self) -> bool:
         """Whether requests themselves are rationed (a requests/s limit): the coordinator
         then keeps its small work in few tasks, whose requests go out fuller."""
-        return self.rate is not None
+        return self.rate is not None or self.discover
 
     def limit_rows_per_s(self) -> float | None:
-        """The global limit in rows/s (None: unlimited)."""
-        limits = []
-        if self.rows_rate is not None:
-            limits.append(self.rows_rate)
-        if self.rate is not None and self.max_batch:
-            limits.append(self.rate * self.max_batch)
-        return min(limits) if limits else None
+        """The global limit in rows/s (None: unlimited or discovered)."""
+        return limit_rows_per_s(self.rate, self.rows_rate, self.max_batch)
 
     def close(self) -> list[dict | None]:
         """Close the workers' oracles and journals, then kill the actors.

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from .._errors import ConfigError
-from .._ratelimit import Slowdown
+from .._ratelimit import Schedule
 from .._validation import check_positive_int
 
 #: Seconds of the rate one limiter lease covers (split between the workers).
@@ -24,7 +24,12 @@ CLOCK_RTT_S = 0.01
 
 
 class _Limiter:
-    """Global rate limit: leases evenly spaced send slots (GCRA), pauses on 429.
+    """Global rate limit of a run: leases evenly spaced send slots, pauses on 429.
+
+    The actor holds the one :class:`~distextract._ratelimit.Schedule` of the run (the same
+    GCRA and AIMD pace as the in-process :class:`~distextract._ratelimit.TokenBucket`), so
+    every worker's requests share one pace, and a 429 or an exhausted-quota header seen by
+    any worker pauses (and, for a 429, slows) them all. Slots already leased stay valid.
 
     Parameters
     ----------
@@ -32,21 +37,17 @@ class _Limiter:
         Requests per second.
     rows_rate : float, optional
         Rows per second.
+    discover : bool
+        With neither: discover the server's requests/s limit from its 429s.
     """
 
-    def __init__(self, rate: float | None, rows_rate: float | None) -> None:
+    def __init__(self, rate: float | None, rows_rate: float | None,
+                 discover: bool = False) -> None:
         self.rate = rate
         self.rows_rate = rows_rate
-        self.req_tat = -math.inf  # time the request bucket (capacity 1) is free again
-        self.row_tat = -math.inf
-        self.row_burst = None if rows_rate is None else max(1.0, rows_rate / 10.0)
-        self.paused_until = -math.inf
+        self.schedule = Schedule(rate, rows_rate, 1.0, None, discover, void_on_pause=False)
         self.generation = 0
-        self.granted = 0
-        self.granted_rows = 0
         self.leases = 0
-        self.penalties = 0
-        self.slowdown = Slowdown()
         self.t0 = time.monotonic()
 
     def lease(self, n: int, rows: int) -> tuple[list[float], int, float]:
@@ -57,50 +58,36 @@ class _Limiter:
         delays : list of float
             Seconds from now at which each slot may be used.
         generation : int
-            Penalty generation (changes on every 429).
+            Pause generation (changes on every 429 and hold).
         now : float
             This actor's ``time.monotonic()`` the delays count from (a worker maps the slots
             onto its own clock with it; shifting them by its round trip instead would let
             slow trips bunch different workers' slots into bursts).
         """
         now = time.monotonic()
-        f = self.slowdown.current(now)
-        delays = []
-        for _ in range(n):
-            at = max(now, self.paused_until)
-            if self.rate is not None:
-                at = max(at, self.req_tat)
-            if self.rows_rate is not None:
-                need = min(float(rows), self.row_burst)
-                at = max(at, self.row_tat - (self.row_burst - need) / self.rows_rate)
-            if self.rate is not None:
-                self.req_tat = at + 1.0 / (self.rate * f)
-            if self.rows_rate is not None:
-                self.row_tat = max(self.row_tat, at) + rows / (self.rows_rate * f)
-            delays.append(at - now)
-        self.granted += n
-        self.granted_rows += n * rows
+        delays = [self.schedule.reserve(rows, now) - now for _ in range(n)]
         self.leases += 1
         return delays, self.generation, now
 
     def penalize(self, seconds: float) -> int:
-        """Pause every slot not yet granted for ``seconds``; returns the new generation."""
+        """A 429: pause every slot not yet granted for ``seconds`` and lower the pace once per
+        event; returns the new generation."""
         if seconds > 0:
-            now = time.monotonic()
-            self.slowdown.refused(now, seconds)
-            self.paused_until = max(self.paused_until, now + seconds)
-            self.req_tat = max(self.req_tat, self.paused_until)
-            self.row_tat = max(self.row_tat, self.paused_until)
-            self.penalties += 1
+            self.schedule.refused(time.monotonic(), seconds)
+            self.generation += 1
+        return self.generation
+
+    def hold(self, seconds: float) -> int:
+        """An exhausted quota: pause every slot not yet granted for ``seconds``."""
+        if seconds > 0:
+            self.schedule.hold(time.monotonic(), seconds)
             self.generation += 1
         return self.generation
 
     def stats(self) -> dict:
-        return {"rate": self.rate, "rows_rate": self.rows_rate, "granted": self.granted,
-                "granted_rows": self.granted_rows, "leases": self.leases,
-                "penalties": self.penalties, "slowdowns": self.slowdown.slowdowns,
-                "pace": self.slowdown.current(time.monotonic()),
-                "elapsed": time.monotonic() - self.t0}
+        out = self.schedule.stats()
+        out.update(leases=self.leases, elapsed=time.monotonic() - self.t0)
+        return out
 
 
 class LeasedLimiter:
@@ -171,6 +158,12 @@ class LeasedLimiter:
         with self._lock:
             self._slots.clear()
         ray.get(self.actor.penalize.remote(float(seconds)))
+
+    def hold(self, seconds: float) -> None:
+        """The server's quota is spent for ``seconds``: pause every worker (no slowdown)."""
+        with self._lock:
+            self._slots.clear()
+        self.actor.hold.remote(float(seconds))  # no need to wait: later leases come after it
 
     def __getstate__(self) -> dict:
         return {"actor": self.actor, "chunk": self.chunk, "rows_rate": self.rows_rate}

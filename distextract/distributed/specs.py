@@ -27,6 +27,7 @@ class HTTPOracleSpec:
     rate: float | None = None
     rows_rate: float | None = None
     budget: int | None = None
+    discover: bool = False
 
     @classmethod
     def from_oracle(cls, http: Any) -> HTTPOracleSpec:
@@ -41,7 +42,9 @@ class HTTPOracleSpec:
         if rate is None and rows_rate is None:
             limiter = http.limiter
             rate, rows_rate = getattr(limiter, "rate", None), getattr(limiter, "rows_rate", None)
-        return cls(http.url, http.input_dim, settings, rate, rows_rate, http.budget)
+        discover = getattr(http, "discover_rate", False) or bool(
+            getattr(http.limiter, "discover", False))
+        return cls(http.url, http.input_dim, settings, rate, rows_rate, http.budget, discover)
 
     def build(self, limiter: Any, seed: np.random.SeedSequence) -> Oracle:
         """A new client using the shared ``limiter`` (None: no client-side limit)."""
