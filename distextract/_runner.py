@@ -192,6 +192,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         try:
             result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
                                  workers=workers, address=address, progress=progress,
+                                 overlap_start=True,
                                  output=output, on_mismatch=on_mismatch, **options)
         finally:
             if display is not None:

@@ -151,3 +151,99 @@ def test_rows_per_minute_limit_is_respected_with_rows_rate():
     assert counters["refused"] <= 1, counters  # jitter may cost one, the pace none
     span = counters["last"] - counters["first"]
     assert counters["rows"] <= 50 + 100 * span + 16  # burst + rate x time (+ one request)
+
+
+# ------------------------------------------------------ driver pays while Ray starts
+class _SlowOracle(dx.Oracle):
+    """An in-process network that takes ``delay`` seconds per query (a slow API)."""
+
+    def __init__(self, delay: float, after: int = 0, then=None) -> None:
+        self.input_dim, self.output_dim, self.max_batch = 4, 2, None
+        self.delay = delay
+        self.calls = 0
+        self.after, self.then = after, then
+        self._lock = threading.Lock()
+
+    def _query(self, X):
+        import time
+
+        time.sleep(self.delay)
+        with self._lock:
+            self.calls += 1
+            fire = self.then is not None and self.calls == self.after
+        if fire:
+            self.then()
+        return NET.predict(X)
+
+
+class _Workers:
+    """Stands in for the RayExecutor in a unit test of the hand-over (injected)."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+        self.queries = 0
+
+    def map(self, tasks):
+        self.seen.extend(tasks)
+        self.queries += sum(t.X.shape[0] for t in tasks)
+        return [NET.predict(t.X) for t in tasks]
+
+
+def test_overlapped_executor_hands_tasks_not_started_to_the_workers_in_order():
+    from distextract.distributed.overlap import OverlappedExecutor
+    from distextract.engine.tasks import EvalTask
+
+    workers = _Workers()
+    box = {}
+    # the workers become ready while the driver answers its 4th task (mid-map)
+    slow = _SlowOracle(0.02, after=4, then=lambda: box["front"].provide(workers))
+    front = box["front"] = OverlappedExecutor(slow, workers=1, tasks_per_worker=2,
+                                              max_batch=None, request_limited=False)
+    Xs = [np.random.default_rng(i).normal(size=(3, 4)) for i in range(12)]
+    out = front.map([EvalTask(X) for X in Xs])
+    for X, Y in zip(Xs, out, strict=True):  # every answer in its task's place
+        assert_allclose(Y, NET.predict(X), rtol=1e-12)
+    local = front.local_tasks  # the 4 answered, and the other thread's task then running
+    assert 4 <= local <= 5 and len(workers.seen) == 12 - local
+    assert front.queries == 3 * 12  # the driver's rows plus the workers'
+    assert front.map([EvalTask(Xs[0])])[0].shape == (3, 2) and len(workers.seen) == 13 - local
+
+
+def test_overlapped_executor_raises_when_ray_could_not_start():
+    from distextract.distributed.overlap import OverlappedExecutor
+    from distextract.engine.tasks import EvalTask
+
+    front = OverlappedExecutor(_SlowOracle(0.0), workers=1, tasks_per_worker=1,
+                               max_batch=None, request_limited=False)
+    front.provide(error=dx.ConfigError("no Ray here"))
+    with pytest.raises(dx.ConfigError, match="no Ray here"):
+        front.map([EvalTask(np.zeros((1, 4)))])
+
+
+def test_cli_with_workers_pays_its_first_rows_in_the_driver_while_ray_starts(tmp_path):
+    """The whole CLI in its own process (Ray not started yet): the driver's rows and the
+    workers' add up to the server's count and to the in-process run's rows."""
+    import json
+    import subprocess
+
+    pytest.importorskip("ray")
+    net = dx.targets.random_network(16, 24, 2, seed=1)
+    server = ForeignServer(net.W, net.b, net.A, net.c, rate=50, burst=5, retry_after="frac",
+                           latency=0.005, max_batch=16)
+    url = server.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "distextract", "extract", "--url", url, "--input-dim", "16",
+             "--out", str(tmp_path / "run"), "--batch-size", "16", "--workers", "2",
+             "--rate", "50", "--seed", "0"],
+            capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    dist = report["extraction"]["distributed"]
+    counters = server.counters()
+    assert dist["overlap"]["driver_tasks"] >= 1 and dist["overlap"]["driver_rows_paid"] > 0
+    assert dist["rows_paid"] == report["queries"]["paid"] == counters["rows"]
+    assert dist["rows_paid"] == dx.extract(net, seed=0).queries
+    assert dist["timing"]["workers_ready_s"] >= dist["timing"]["ray_start_s"] > 0

@@ -9,6 +9,7 @@ imports no Ray. Modules, by role:
 - :mod:`.limiter` -- the limiter actor and its worker-side proxy;
 - :mod:`.actors` -- the ledger and worker actors;
 - :mod:`.executor` -- :class:`RayExecutor`;
+- :mod:`.overlap` -- the driver pays the first queries while Ray starts;
 - :mod:`.run` -- :func:`run_distributed` and the progress poller;
 - :mod:`.progress` -- :class:`ProgressDisplay` (Ray-free).
 
@@ -78,7 +79,8 @@ _HOME = {
     "STALE_SLOT_S": "limiter", "CLOCK_RTT_S": "limiter",
     "_Ledger": "actors", "_Worker": "actors", "_MeteredOracle": "actors",
     "_RemoteError": "actors", "STATS_GROUP": "actors",
-    "RayExecutor": "executor", "MAX_TASKS_PER_WORKER": "executor",
+    "RayExecutor": "executor", "MAX_TASKS_PER_WORKER": "executor", "executor_plan": "executor",
+    "OverlappedExecutor": "overlap",
     "QUEUED_PER_WORKER": "executor",
     "run_distributed": "run", "POLL_INTERVAL_S": "run",
     "ProgressDisplay": "progress",

@@ -33,6 +33,41 @@ MAX_TASKS_PER_WORKER = 8
 QUEUED_PER_WORKER = 1
 
 
+def executor_plan(oracle: Oracle, *, rate: float | None = None, rows_rate: float | None = None,
+                  discover: bool | None = None, tasks_per_worker: int | None = None,
+                  budget: int | None = None) -> dict:
+    """What a :class:`RayExecutor` over ``oracle`` will have, decided without Ray.
+
+    Returns
+    -------
+    dict
+        ``spec`` (what travels to the workers), ``journal_dir``, ``rate``, ``rows_rate``,
+        ``discover``, ``tasks_per_worker``, ``budget`` (an HTTP oracle's own when none is
+        given), ``request_limited``.
+    """
+    spec, journal = oracle_spec(oracle)
+    outer = spec
+    if isinstance(spec, SoftmaxSpec):
+        spec = spec.inner
+    if isinstance(spec, HTTPOracleSpec):
+        budget = budget if budget is not None else spec.budget
+        spec = replace(spec, budget=None)
+        if rate is None and rows_rate is None:
+            rate, rows_rate = spec.rate, spec.rows_rate
+            discover = spec.discover if discover is None else discover
+    discover = bool(discover) and rate is None and rows_rate is None
+    if tasks_per_worker is None:
+        tasks_per_worker = 1
+        if isinstance(spec, HTTPOracleSpec):  # spec: the unwrapped one
+            in_flight = int(spec.settings.get("max_in_flight") or 1)
+            tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
+    return {"spec": SoftmaxSpec(spec) if isinstance(outer, SoftmaxSpec) else spec,
+            "journal_dir": journal, "rate": rate, "rows_rate": rows_rate,
+            "discover": discover,
+            "tasks_per_worker": check_positive_int("tasks_per_worker", tasks_per_worker),
+            "budget": budget, "request_limited": rate is not None or discover}
+
+
 class RayExecutor:
     """Runs engine tasks on Ray worker actors; the executor the coordinator talks to.
 
@@ -98,26 +133,17 @@ class RayExecutor:
         if placement not in (None, "spread", "strict_spread", "pack"):
             raise ConfigError(f"placement must be 'spread', 'strict_spread', 'pack' or None, "
                               f"got {placement!r}")
-        spec, journal = oracle_spec(oracle)
+        plan = executor_plan(oracle, rate=rate, rows_rate=rows_rate, discover=discover,
+                             tasks_per_worker=tasks_per_worker, budget=budget)
+        spec, journal = plan["spec"], plan["journal_dir"]
         self.journal_dir = journal_dir if journal_dir is not None else journal
-        outer = spec
+        self.spec = spec
+        rate, rows_rate = plan["rate"], plan["rows_rate"]
+        self.rate, self.rows_rate, self.discover = rate, rows_rate, plan["discover"]
+        self.tasks_per_worker = plan["tasks_per_worker"]
+        budget = plan["budget"]
         if isinstance(spec, SoftmaxSpec):
             spec = spec.inner
-        if isinstance(spec, HTTPOracleSpec):
-            budget = budget if budget is not None else spec.budget
-            spec = replace(spec, budget=None)
-            if rate is None and rows_rate is None:
-                rate, rows_rate = spec.rate, spec.rows_rate
-                discover = spec.discover if discover is None else discover
-        self.spec = SoftmaxSpec(spec) if isinstance(outer, SoftmaxSpec) else spec
-        self.rate, self.rows_rate = rate, rows_rate
-        self.discover = bool(discover) and rate is None and rows_rate is None
-        if tasks_per_worker is None:
-            tasks_per_worker = 1
-            if isinstance(spec, HTTPOracleSpec):  # spec: the unwrapped one
-                in_flight = int(spec.settings.get("max_in_flight") or 1)
-                tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
-        self.tasks_per_worker = check_positive_int("tasks_per_worker", tasks_per_worker)
         self.max_batch = getattr(oracle, "max_batch", None)
         self.budget = budget
         run_id = uuid.uuid4().hex[:12]

@@ -84,6 +84,13 @@ class _Limiter:
             self.generation += 1
         return self.generation
 
+    def adopt_pace(self, rate: float, target: float, slow_start: bool) -> None:
+        """Continue a discovery the driver began while the workers started."""
+        pace = self.schedule.pace
+        if pace is not None and self.schedule.discover:
+            pace.rate, pace.target, pace.slow_start = float(rate), float(target), bool(slow_start)
+            self.schedule._apply_pace()
+
     def stats(self) -> dict:
         out = self.schedule.stats()
         out.update(leases=self.leases, elapsed=time.monotonic() - self.t0)

@@ -14,8 +14,10 @@ from typing import Any
 import ray
 
 from .._oracle import Oracle
+from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
-from .executor import RayExecutor
+from .executor import RayExecutor, executor_plan
+from .overlap import OverlappedExecutor
 from .progress import ProgressDisplay
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,10 @@ class _Poller(threading.Thread):
 
     def poll(self) -> dict:
         ex = self.executor
+        if hasattr(ex, "ray"):  # an OverlappedExecutor: the workers' counters once ready
+            ex = ex.ray()
+            if ex is None:
+                return self.last
         ledger = ex.ledger_stats()
         workers = ex.worker_stats(timeout=self.interval)
         now = time.monotonic()
@@ -78,6 +84,30 @@ def _start_ray(address: str | None, workers: int) -> bool:
     return True
 
 
+def _run_while_starting(coord: Any, front: OverlappedExecutor,
+                        start: Callable[[], RayExecutor]) -> Any:
+    """Run the coordinator in a thread (its first tasks in this process) while this thread
+    starts Ray and the workers; returns the engine result or raises the run's error."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["eng"] = coord.run()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="dx-coordinator", daemon=True)
+    thread.start()
+    try:
+        front.provide(start())
+    except BaseException as exc:  # noqa: BLE001 - the coordinator raises it at its next map
+        front.provide(error=exc)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["eng"]
+
+
 def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | None,
                     workers: int, address: str | None, progress: Callable[[dict], None] | None,
                     n_val: int, **executor_options: Any) -> tuple[Any, int, dict]:
@@ -106,7 +136,9 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         Validation points.
     **executor_options
         Passed to :class:`RayExecutor` (``tasks_per_worker``, ``placement``, ``rate``,
-        ``journal_dir``, ...).
+        ``journal_dir``, ...), except ``overlap_start``: without a budget, and when this call
+        starts or joins Ray, run the first tasks in the driver while Ray and its workers start
+        (:mod:`.overlap`).
 
     Returns
     -------
@@ -120,20 +152,45 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
     from ..engine.loop import Coordinator
 
     workers = check_positive_int("workers", workers)
+    # overlap only while Ray itself starts (an initialised Ray builds the workers in ~1 s)
+    overlap = (bool(executor_options.pop("overlap_start", False)) and budget is None
+               and not ray.is_initialized())
     t0 = time.perf_counter()
-    started = _start_ray(address, workers)
-    t_ray = time.perf_counter() - t0
+    timing: dict[str, float] = {}
+    started = False
     display = None
     executor = None
+    front = None
     poller = None
+
+    def start() -> RayExecutor:
+        nonlocal started
+        started = _start_ray(address, workers)
+        timing["ray_start_s"] = time.perf_counter() - t0
+        ex = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
+        timing["workers_ready_s"] = time.perf_counter() - t0
+        return ex
+
     try:
-        executor = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
-        t_ready = time.perf_counter() - t0
+        if overlap:
+            plan = executor_plan(oracle, budget=budget, **{
+                k: executor_options.get(k) for k in ("rate", "rows_rate", "discover",
+                                                     "tasks_per_worker")})
+            max_batch = getattr(oracle, "max_batch", None)
+            front = OverlappedExecutor(oracle, workers, plan["tasks_per_worker"], max_batch,
+                                       plan["request_limited"])
+            coordinated: Any = front
+            tasks_per_worker = plan["tasks_per_worker"]
+            limit = limit_rows_per_s(plan["rate"], plan["rows_rate"], max_batch)
+        else:
+            executor = start()
+            coordinated = executor
+            tasks_per_worker = executor.tasks_per_worker
+            limit = executor.limit_rows_per_s()
         if progress is None and getattr(sys.stderr, "isatty", lambda: False)():
-            display = ProgressDisplay(input_dim=d, limit_rows_per_s=executor.limit_rows_per_s(),
-                                      budget=budget)
+            display = ProgressDisplay(input_dim=d, limit_rows_per_s=limit, budget=budget)
         sink = display.update if display is not None else (lambda **kw: None)
-        poller = _Poller(executor, sink)
+        poller = _Poller(coordinated, sink)
         poller.start()
 
         def engine_progress(info: dict) -> None:
@@ -143,14 +200,19 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
                 progress({**info, "distributed": dict(poller.last)})
 
         # Cut the work into enough tasks to fill every worker's concurrent slots.
-        parallelism = workers * executor.tasks_per_worker
-        coord = Coordinator(executor, d, cfg, seed, engine_progress, parallelism, n_val)
+        parallelism = workers * tasks_per_worker
+        coord = Coordinator(coordinated, d, cfg, seed, engine_progress, parallelism, n_val)
         t1 = time.perf_counter()
-        eng = coord.run()
+        if front is None:
+            eng = coord.run()
+        else:
+            eng = _run_while_starting(coord, front, start)
+            executor = front.ray(wait=True)
         run_s = time.perf_counter() - t1
         poller.halt.set()
         poller.join()
-        queries = executor.queries
+        queries = front.queries if front is not None else executor.queries
+        map_s = front.map_seconds if front is not None else executor.map_seconds
         ledger = executor.ledger_stats()
         limiter = executor.limiter_stats()
         finals = executor.close()
@@ -160,23 +222,31 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         extra = {"distributed": {
             "workers": workers, "tasks_per_worker": executor.tasks_per_worker,
             "address": address, "nodes": len(set(executor.nodes)),
-            "rows_paid": queries, "rows_asked": sum(w["asked"] for w in per),
+            "rows_paid": queries,
+            "rows_asked": sum(w["asked"] for w in per) + (
+                0 if front is None else int(front.local.queries)),
             "rows_from_journal": sum(w["from_journal"] for w in per),
             "restarts": sum(max(0, w["attempts"] - 1) for w in per),
             "per_worker": per, "limiter": limiter,
             "limit_rows_per_s": executor.limit_rows_per_s(),
             "rows_per_s": queries / run_s if run_s > 0 else None,
             "http": [f.get("http") for f in finals if f is not None and "http" in f] or None,
-            "timing": {"ray_start_s": t_ray, "workers_ready_s": t_ready, "run_s": run_s,
+            "timing": {**timing, "run_s": run_s,
                        "worker_oracle_s": oracle_s, "worker_compute_s": task_s - oracle_s,
-                       "coordinator_s": run_s - executor.map_seconds},
+                       "coordinator_s": run_s - map_s},
         }}
+        if front is not None:
+            extra["distributed"]["overlap"] = {
+                "driver_tasks": front.local_tasks, "driver_rows_paid": front.local_paid(),
+                "switched_s": front.switched_s}
         return eng, queries, extra
     finally:
         if poller is not None:
             poller.halt.set()
         if display is not None:
             display.close()
+        if front is not None and executor is None:
+            executor = front._ray  # built, but the run failed: close it
         if executor is not None:
             executor.close()
         if started:
