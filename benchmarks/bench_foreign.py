@@ -13,7 +13,9 @@ the ``disc`` rows.
 Columns: rows the server answered, wall time of the whole CLI process (Python start, Ray start,
 extraction, writing the run directory), rows/s over that wall time, % of the server's row limit
 over the whole wall time, % over the time from the first answered request to the process's end,
-429s and their share of requests, the run's Ray start and worker start seconds (report.json).
+429s and their share of requests, the run's Ray start and worker start seconds, the rows the
+driver paid while Ray started (report.json), and the pace the shared limiter ended at
+(requests/s; rows/s for the rows/min server with ``--rows-rate``).
 
 Usage::
 
@@ -22,9 +24,12 @@ Usage::
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the server's matrix products: one thread
+
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,9 +38,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from foreign_server import ForeignServer  # noqa: E402
+from foreign_server import ForeignServer
 
-import distextract as dx  # noqa: E402
+import distextract as dx
 
 RATE = 100.0
 BATCH = 64
@@ -69,7 +74,7 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
            *limit_flags]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     t1 = time.monotonic()
     server.stop()
     if proc.returncode != 0:
@@ -80,12 +85,14 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
     limit = server.limit_rows_per_s
     requests = c["answered"] + c["refused"]
     timing = {}
+    overlap = {}
     try:
         with open(os.path.join(out_dir, "run", "report.json"), encoding="utf-8") as fh:
             report = json.load(fh)
         timing = (report["extraction"].get("distributed") or {}).get("timing") or {}
-        discovered = ((report["extraction"].get("distributed") or {}).get("limiter")
-                      or {}).get("rate")
+        overlap = (report["extraction"].get("distributed") or {}).get("overlap") or {}
+        limiter = (report["extraction"].get("distributed") or {}).get("limiter") or {}
+        discovered = limiter.get("paced_rate")
     except (OSError, KeyError, ValueError):
         discovered = None
     return {"behaviour": name, "rows": c["rows"], "wall_s": wall,
@@ -94,7 +101,8 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
             "429": c["refused"], "pct_429": 100 * c["refused"] / max(1, requests),
             "ray_s": timing.get("ray_start_s"), "ready_s": timing.get("workers_ready_s"),
             "first_s": (c["first"] - t0) if c["first"] is not None else None,
-            "rc": proc.returncode, "final_rate": discovered}
+            "rc": proc.returncode, "final_rate": discovered,
+            "driver_rows": overlap.get("driver_rows_paid")}
 
 
 def fmt(v, spec: str) -> str:
@@ -115,7 +123,7 @@ def main() -> None:
           f"d={d} k={k} m={m}; CLI --workers {args.workers}; load average "
           f"{os.getloadavg()[0]:.2f} at start")
     header = ["behaviour", "rows", "wall s", "rows/s", "% limit (wall)", "% after 1st",
-              "429s", "% 429", "1st answer s", "ray s", "ready s", "end rate"]
+              "429s", "% 429", "1st answer s", "ray s", "ready s", "driver rows", "end pace"]
     print("  ".join(header))
     rows = []
     for name in args.only.split(","):
@@ -125,13 +133,13 @@ def main() -> None:
                          f"{r['rows_per_s']:,.0f}", f"{r['pct_wall']:.1f}",
                          f"{r['pct_after_first']:.1f}", str(r["429"]), f"{r['pct_429']:.2f}",
                          fmt(r["first_s"], ".1f"), fmt(r["ray_s"], ".1f"),
-                         fmt(r["ready_s"], ".1f"), fmt(r["final_rate"], ".1f"),
+                         fmt(r["ready_s"], ".1f"), fmt(r["driver_rows"], ","),
+                         fmt(r["final_rate"], ".1f"),
                          "" if r["rc"] == 0 else f"(exit {r['rc']})"]), flush=True)
     worst = min(rows, key=lambda r: r["pct_wall"])
     print(f"worst: {worst['behaviour']} {worst['pct_wall']:.1f}% of the limit over the whole "
           f"wall time, {worst['pct_429']:.2f}% 429s; load average {os.getloadavg()[0]:.2f} "
           f"at end")
-    return None
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ class ForeignServer:
         else:
             limit, need = self.rows_per_min, float(self.max_batch)
         return {"X-RateLimit-Limit": f"{limit:g}",
-                "X-RateLimit-Remaining": str(int(math.floor(left))),
+                "X-RateLimit-Remaining": str(math.floor(left)),
                 "X-RateLimit-Reset": f"{max(0.0, (need - left) / self.bucket.rate):.3f}"}
 
     def start(self, port: int = 0) -> str:
@@ -193,7 +193,7 @@ class ForeignServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 try:
