@@ -9,7 +9,7 @@ limiter is measured against a server it was not written with. Behaviours (all se
   limit of ``rows_per_min`` rows per minute (a bucket of rows filling at ``rows_per_min / 60``
   rows/s and holding at most ``rows_burst`` rows);
 - on refusal, 429 with ``Retry-After`` in whole seconds rounded up (``retry_after="int"``), as a
-  fraction (``"frac"``: ``0.050``), or none (``"none"``);
+  fraction rounded up to the millisecond (``"frac"``: ``0.050``), or none (``"none"``);
 - optionally ``X-RateLimit-Limit`` / ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` on every
   answer (Reset: seconds until the bucket holds one more request, or the rows of a full
   request, as a decimal);
@@ -156,8 +156,8 @@ class ForeignServer:
                 self.refused += 1
             if self.retry_after == "int":
                 headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            elif self.retry_after == "frac":
-                headers["Retry-After"] = f"{wait:.3f}"
+            elif self.retry_after == "frac":  # milliseconds, rounded up (never "0.000")
+                headers["Retry-After"] = f"{max(1, math.ceil(wait * 1000)) / 1000:.3f}"
             return 429, headers, b'{"error": "rate limited"}'
         time.sleep(self.latency)
         headers = self.quota_headers(self.bucket.peek())  # as the answer leaves
