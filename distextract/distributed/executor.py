@@ -325,9 +325,11 @@ class RayExecutor:
             return []
         self._closed = True
         finals: list[dict | None] = []
-        for actor in self.actors:
+        refs = [actor.close.remote() for actor in self.actors]  # all at once, not in turn
+        deadline = time.monotonic() + 30
+        for ref in refs:
             try:
-                finals.append(ray.get(actor.close.remote(), timeout=30))
+                finals.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
             except (ray.exceptions.RayError, TimeoutError) as exc:
                 logger.warning("worker did not close cleanly: %s", exc)
                 finals.append(None)
