@@ -1,12 +1,14 @@
 """Pay the first queries in the driver while Ray starts (issue 20, item 3).
 
-Starting Ray and its worker actors takes seconds (6-14 s on the project's loaded 2-core
-machine, BENCHMARKS.md), during which a rate-limited run would send nothing. With
-:class:`OverlappedExecutor` the coordinator starts at once: its tasks run in the driver,
-``parallelism`` at a time on threads over the driver's own oracle (its HTTP client, its
-journal, its limiter), in a thread of its own, while the main thread starts Ray and builds the
-:class:`~distextract.distributed.executor.RayExecutor` (Ray must be started from the main
-thread). When the workers are ready, the
+Starting Ray's worker actors takes seconds (5 to 20 s after ``ray.init`` on the project's
+loaded 2-core machine, BENCHMARKS.md), during which a rate-limited run would send nothing.
+With :class:`OverlappedExecutor` the coordinator starts as soon as ``ray.init`` returns: its
+tasks run in the driver, ``parallelism`` at a time on threads over the driver's own oracle
+(its HTTP client, its journal, its limiter), in a thread of its own, while the main thread
+builds the :class:`~distextract.distributed.executor.RayExecutor` (Ray must be used from the
+thread that started it). ``ray.init`` itself is not overlapped: it forks Ray's processes from
+the driver, and a fork while another thread is inside a multithreaded OpenBLAS call left that
+call spinning for minutes once. When the workers are ready, the
 driver's HTTP client takes its send slots from the run's limiter actor (one shared pace; a
 discovered pace is handed over), every task not yet started goes to the workers, and the
 driver's threads finish the tasks they hold. The rows asked do not change: a task asks the

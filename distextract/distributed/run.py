@@ -163,15 +163,26 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
     front = None
     poller = None
 
-    def start() -> RayExecutor:
+    def start_ray() -> None:
         nonlocal started
         started = _start_ray(address, workers)
         timing["ray_start_s"] = time.perf_counter() - t0
+
+    def start() -> RayExecutor:
+        if "ray_start_s" not in timing:
+            start_ray()
         ex = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
         timing["workers_ready_s"] = time.perf_counter() - t0
         return ex
 
     try:
+        if overlap:
+            # Ray itself starts before the driver computes anything: ray.init forks its
+            # processes from this one, and a fork while another thread is inside a
+            # multithreaded BLAS call (OpenBLAS tears its thread pool down around a fork)
+            # left that call spinning for minutes in a test run. Only the workers' start
+            # (no fork here) overlaps the driver's first tasks.
+            start_ray()
         if overlap:
             plan = executor_plan(oracle, budget=budget, **{
                 k: executor_options.get(k) for k in ("rate", "rows_rate", "discover",
