@@ -74,7 +74,8 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
             budget: int | None = None, config: ExtractConfig | None = None,
             workers: int | None = None, address: str | None = None,
             progress: Callable[[dict], None] | None = None, output: str = "auto",
-            tasks_per_worker: int | None = None, **options: Any) -> ExtractionResult:
+            tasks_per_worker: int | None = None, overlap_start: bool = False,
+            **options: Any) -> ExtractionResult:
     """Extract a one-hidden-layer ReLU network from query access.
 
     Parameters
@@ -97,6 +98,10 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         Tasks each Ray worker runs at once (threads sharing its oracle client, whose small
         queries ride in shared requests). Default: an HTTP oracle's ``max_in_flight`` up to 8,
         else 1. Only with Ray (``workers`` > 1 or ``address``).
+    overlap_start : bool
+        Ray only, without a budget, when Ray is not initialised yet: run the first tasks in
+        this process while Ray and its workers start, then hand over (``distextract extract`` does; the rows asked are the
+        same).
     progress : callable, optional
         Called with a dict of counters after each phase.
     output : {"auto", "logits", "softmax"}
@@ -134,6 +139,8 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
                 f"tasks_per_worker={tasks_per_worker} needs Ray workers: pass workers=N (N > 1) "
                 f"or address=; an in-process run has no workers")
         executor_options["tasks_per_worker"] = tasks_per_worker
+    if overlap_start and distributed:
+        executor_options["overlap_start"] = True
     if output not in OUTPUT_MODES:
         raise ConfigError(f"output must be 'auto', 'logits' or 'softmax', got {output!r}")
     orc = as_oracle(oracle, input_dim)

@@ -150,6 +150,39 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
     return parse_retry_after(headers.get("retry-after"))
 
 
+#: Header pairs (remaining, reset) of an exhausted quota, first match wins: the common
+#: ``X-RateLimit-*`` and the IETF draft's ``RateLimit-*``.
+QUOTA_HEADERS = (("x-ratelimit-remaining", "x-ratelimit-reset"),
+                 ("ratelimit-remaining", "ratelimit-reset"))
+#: A ``*-Reset`` value above this is a Unix time (GitHub's form), not seconds from now.
+EPOCH_RESET_MIN = 1e8
+
+
+def quota_reset_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds until the server's quota refills, when an answer says it is spent.
+
+    ``X-RateLimit-Remaining: 0`` (or ``RateLimit-Remaining: 0``) with a readable
+    ``X-RateLimit-Reset`` (``RateLimit-Reset``): seconds from now (integer or fraction), or a
+    Unix time when larger than :data:`EPOCH_RESET_MIN`. None when the quota is not spent or
+    the headers are absent or unreadable.
+    """
+    for remaining_name, reset_name in QUOTA_HEADERS:
+        remaining = headers.get(remaining_name)
+        if remaining is None:
+            continue
+        try:
+            left = float(remaining.strip())
+            reset = float(headers.get(reset_name, "").strip())
+        except ValueError:
+            return None
+        if not (math.isfinite(left) and math.isfinite(reset)) or left > 0:
+            return None
+        if reset > EPOCH_RESET_MIN:
+            reset -= time.time() if now is None else now
+        return max(0.0, reset)
+    return None
+
+
 class _Transient(Exception):
     """One failed attempt that may be retried (internal)."""
 
@@ -234,11 +267,18 @@ class HTTPOracle(Oracle):
         Shared limiter (e.g. one per API key across workers). Default: a :class:`TokenBucket`
         from ``rate`` and ``rows_rate``. Every 429 pauses it for the server's Retry-After
         (``Retry-After-Ms`` when the server sends one: finer than Retry-After's whole seconds;
-        the backoff when it gives no wait or zero).
+        else ``X-RateLimit-Reset`` when ``X-RateLimit-Remaining`` is 0; the backoff when it
+        gives no wait or zero) and lowers its pace once per event. An answer saying the quota
+        is spent (``X-RateLimit-Remaining: 0`` with ``X-RateLimit-Reset``, or the IETF
+        draft's ``RateLimit-*``) holds every request until the reset, without a 429.
     seed : int or numpy.random.Generator, optional
         Randomness of the backoff jitter.
     transport : httpx.BaseTransport, optional
         Injected transport (tests use ``httpx.MockTransport``).
+    discover_rate : bool
+        With neither ``rate`` nor ``rows_rate`` (and no ``limiter``): discover the server's
+        requests/s limit from its 429s (slow start, then additive increase and multiplicative
+        decrease: :class:`~distextract._ratelimit.Pace`) instead of sending unpaced.
     linger : float
         Longest wait, in seconds, of a partly filled request for rows of other threads that
         are about to query (only after :meth:`set_activity` says such threads exist; the Ray
@@ -265,7 +305,8 @@ class HTTPOracle(Oracle):
                  input_field: str = "inputs", output_field: str = "outputs",
                  limiter: RateLimiter | None = None,
                  seed: int | np.random.Generator | None = None,
-                 transport: httpx.BaseTransport | None = None, linger: float = 0.002) -> None:
+                 transport: httpx.BaseTransport | None = None, linger: float = 0.002,
+                 discover_rate: bool = False) -> None:
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             raise ConfigError(f"url must start with http:// or https://, got {url!r}")
         self.url = url
@@ -299,7 +340,7 @@ class HTTPOracle(Oracle):
             self._secret = _Secret(key)
             headers["Authorization"] = f"Bearer {key}"
         if limiter is None:
-            limiter = TokenBucket(rate, rows_rate)
+            limiter = TokenBucket(rate, rows_rate, discover=discover_rate)
         elif rate is not None or rows_rate is not None:
             raise ConfigError("give either limiter= or rate=/rows_rate=, not both")
         elif not isinstance(limiter, RateLimiter):
@@ -308,6 +349,9 @@ class HTTPOracle(Oracle):
                 f"{type(limiter).__name__}"
             )
         self.limiter = limiter
+        self.discover_rate = bool(discover_rate) and rate is None and rows_rate is None
+        hold = getattr(limiter, "hold", None)
+        self._hold: Callable[[float], None] | None = hold if callable(hold) else None
         self.rate = rate
         self.rows_rate = rows_rate
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -727,14 +771,18 @@ class HTTPOracle(Oracle):
                 paid = True
                 raise _Transient("reset", f"{type(exc).__name__}: {exc}") from None
             status = resp.status_code
+            spent_for = quota_reset_seconds(resp.headers)
+            if spent_for and self._hold is not None and status != 429:
+                # the quota is spent: every user of the limiter waits for it, no 429 needed
+                self._hold(spent_for)
             if 200 <= status < 300:
                 paid = True
                 return self._parse(resp, n)
             if status == 413:
                 raise _TooLarge()
             if status == 429:
-                raise _Transient("429", "HTTP 429", 429,
-                                 retry_after_seconds(resp.headers))
+                wait = retry_after_seconds(resp.headers)
+                raise _Transient("429", "HTTP 429", 429, spent_for if wait is None else wait)
             if status >= 500:
                 raise _Transient("5xx", f"HTTP {status}: {_server_message(resp)}", status)
             hint = ""
@@ -791,4 +839,5 @@ class HTTPOracle(Oracle):
         return Y
 
 
-__all__ = ["HTTPOracle", "parse_retry_after", "redact_url", "retry_after_seconds"]
+__all__ = ["HTTPOracle", "parse_retry_after", "quota_reset_seconds", "redact_url",
+           "retry_after_seconds"]

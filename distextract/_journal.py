@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -378,11 +379,35 @@ def load_journal(journal_dir: str | os.PathLike, input_dim: int) -> tuple[np.nda
 
 
 # --------------------------------------------------------------- run directory
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, what: str = "run description") -> Any:
+    """``value`` as it reads back from JSON: numpy scalars and arrays as Python values,
+    tuples as lists, non-finite floats as None (the one conversion of the package, used for
+    ``run.json`` and ``report.json``).
+
+    Raises
+    ------
+    ConfigError
+        When ``value`` holds something JSON cannot carry (``what`` names it).
+    """
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(json.dumps(_plain(value), allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"run description must be JSON-serialisable: {exc}") from None
+        raise ConfigError(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
 
 
 def _identity(oracle: dict) -> dict:

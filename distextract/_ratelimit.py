@@ -1,17 +1,23 @@
 """Client-side rate limiting: requests/s and rows/s, shared by every thread of one API key.
 
 :class:`RateLimiter` is the protocol the HTTP client talks to; :class:`TokenBucket` is the
-thread-safe in-process implementation. The Ray layer can replace it by an object that leases
-permits from a shared actor, as long as it offers the same two methods:
+thread-safe in-process implementation. The Ray layer replaces it by an object that leases
+send slots from a shared actor (:mod:`distextract.distributed.limiter`), offering the same
+methods:
 
 - ``acquire(rows)`` blocks until one request carrying ``rows`` rows may be sent;
 - ``penalize(seconds)`` is called when the server answers 429: every user of the limiter pauses
-  for ``seconds`` and then resumes at the steady rate, without a burst.
+  for ``seconds`` and then resumes at the steady pace, without a burst;
+- optionally ``hold(seconds)``, called when the server says its quota is spent
+  (``X-RateLimit-Remaining: 0`` with ``X-RateLimit-Reset``): pause without lowering the pace.
 
-The buckets use the generic cell rate algorithm (GCRA, "virtual scheduling"): each bucket keeps
-the time at which it would be full again (its *theoretical arrival time*). A caller reserves its
-slot under the lock and sleeps outside it, so callers are served in order, nobody polls, and the
-long-run rate never exceeds the configured rate.
+One algorithm serves both (:class:`Schedule`): the generic cell rate algorithm (GCRA, "virtual
+scheduling") over a requests/s and a rows/s bucket. Each bucket keeps the time at which it
+would be full again (its *theoretical arrival time*); a caller books its slot under the lock
+and sleeps outside it, so callers are served in order, nobody polls, and the long-run rate
+never exceeds the pace. The pace (:class:`Pace`) is the configured rate lowered by 429s and
+raised back additively (AIMD), or, with no configured rate and ``discover=True``, the server's
+limit discovered the same way.
 """
 
 from __future__ import annotations
@@ -36,51 +42,110 @@ class RateLimiter(Protocol):
         """Pause every user of this limiter for ``seconds`` (server answered 429)."""
 
 
-class Slowdown:
-    """How much below its configured rate a limiter paces, from the 429s it gets.
+class Pace:
+    """The rate a limiter sends at, adapted to the server's 429s (AIMD, as TCP does).
 
-    A 429 while the previous one's pause is still running is part of the same event (its
-    request went out before the pause was known). A server that refuses again within
-    :attr:`WINDOW_S` of the previous pause's end refuses the pace itself, not a stall: every
-    whole-second ``Retry-After`` then costs a second of the whole fleet, so the pace drops
-    to :attr:`STEP` of itself (at most down to :attr:`FLOOR`). A server whose limit keeps
-    no burst (requests spaced at least ``1/rate`` apart on arrival) refuses every request
-    that jitter brings early: at its exact rate a run refused 189 of 576 requests and used
-    15% of the limit. After :attr:`RECOVER_S` without a 429 the pace goes one step back up.
-    Isolated 429s (a stalled server, then a backlog) only pause.
+    With a configured ``ceiling`` (the rate the user gave) the pace starts there; without one
+    it *discovers* the server's limit: it starts at :attr:`START_RATE` and doubles per second
+    of sending at the pace (slow start) until the first 429. Every 429 *event* multiplies the
+    pace by :attr:`DECREASE` (multiplicative decrease) and sets the target it may come back
+    to quickly; above that target, it grows by :attr:`INCREASE` of itself per second of
+    sending at the pace (additive increase, ``3%/s``), never above the ceiling. Time counts
+    only while callers actually wait for the pace (a client sending less than the pace allows
+    says nothing about the server's limit, so the pace does not grow then).
+
+    A 429 during the pause of a previous one, or within :attr:`COOLDOWN_S` of the last
+    decrease, belongs to the same event (its request was sent before the decrease was known):
+    it pauses but does not lower the pace again. The first 429 of a discovery halves the pace
+    (the slow start overshot by up to one doubling) and remembers :attr:`DECREASE` of the
+    pace it was refused at as the quick-recovery target.
+
+    Not thread-safe: the limiter holding it locks.
+
+    Parameters
+    ----------
+    ceiling : float, optional
+        Highest rate (the configured one); None: discover.
+    start : float, optional
+        Starting rate of a discovery (default :attr:`START_RATE`).
     """
 
-    STEP = 0.85
-    FLOOR = 0.25
-    WINDOW_S = 2.0
-    RECOVER_S = 30.0
+    DECREASE = 0.85
+    INCREASE = 0.03
+    COOLDOWN_S = 0.25
+    START_RATE = 20.0
+    #: Lowest pace, as a share of the ceiling (or in requests/s for a discovery).
+    FLOOR = 0.05
+    MIN_RATE = 0.05
+    #: Longest stretch of one wait counted as time sent at the pace (a caller alone waiting
+    #: for one slow slot must not grow the pace by its whole wait).
+    MAX_STEP_S = 0.1
 
-    def __init__(self) -> None:
-        self.factor = 1.0
-        self.slowdowns = 0
+    def __init__(self, ceiling: float | None = None, start: float | None = None) -> None:
+        self.ceiling = ceiling
+        self.discover = ceiling is None
+        self.rate = ceiling if ceiling is not None else float(start or self.START_RATE)
+        self.slow_start = self.discover
+        self.target = math.inf  # up to here the pace doubles per second (quick recovery)
+        self.decreases = 0
+        self._last_decrease = -math.inf
         self._pause_end = -math.inf
-        self._quiet_from = -math.inf  # the last pause's end, or the last step back up
+        self._last_grow: float | None = None
+
+    @property
+    def factor(self) -> float:
+        """The pace as a share of the ceiling (1.0 for a discovery)."""
+        return 1.0 if self.ceiling is None else self.rate / self.ceiling
+
+    def saturated(self, now: float) -> None:
+        """A caller waited for the pace at ``now``: grow by the time sent at the pace."""
+        last, self._last_grow = self._last_grow, now
+        if last is None or now <= last:
+            return
+        dt = min(now - last, self.MAX_STEP_S)
+        if self.slow_start or self.rate < self.target:
+            grown = self.rate * 2.0 ** dt
+            if not self.slow_start:
+                grown = min(grown, self.target)
+        else:
+            grown = self.rate * (1.0 + self.INCREASE * dt)
+        self.rate = grown if self.ceiling is None else min(self.ceiling, grown)
+
+    def idle(self) -> None:
+        """No caller waits: the next wait starts a new stretch of saturated time."""
+        self._last_grow = None
 
     def refused(self, now: float, seconds: float) -> bool:
-        """A 429 at ``now`` asking for ``seconds``; True when the pace changed."""
-        self.current(now)
-        changed = False
-        # a new event (not during the pause) soon after the last one's end
-        if (self._pause_end <= now <= self._pause_end + self.WINDOW_S
-                and self.factor > self.FLOOR):
-            self.factor = max(self.FLOOR, self.factor * self.STEP)
-            self.slowdowns += 1
-            changed = True
+        """A 429 at ``now`` asking for ``seconds``; True when the pace was lowered."""
+        same_event = now < self._pause_end or now < self._last_decrease + self.COOLDOWN_S
         self._pause_end = max(self._pause_end, now + max(0.0, seconds))
-        self._quiet_from = self._pause_end
-        return changed
+        if same_event:
+            return False
+        if self.slow_start:
+            self.target = self.DECREASE * self.rate
+            self.rate *= 0.5
+            self.slow_start = False
+        else:
+            self.rate *= self.DECREASE
+            self.target = self.rate
+        floor = self.MIN_RATE if self.ceiling is None else self.FLOOR * self.ceiling
+        self.rate = max(floor, self.rate)
+        self.decreases += 1
+        self._last_decrease = now
+        self._last_grow = None
+        return True
 
-    def current(self, now: float) -> float:
-        """The pace factor at ``now`` (a step back up per quiet RECOVER_S)."""
-        while self.factor < 1.0 and now - self._quiet_from > self.RECOVER_S:
-            self.factor = min(1.0, self.factor / self.STEP)
-            self._quiet_from += self.RECOVER_S
-        return self.factor
+
+def limit_rows_per_s(rate: float | None, rows_rate: float | None,
+                     rows_per_request: int | None) -> float | None:
+    """A client-side limit in rows/s: ``rate × rows_per_request`` and ``rows_rate``, the
+    smaller (None: unlimited)."""
+    limits = []
+    if rate is not None and rows_per_request:
+        limits.append(rate * rows_per_request)
+    if rows_rate is not None:
+        limits.append(rows_rate)
+    return min(limits) if limits else None
 
 
 def _check_rate(name: str, value: float | None) -> float | None:
@@ -109,16 +174,158 @@ class _Bucket:
         """Spend ``cost`` tokens at time ``at`` (which :meth:`earliest` allowed)."""
         self.tat = max(self.tat, at) + cost * self.interval
 
-    def empty_at(self, when: float) -> None:
-        """Make the bucket hold one token at ``when``: a steady restart, no burst.
+    def empty_at(self, when: float, keep_booked: bool = False) -> None:
+        """Hold one token at ``when``: a steady restart after a pause, no burst.
 
-        Reservations made before are void (their holders queue again), so this overwrites.
-        """
-        self.tat = when + (self.burst - 1.0) * self.interval
+        ``keep_booked``: slots booked beyond ``when`` stay booked (else they are void)."""
+        tat = when + (self.burst - 1.0) * self.interval
+        self.tat = max(self.tat, tat) if keep_booked else tat
+
+
+#: A quota hold ending later than the next free slot by more than this lowers the pace.
+HOLD_SLACK_S = 0.001
+
+
+class Schedule:
+    """The one rate-limit algorithm: send times of requests under a requests/s and a rows/s
+    limit, paced by :class:`Pace`, paused by 429s and by exhausted-quota headers.
+
+    GCRA virtual scheduling: :meth:`reserve` gives each request the earliest time both buckets
+    allow and books it, so requests are evenly spaced and the long-run rate never exceeds the
+    pace. Used under a lock by :class:`TokenBucket` (threads of one process) and by the Ray
+    limiter actor (every worker of a run), so both apply the same policy. Not thread-safe.
+
+    Parameters
+    ----------
+    rate, rows_rate : float, optional
+        Requests/s and rows/s limits (the ceilings of the pace).
+    burst, rows_burst : float
+        Bucket capacities (requests, rows).
+    discover : bool
+        With neither limit given: discover a requests/s limit (:class:`Pace`).
+    void_on_pause : bool
+        A pause voids the slots booked before it (their callers queue again: the in-process
+        limiter); False keeps them booked (the Ray limiter, whose leased slots stay out).
+    """
+
+    def __init__(self, rate: float | None, rows_rate: float | None, burst: float = 1.0,
+                 rows_burst: float | None = None, discover: bool = False,
+                 void_on_pause: bool = False) -> None:
+        self.void_on_pause = void_on_pause
+        self.rate = rate
+        self.rows_rate = rows_rate
+        self.discover = bool(discover) and rate is None and rows_rate is None
+        if rows_rate is not None and rows_burst is None:
+            rows_burst = max(1.0, rows_rate / 10.0)
+        self.burst, self.rows_burst = burst, rows_burst
+        self.pace: Pace | None = None
+        if self.discover:
+            self.pace = Pace(None)
+        elif rate is not None:
+            self.pace = Pace(rate)
+        elif rows_rate is not None:
+            self.pace = Pace(rows_rate)
+        req_rate = self.pace.rate if self.discover else rate
+        self._requests = None if req_rate is None else _Bucket(req_rate, burst)
+        self._rows = None if rows_rate is None else _Bucket(rows_rate, rows_burst)
+        self.paused_until = -math.inf
+        self.penalties = 0
+        self.holds = 0
+        self.granted = 0
+        self.granted_rows = 0
+
+    @property
+    def limited(self) -> bool:
+        """Whether any bucket paces the requests (else only pauses apply)."""
+        return self._requests is not None or self._rows is not None
+
+    def _apply_pace(self) -> None:
+        if self.pace is None:
+            return
+        f = self.pace.factor
+        if self.discover:
+            self._requests.interval = 1.0 / self.pace.rate
+            return
+        for bucket, rate in ((self._requests, self.rate), (self._rows, self.rows_rate)):
+            if bucket is not None:
+                bucket.interval = 1.0 / (rate * f)
+
+    def earliest(self, rows: int, now: float) -> float:
+        """Earliest send time of a request of ``rows`` rows (nothing booked)."""
+        at = max(now, self.paused_until)
+        for bucket, cost in ((self._requests, 1.0), (self._rows, float(rows))):
+            if bucket is not None:
+                at = max(at, bucket.earliest(cost, now))
+        return at
+
+    def reserve(self, rows: int, now: float) -> float:
+        """Book the earliest send time of a request of ``rows`` rows; returns it."""
+        at = self.earliest(rows, now)
+        for bucket, cost in ((self._requests, 1.0), (self._rows, float(rows))):
+            if bucket is not None:
+                bucket.take(cost, at)
+        if self.pace is not None:
+            if at > now and at > self.paused_until:
+                self.pace.saturated(at)  # it waited for the pace itself
+                self._apply_pace()
+            elif at <= now:
+                self.pace.idle()
+        self.granted += 1
+        self.granted_rows += rows
+        return at
+
+    def refused(self, now: float, seconds: float) -> bool:
+        """The server answered 429 asking for ``seconds``: pause every request until then and
+        lower the pace once per event; returns True when the pace was lowered."""
+        seconds = max(0.0, float(seconds))
+        lowered = self.pace.refused(now, seconds) if self.pace is not None else False
+        if lowered:
+            self._apply_pace()
+        self.penalties += 1
+        self._pause(now + seconds)
+        return lowered
+
+    def hold(self, now: float, seconds: float) -> bool:
+        """The server said its quota is spent for ``seconds`` (``X-RateLimit-Remaining: 0``):
+        send nothing until then.
+
+        A hold that delays the next free slot means the pace outruns the server's refill
+        (a burst-1 server says "spent" after every request, but its reset then comes before
+        the next slot): it lowers the pace as a 429 event would, before any 429. Returns True
+        when the pace was lowered."""
+        if not seconds > 0:
+            return False
+        self.holds += 1
+        until = now + float(seconds)
+        lowered = False
+        if self.pace is not None and until > self.earliest(1, now) + HOLD_SLACK_S:
+            lowered = self.pace.refused(now, 0.0)
+            if lowered:
+                self._apply_pace()
+        self._pause(until)
+        return lowered
+
+    def _pause(self, until: float) -> None:
+        if until <= self.paused_until:
+            return
+        self.paused_until = until
+        for bucket in (self._requests, self._rows):
+            if bucket is not None:
+                bucket.empty_at(until, keep_booked=not self.void_on_pause)
+
+    def stats(self) -> dict:
+        """Counters and the current pace (JSON-serialisable)."""
+        pace = self.pace
+        return {"rate": self.rate, "rows_rate": self.rows_rate, "discover": self.discover,
+                "granted": self.granted, "granted_rows": self.granted_rows,
+                "penalties": self.penalties, "holds": self.holds,
+                "slowdowns": 0 if pace is None else pace.decreases,
+                "pace": 1.0 if pace is None else pace.factor,
+                "paced_rate": None if pace is None else pace.rate}
 
 
 class TokenBucket:
-    """Thread-safe token buckets for requests/s and rows/s, with a shared pause on 429.
+    """Thread-safe rate limit for the threads of one process: a :class:`Schedule` under a lock.
 
     Parameters
     ----------
@@ -133,8 +340,12 @@ class TokenBucket:
         Rows that may be sent back to back. Default ``rows_rate / 10`` (a tenth of a second),
         at least 1. A request larger than the capacity waits for a full bucket and then
         borrows the rest, so it is never refused.
+    discover : bool
+        With neither ``rate`` nor ``rows_rate``: discover the server's requests/s limit from
+        its 429s (:class:`Pace`) instead of sending unpaced.
     clock : callable, optional
-        Monotonic clock in seconds (tests may inject one together with ``sleep``).
+        Monotonic clock in seconds (a test may inject one that records what the limiter saw;
+        waits use the real time).
 
     Attributes
     ----------
@@ -146,7 +357,7 @@ class TokenBucket:
 
     def __init__(self, rate: float | None = None, rows_rate: float | None = None, *,
                  burst: float | None = None, rows_burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 discover: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = _check_rate("rate", rate)
         self.rows_rate = _check_rate("rows_rate", rows_rate)
         burst = 1.0 if burst is None else _check_rate("burst", burst)
@@ -157,14 +368,22 @@ class TokenBucket:
             raise ConfigError(f"burst and rows_burst must be >= 1, got {burst}, {rows_burst}")
         self.burst = burst
         self.rows_burst = rows_burst
-        self._requests = None if self.rate is None else _Bucket(self.rate, burst)
-        self._rows = None if self.rows_rate is None else _Bucket(self.rows_rate, rows_burst)
+        self.schedule = Schedule(self.rate, self.rows_rate, burst, rows_burst, discover,
+                                 void_on_pause=True)
+        self.discover = self.schedule.discover
         self._clock = clock
         self._cond = threading.Condition()
-        self._paused_until = -math.inf
-        self.penalties = 0
+        self._epoch = 0  # changes on every pause: reservations made before are void
         self.waited_s = 0.0
-        self.slowdown = Slowdown()
+
+    @property
+    def penalties(self) -> int:
+        return self.schedule.penalties
+
+    @property
+    def pace(self) -> Pace | None:
+        """The adaptive pace (None when nothing paces the requests)."""
+        return self.schedule.pace
 
     def acquire(self, rows: int = 1) -> None:
         """Block until a request carrying ``rows`` rows may be sent, then account for it.
@@ -180,28 +399,22 @@ class TokenBucket:
         with self._cond:
             while True:
                 now = self._clock()
-                if self._paused_until > now:
-                    self._cond.wait(self._paused_until - now)
+                if self.schedule.paused_until > now:
+                    self._cond.wait(self.schedule.paused_until - now)
                     continue
-                send_at = now
-                self._pace(now)
-                for bucket, cost in ((self._requests, 1.0), (self._rows, float(rows))):
-                    if bucket is not None:
-                        send_at = max(send_at, bucket.earliest(cost, now))
-                for bucket, cost in ((self._requests, 1.0), (self._rows, float(rows))):
-                    if bucket is not None:
-                        bucket.take(cost, send_at)
-                generation = self.penalties
-                # Sleep until our slot; a penalty meanwhile voids the slot (the buckets were
+                send_at = self.schedule.reserve(rows, now)
+                epoch = self._epoch
+                # Sleep until our slot; a pause meanwhile voids the slot (the buckets were
                 # reset), so the caller queues again behind the pause.
-                while self.penalties == generation and self._clock() < send_at:
+                while self._epoch == epoch and self._clock() < send_at:
                     self._cond.wait(send_at - self._clock())
-                if self.penalties == generation:
+                if self._epoch == epoch:
                     break
             self.waited_s += self._clock() - start
 
     def penalize(self, seconds: float) -> None:
-        """Pause all callers for ``seconds`` and restart at the steady rate afterwards.
+        """The server answered 429: pause all callers for ``seconds``, lower the pace once per
+        event (:class:`Pace`), and restart at the steady pace afterwards.
 
         Parameters
         ----------
@@ -211,31 +424,33 @@ class TokenBucket:
         if not seconds > 0:
             return
         with self._cond:
-            now = self._clock()
-            if self.slowdown.refused(now, float(seconds)):
-                self._pace(now)
-            until = now + float(seconds)
-            self._paused_until = max(self._paused_until, until)
-            for bucket in (self._requests, self._rows):
-                if bucket is not None:
-                    bucket.empty_at(self._paused_until)
-            self.penalties += 1
+            self.schedule.refused(self._clock(), float(seconds))
+            self._epoch += 1
             self._cond.notify_all()
 
-    def _pace(self, now: float) -> None:
-        """Buckets at the configured rates times the slowdown factor (under the lock)."""
-        f = self.slowdown.current(now)
-        for bucket, rate in ((self._requests, self.rate), (self._rows, self.rows_rate)):
-            if bucket is not None:
-                bucket.interval = 1.0 / (rate * f)
+    def hold(self, seconds: float) -> None:
+        """The server's quota is spent for ``seconds`` (``X-RateLimit-Remaining: 0``): send
+        nothing until then, without lowering the pace."""
+        if not seconds > 0:
+            return
+        with self._cond:
+            self.schedule.hold(self._clock(), float(seconds))
+            self._epoch += 1
+            self._cond.notify_all()
+
+    def stats(self) -> dict:
+        """The schedule's counters and pace."""
+        with self._cond:
+            return self.schedule.stats()
 
     def describe(self) -> dict:
         """Settings as a JSON-serialisable dict."""
         return {"type": type(self).__name__, "rate": self.rate, "rows_rate": self.rows_rate,
-                "burst": self.burst, "rows_burst": self.rows_burst}
+                "burst": self.burst, "rows_burst": self.rows_burst, "discover": self.discover}
 
     def __repr__(self) -> str:
-        return f"TokenBucket(rate={self.rate}, rows_rate={self.rows_rate}, burst={self.burst})"
+        return (f"TokenBucket(rate={self.rate}, rows_rate={self.rows_rate}, burst={self.burst}, "
+                f"discover={self.discover})")
 
 
-__all__ = ["RateLimiter", "Slowdown", "TokenBucket"]
+__all__ = ["Pace", "RateLimiter", "Schedule", "TokenBucket", "limit_rows_per_s"]

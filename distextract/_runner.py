@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError
+from ._ratelimit import limit_rows_per_s
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,6 @@ class RunOutcome:
     result: Any
     report: dict
     out_dir: str
-
-
-def limit_rows_per_s(rate: float | None, rows_rate: float | None,
-                     batch_size: int | None) -> float | None:
-    """The client-side limit in rows/s: ``rate × batch_size`` and ``rows_rate``, the smaller."""
-    limits = []
-    if rate is not None and batch_size:
-        limits.append(rate * batch_size)
-    if rows_rate is not None:
-        limits.append(rows_rate)
-    return min(limits) if limits else None
 
 
 class _Progress:
@@ -119,7 +109,8 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
                        retries: int = 8, seed: int = 0, resume: bool = False, workers: int = 1,
                        address: str | None = None, show_progress: bool | None = None,
                        echo: Callable[[str], None] | None = None, output: str = "auto",
-                       on_mismatch: str = "raise", options: dict | None = None) -> RunOutcome:
+                       on_mismatch: str = "raise", options: dict | None = None,
+                       discover_rate: bool = True) -> RunOutcome:
     """Extract the network behind ``url`` into the run directory ``out_dir``.
 
     Parameters
@@ -146,6 +137,9 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         Receives user-facing messages (e.g. how many journaled rows a resumed run found).
     output, on_mismatch
         As for :func:`distextract.extract`.
+    discover_rate : bool
+        Without ``rate`` and ``rows_rate``: discover the server's requests/s limit from its
+        429s (:class:`~distextract._ratelimit.Pace`), shared by every worker.
     options : dict, optional
         :class:`~distextract.ExtractConfig` overrides (CLI ``--config KEY=VALUE``); recorded
         in ``run.json``, so a resumed run must give the same.
@@ -178,14 +172,14 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         show_progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     display = None
     if show_progress:
-        from .distributed import ProgressDisplay
+        from .distributed.progress import ProgressDisplay
 
         display = ProgressDisplay(input_dim=input_dim, limit_rows_per_s=limit, budget=budget)
     progress = _Progress(display, distributed)
 
     http = HTTPOracle(url, input_dim, api_key_env=api_key_env, max_batch=batch_size, rate=rate,
                       rows_rate=rows_rate, max_in_flight=max_in_flight, timeout=timeout,
-                      retries=retries, budget=budget, seed=seed)
+                      retries=retries, budget=budget, seed=seed, discover_rate=discover_rate)
     oracle = None
     try:
         info = prepare_run_dir(out_dir, oracle=http.describe(), input_dim=input_dim, seed=seed,
@@ -198,6 +192,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
         try:
             result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
                                  workers=workers, address=address, progress=progress,
+                                 overlap_start=True,
                                  output=output, on_mismatch=on_mismatch, **options)
         finally:
             if display is not None:

@@ -224,6 +224,9 @@ Examples:
 @click.option("--budget", type=int, default=None, help="Hard cap on rows queried by the run.")
 @click.option("--rate", type=float, default=None, help="Client-side limit in requests/s.")
 @click.option("--rows-rate", type=float, default=None, help="Client-side limit in rows/s.")
+@click.option("--rate-discovery/--no-rate-discovery", default=True, show_default=True,
+              help="Without --rate or --rows-rate: find the server's limit from its 429s "
+                   "(slow start, then AIMD), or send unpaced.")
 @click.option("--batch-size", type=int, default=64, show_default=True,
               help="Most rows per request (lowered automatically on 413).")
 @click.option("--max-in-flight", type=int, default=8, show_default=True,
@@ -259,7 +262,7 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             budget: int | None, rate: float | None, rows_rate: float | None, batch_size: int,
             max_in_flight: int, timeout: float, retries: int, seed: int, resume: bool,
             workers: int, address: str | None, output: str, on_mismatch: str,
-            config_items: tuple[str, ...]) -> None:
+            config_items: tuple[str, ...], rate_discovery: bool = True) -> None:
     """Extract the network behind URL into the run directory --out."""
     from ._runner import extract_to_run_dir, journal_hint
     from .engine._config import config_options
@@ -271,7 +274,7 @@ def extract(url: str, input_dim: int, out_dir: str, api_key_env: str | None,
             rows_rate=rows_rate, batch_size=batch_size, max_in_flight=max_in_flight,
             timeout=timeout, retries=retries, seed=seed, resume=resume, workers=workers,
             address=address, echo=click.echo, output=output, on_mismatch=on_mismatch,
-            options=options)
+            options=options, discover_rate=rate_discovery)
     except DistextractError as exc:
         from ._errors import JournalError
 

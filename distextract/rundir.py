@@ -80,7 +80,6 @@ Every Arrow file is an uncompressed Arrow IPC file (Feather v2), readable with
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -89,6 +88,7 @@ import pyarrow as pa
 from pyarrow import feather
 
 from ._errors import ConfigError
+from ._journal import _jsonable
 
 OUTPUTS_FORMAT = "distextract.run_outputs"
 OUTPUTS_VERSION = 1
@@ -111,22 +111,6 @@ def _write(table: pa.Table, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     feather.write_feather(table, tmp, compression="uncompressed")
     os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays as Python values and non-finite floats as None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 def match_kinks(W: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray, t: np.ndarray,
@@ -286,7 +270,7 @@ def write_run_outputs(run_dir: str | os.PathLike, result: Any,
     })
     _write(lines.replace_schema_metadata(_schema_meta("lines", d, m)), paths["lines.arrow"])
 
-    report = _jsonable(getattr(result, "report", {}) or {})
+    report = _jsonable(getattr(result, "report", {}) or {}, "the extraction report")
     tmp = f"{paths['report.json']}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, allow_nan=False)

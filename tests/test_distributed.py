@@ -313,6 +313,41 @@ def test_rate_limited_http_run_matches_in_process(ray_local, net):
     assert sum(h["rows_paid"] for h in dist["http"]) + driver_paid == res.queries
 
 
+def test_rate_discovery_is_shared_by_the_workers_through_the_limiter_actor(ray_local, net):
+    """No rate given, a server it was not written with (benchmarks/foreign_server.py: token
+    bucket of 30 requests/s, burst 5, fractional Retry-After, X-RateLimit-* headers): the
+    workers' 429s and quota holds all reach the one limiter actor, whose discovered pace ends
+    near the server's limit; the rows asked are the in-process run's."""
+    import os
+    import sys
+
+    from distextract._http import HTTPOracle
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    from foreign_server import ForeignServer
+
+    server = ForeignServer(net.W, net.b, net.A, net.c, rate=30, burst=5, retry_after="frac",
+                           ratelimit_headers=True, latency=0.002, max_batch=8)
+    url = server.start()
+    try:
+        http = HTTPOracle(url, 16, max_batch=8, max_in_flight=4, discover_rate=True)
+        try:
+            res = extract(http, 16, seed=3, workers=2)
+        finally:
+            http.close()
+    finally:
+        server.stop()
+    counters = server.counters()
+    ref = extract(net, seed=3)
+    assert res.queries == ref.queries == counters["rows"]
+    limiter = res.report["distributed"]["limiter"]
+    assert limiter["discover"] and limiter["rate"] is None
+    assert limiter["penalties"] == counters["refused"]  # every worker's 429 reached it
+    assert limiter["slowdowns"] >= 1 and limiter["holds"] >= 1
+    assert 15 <= limiter["paced_rate"] <= 45, limiter
+    assert counters["refused"] <= 0.1 * (counters["answered"] + counters["refused"]), counters
+
+
 def test_http_oracle_travels_as_spec_without_its_key(monkeypatch):
     from distextract._http import HTTPOracle
     from distextract.distributed import HTTPOracleSpec

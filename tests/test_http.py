@@ -467,7 +467,7 @@ def test_real_strict_limit_slows_the_pace_instead_of_being_refused_on_and_on(net
         stats = srv.stats()
     assert stats["statuses"]["200"] == 120
     assert stats["statuses"].get("429", 0) <= 16, stats["statuses"]
-    assert oracle.limiter.slowdown.factor < 1.0
+    assert oracle.limiter.pace.factor < 1.0
 
 
 def test_real_413_split(net, Xr):

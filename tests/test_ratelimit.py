@@ -9,7 +9,7 @@ import time
 import pytest
 
 import distextract as dx
-from distextract._ratelimit import RateLimiter, Slowdown, TokenBucket
+from distextract._ratelimit import Pace, RateLimiter, Schedule, TokenBucket
 
 
 def _run_threads(n_threads: int, per_thread: int, fn) -> list[float]:
@@ -55,8 +55,31 @@ def test_rows_rate_limits_rows_and_large_requests_borrow():
     assert time.monotonic() - t0 >= 0.45
 
 
+class _SeenClock:
+    """The real monotonic clock, remembering each thread's last reading: the time at which
+    the limiter (reading it under its lock) decided to release that thread's request, which
+    a stamp taken after ``acquire`` returns would blur by the thread's scheduling delay."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def __call__(self) -> float:
+        self.local.t = time.monotonic()
+        return self.local.t
+
+    def last(self) -> float:
+        return self.local.t
+
+
 def test_penalize_pauses_every_waiting_caller_then_restarts_steadily():
-    bucket = TokenBucket(rate=100)
+    # Timing-robust form (a baseline run on a loaded machine failed the earlier one): releases
+    # are stamped with the limiter's own clock reading, taken under its lock when it lets a
+    # request go, and the pause starts at penalize's own reading. So a thread descheduled
+    # between its release and its stamp cannot look like a release during the pause, and
+    # "no burst after the pause" is checked by the schedule's lower bounds (the i-th release
+    # after the pause not before pause_end + i/rate), which slowness cannot break.
+    clock = _SeenClock()
+    bucket = TokenBucket(rate=100, clock=clock)
     stamps: list[float] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -65,24 +88,29 @@ def test_penalize_pauses_every_waiting_caller_then_restarts_steadily():
         while not stop.is_set():
             bucket.acquire()
             with lock:
-                stamps.append(time.monotonic())
+                stamps.append(clock.last())
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
     time.sleep(0.1)
-    penalized_at = time.monotonic()
     bucket.penalize(0.3)
+    penalized_at = clock.last()  # penalize's reading, under the lock
     time.sleep(0.5)
     stop.set()
     for t in threads:
         t.join()
-    during = [s for s in stamps if penalized_at + 0.001 < s < penalized_at + 0.3 - 0.005]
+    assert [s for s in stamps if s < penalized_at], "nothing was released before the pause"
+    during = [s for s in stamps if penalized_at <= s < penalized_at + 0.3]
     assert during == []
-    after = [s for s in stamps if s >= penalized_at + 0.3 - 0.005]
+    after = sorted(s for s in stamps if s >= penalized_at + 0.3)
     assert len(after) >= 5
-    gaps = [b - a for a, b in itertools.pairwise(after)]
-    assert min(gaps) > 0.5 / 100  # no burst after the pause
+    # the 429 lowered the pace once (AIMD); waiting callers since raised it by at most
+    # INCREASE per second; the final (highest) pace bounds every interval from below
+    pace = bucket.pace.rate
+    assert 100 * Pace.DECREASE <= pace <= 100 * Pace.DECREASE * (1 + Pace.INCREASE)
+    for i, s in enumerate(after):  # evenly spaced from the pause's end: no burst
+        assert s >= penalized_at + 0.3 + i / pace - 1e-6, (i, s - penalized_at)
     assert bucket.penalties == 1
 
 
@@ -122,47 +150,92 @@ def test_acquire_rejects_empty_requests():
         TokenBucket(rate=5).acquire(0)
 
 
-def test_slowdown_when_the_server_refuses_the_pace_again():
-    """A 429 during the previous one's pause is the same event; a new event within WINDOW_S
-    of the previous pause's end lowers the pace one step; an isolated one does not; a quiet
-    RECOVER_S raises it a step."""
-    s = Slowdown()
-    assert not s.refused(0.0, 1.0) and s.factor == 1.0
-    assert not s.refused(0.5, 1.0) and s.factor == 1.0  # its request left before the pause
-    # (which now runs to 1.5, as the limiter's does)
-    assert s.refused(1.6, 1.0) and s.factor == Slowdown.STEP  # refused again right after
-    assert not s.refused(10.0, 1.0) and s.factor == Slowdown.STEP  # isolated (a stall)
-    assert s.current(11.0 + Slowdown.RECOVER_S - 1) == Slowdown.STEP
-    assert s.current(11.0 + Slowdown.RECOVER_S + 1) == 1.0
-    low = Slowdown()
-    for i in range(40):  # refused every time it resumes: down to the floor, no further
-        low.refused(1.1 * i, 1.0)
-    assert low.factor == Slowdown.FLOOR or low.factor * Slowdown.STEP < Slowdown.FLOOR
+def test_pace_aimd_with_a_ceiling_injected_times():
+    """A 429 event lowers the pace by DECREASE once (429s during its pause or within
+    COOLDOWN_S are the same event); time spent waiting for the pace raises it by INCREASE
+    per second up to the ceiling; time not spent waiting does not count."""
+    p = Pace(100.0)
+    assert p.refused(0.0, 0.05) and p.rate == pytest.approx(85.0)
+    assert not p.refused(0.03, 0.05)  # during the pause: same event
+    assert not p.refused(0.2, 0.05)  # within the cooldown: same event
+    assert p.refused(0.5, 0.05) and p.rate == pytest.approx(85.0 * 0.85)
+    low = p.rate
+    t = 1.0
+    for _ in range(100):  # 1 s of saturated sending, in steps of 10 ms
+        t += 0.01
+        p.saturated(t)
+    assert p.rate == pytest.approx(low * (1 + Pace.INCREASE * 0.01) ** 99, rel=1e-9)
+    p.idle()
+    p.saturated(t + 50.0)  # a new stretch: nothing grows over the idle time
+    assert p.rate == pytest.approx(low * (1 + Pace.INCREASE * 0.01) ** 99, rel=1e-9)
+    for i in range(1, 100_000):
+        p.saturated(t + 50.0 + 0.01 * i)
+    assert p.rate == 100.0  # never above the ceiling
+    floor = Pace(10.0)
+    for i in range(200):
+        floor.refused(float(i), 0.01)
+    assert floor.rate == pytest.approx(Pace.FLOOR * 10.0)
 
 
-def test_token_bucket_paces_slower_after_repeated_429s():
+def test_pace_discovery_slow_start_then_aimd_injected_times():
+    p = Pace(None)
+    assert p.discover and p.rate == Pace.START_RATE
+    for i in range(1, 201):  # 2 s saturated: doubles per second
+        p.saturated(0.01 * i)
+    assert p.rate == pytest.approx(4 * Pace.START_RATE * 2 ** -0.01, rel=1e-6)
+    refused_at = p.rate
+    assert p.refused(2.0, 0.01)  # first 429: halve, remember DECREASE of the refused pace
+    assert p.rate == pytest.approx(refused_at / 2)
+    assert p.target == pytest.approx(Pace.DECREASE * refused_at)
+    for i in range(1, 201):  # quick recovery to the target, then additive increase
+        p.saturated(2.5 + 0.01 * i)
+    assert p.target < p.rate < p.target * (1 + 2 * Pace.INCREASE)  # < 2 s above the target
+    assert p.refused(5.0, 0.01) and p.target == p.rate
+
+
+def test_schedule_is_the_one_gcra_with_pauses_and_holds_injected_times():
+    s = Schedule(100.0, None, discover=False)
+    ats = [s.reserve(64, 0.0) for _ in range(5)]
+    assert ats == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04])
+    # quota spent until before the next free slot (0.05): nothing changes
+    assert not s.hold(0.045, 0.004) and s.pace.rate == 100.0
+    assert s.reserve(64, 0.045) == pytest.approx(0.05)
+    # spent until after it: nothing before 0.16, and the pace outran the server: lowered
+    assert s.hold(0.055, 0.105) and s.pace.rate == pytest.approx(85.0)
+    assert s.reserve(64, 0.06) == pytest.approx(0.16)
+    assert s.reserve(64, 0.06) == pytest.approx(0.16 + 1 / 85.0)
+    assert s.holds == 2 and s.penalties == 0
+    assert s.refused(0.5, 0.05)  # 429: pause and lower the pace again
+    assert s.reserve(64, 0.51) == pytest.approx(0.55)
+    assert s.reserve(64, 0.51) == pytest.approx(0.55 + 1 / (85.0 * 0.85))
+    rows = Schedule(None, 1000.0, rows_burst=100)
+    assert rows.reserve(100, 0.0) == 0.0
+    assert rows.reserve(100, 0.0) == pytest.approx(0.1)
+    free = Schedule(None, None)
+    assert not free.limited and free.reserve(64, 3.0) == 3.0
+
+
+def test_token_bucket_paces_slower_after_a_429():
     bucket = TokenBucket(rate=100)
     bucket.penalize(0.05)
-    time.sleep(0.07)
-    bucket.penalize(0.05)  # refused again as soon as it resumed
-    assert bucket.slowdown.factor == Slowdown.STEP
+    assert bucket.pace.factor == Pace.DECREASE
     time.sleep(0.06)
     start = time.monotonic()
     stamps = _run_threads(4, 6, bucket.acquire)
-    rate = 100 * Slowdown.STEP
+    rate = 100 * Pace.DECREASE
     for i, t in enumerate(stamps):  # lower bounds only (a busy machine can only delay)
         assert t - start >= i / rate - 0.01, (i, t - start)
 
 
-def test_limiter_actor_leases_slower_after_repeated_429s():
-    """The Ray limiter (here as a plain object) applies the same policy to every worker."""
+def test_limiter_actor_leases_slower_after_a_429():
+    """The Ray limiter (here as a plain object) applies the same schedule to every worker."""
     from distextract.distributed import _Limiter
 
     lim = _Limiter(100.0, None)
     lim.penalize(0.05)
-    time.sleep(0.07)
-    lim.penalize(0.05)
     assert lim.stats()["slowdowns"] == 1
     delays, _, _ = lim.lease(10, 64)
     gaps = [b - a for a, b in itertools.pairwise(delays)]
-    assert min(gaps) == pytest.approx(1 / (100 * Slowdown.STEP), rel=1e-9)
+    assert gaps[0] == pytest.approx(1 / (100 * Pace.DECREASE), rel=1e-6)
+    # leased slots are time sent at the pace: it grows by at most INCREASE per second
+    assert all(1 / (100 * Pace.DECREASE * (1 + Pace.INCREASE)) < g <= gaps[0] for g in gaps)

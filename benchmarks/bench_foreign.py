@@ -1,0 +1,147 @@
+"""The whole ``distextract extract`` CLI against a rate-limited server it was not written with
+(issue 20, item 3): one table row per server behaviour.
+
+The server is :mod:`foreign_server` (its own token bucket, no code shared with
+``distextract serve``), in this process, 20 ms latency, 64-row requests, serving a random
+network d=128, k=1024, m=10 (``--quick``: d=32, k=128). Behaviours: token bucket of 100
+requests/s with burst 1, 5, 50; Retry-After in whole seconds (rounded up) or fractional
+(``0.050``); with ``X-RateLimit-*`` headers; a limit of 384,000 rows/min (= 100 x 64 rows/s)
+instead of requests/s. Each runs the CLI as its own process with ``--rate 100 --workers 8``
+(``--rows-rate 6400`` for the rows/min server), and again without ``--rate`` (discovery) for
+the ``disc`` rows.
+
+Columns: rows the server answered, wall time of the whole CLI process (Python start, Ray start,
+extraction, writing the run directory), rows/s over that wall time, % of the server's row limit
+over the whole wall time, % over the time from the first answered request to the process's end,
+429s and their share of requests, the run's Ray start and worker start seconds, the rows the
+driver paid while Ray started (report.json), and the pace the shared limiter ended at
+(requests/s; rows/s for the rows/min server with ``--rows-rate``).
+
+Usage::
+
+    python benchmarks/bench_foreign.py [--quick] [--only burst5-frac,disc-burst5] [--workers 8]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the server's matrix products: one thread
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from foreign_server import ForeignServer
+
+import distextract as dx
+
+RATE = 100.0
+BATCH = 64
+#: name -> (server options, client limit flags; None: discovery, no flag)
+BEHAVIOURS = {
+    "burst1-frac": ({"burst": 1, "retry_after": "frac"}, ["--rate", "100"]),
+    "burst5-frac": ({"burst": 5, "retry_after": "frac"}, ["--rate", "100"]),
+    "burst50-frac": ({"burst": 50, "retry_after": "frac"}, ["--rate", "100"]),
+    "burst5-int": ({"burst": 5, "retry_after": "int"}, ["--rate", "100"]),
+    "burst5-headers": ({"burst": 5, "retry_after": "frac", "ratelimit_headers": True},
+                       ["--rate", "100"]),
+    "rows-per-min": ({"rate": None, "rows_per_min": RATE * BATCH * 60, "retry_after": "frac"},
+                     ["--rows-rate", str(RATE * BATCH)]),
+    "disc-burst5-frac": ({"burst": 5, "retry_after": "frac"}, []),
+    "disc-burst1-int": ({"burst": 1, "retry_after": "int"}, []),
+    "disc-burst5-headers": ({"burst": 5, "retry_after": "frac", "ratelimit_headers": True}, []),
+    "disc-rows-per-min": ({"rate": None, "rows_per_min": RATE * BATCH * 60,
+                           "retry_after": "frac"}, []),
+}
+
+
+def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
+    server_opts, limit_flags = BEHAVIOURS[name]
+    opts = {"rate": RATE, "latency": args.latency, "max_batch": BATCH, **server_opts}
+    server = ForeignServer(net.W, net.b, net.A, net.c, **opts)
+    url = server.start()
+    out_dir = tempfile.mkdtemp(prefix=f"dx-foreign-{name}-")
+    cmd = [sys.executable, "-m", "distextract", "extract", "--url", url,
+           "--input-dim", str(net.W.shape[1]), "--out", os.path.join(out_dir, "run"),
+           "--batch-size", str(BATCH), "--workers", str(args.workers), "--seed", "0",
+           *limit_flags]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    t1 = time.monotonic()
+    server.stop()
+    if proc.returncode != 0:
+        print(f"{name}: CLI failed ({proc.returncode}): {proc.stderr[-2000:]}", file=sys.stderr)
+    c = server.counters()
+    wall = t1 - t0
+    after_first = t1 - c["first"] if c["first"] is not None else float("nan")
+    limit = server.limit_rows_per_s
+    requests = c["answered"] + c["refused"]
+    timing = {}
+    overlap = {}
+    try:
+        with open(os.path.join(out_dir, "run", "report.json"), encoding="utf-8") as fh:
+            report = json.load(fh)
+        timing = (report["extraction"].get("distributed") or {}).get("timing") or {}
+        overlap = (report["extraction"].get("distributed") or {}).get("overlap") or {}
+        limiter = (report["extraction"].get("distributed") or {}).get("limiter") or {}
+        discovered = limiter.get("paced_rate")
+    except (OSError, KeyError, ValueError):
+        discovered = None
+    return {"behaviour": name, "rows": c["rows"], "wall_s": wall,
+            "rows_per_s": c["rows"] / wall, "pct_wall": 100 * c["rows"] / (wall * limit),
+            "pct_after_first": 100 * c["rows"] / (after_first * limit),
+            "429": c["refused"], "pct_429": 100 * c["refused"] / max(1, requests),
+            "ray_s": timing.get("ray_start_s"), "ready_s": timing.get("workers_ready_s"),
+            "first_s": (c["first"] - t0) if c["first"] is not None else None,
+            "rc": proc.returncode, "final_rate": discovered,
+            "driver_rows": overlap.get("driver_rows_paid")}
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="d=32, k=128 (smoke run)")
+    parser.add_argument("--only", default=",".join(BEHAVIOURS), help="comma-separated names")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--latency", type=float, default=0.02)
+    args = parser.parse_args()
+    d, k, m = (32, 128, 10) if args.quick else (128, 1024, 10)
+    net = dx.targets.random_network(d, k, m, seed=0)
+    print(f"foreign server: {RATE:g} requests/s x {BATCH} rows (rows/min runs: "
+          f"{RATE * BATCH * 60:,.0f} rows/min), latency {1000 * args.latency:g} ms; network "
+          f"d={d} k={k} m={m}; CLI --workers {args.workers}; load average "
+          f"{os.getloadavg()[0]:.2f} at start")
+    header = ["behaviour", "rows", "wall s", "rows/s", "% limit (wall)", "% after 1st",
+              "429s", "% 429", "1st answer s", "ray s", "ready s", "driver rows", "end pace"]
+    print("  ".join(header))
+    rows = []
+    for name in args.only.split(","):
+        r = run_one(name.strip(), net, args)
+        rows.append(r)
+        print("  ".join([r["behaviour"], f"{r['rows']:,}", f"{r['wall_s']:.1f}",
+                         f"{r['rows_per_s']:,.0f}", f"{r['pct_wall']:.1f}",
+                         f"{r['pct_after_first']:.1f}", str(r["429"]), f"{r['pct_429']:.2f}",
+                         fmt(r["first_s"], ".1f"), fmt(r["ray_s"], ".1f"),
+                         fmt(r["ready_s"], ".1f"), fmt(r["driver_rows"], ","),
+                         fmt(r["final_rate"], ".1f"),
+                         "" if r["rc"] == 0 else f"(exit {r['rc']})"]), flush=True)
+    worst = min(rows, key=lambda r: r["pct_wall"])
+    print(f"worst: {worst['behaviour']} {worst['pct_wall']:.1f}% of the limit over the whole "
+          f"wall time, {worst['pct_429']:.2f}% 429s; load average {os.getloadavg()[0]:.2f} "
+          f"at end")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

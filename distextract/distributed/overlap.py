@@ -1,0 +1,204 @@
+"""Pay the first queries in the driver while Ray starts (issue 20, item 3).
+
+Starting Ray's worker actors takes seconds (5 to 20 s after ``ray.init`` on the project's
+loaded 2-core machine, BENCHMARKS.md), during which a rate-limited run would send nothing.
+With :class:`OverlappedExecutor` the coordinator starts as soon as ``ray.init`` returns: its
+tasks run in the driver, ``parallelism`` at a time on threads over the driver's own oracle
+(its HTTP client, its journal, its limiter), in a thread of its own, while the main thread
+builds the :class:`~distextract.distributed.executor.RayExecutor` (Ray must be used from the
+thread that started it). ``ray.init`` itself is not overlapped: it forks Ray's processes from
+the driver, and a fork while another thread is inside a multithreaded OpenBLAS call left that
+call spinning for minutes once. When the workers are ready, the
+driver's HTTP client takes its send slots from the run's limiter actor (one shared pace; a
+discovered pace is handed over), every task not yet started goes to the workers, and the
+driver's threads finish the tasks they hold. The rows asked do not change: a task asks the
+same rows wherever it runs, and results keep their order.
+
+Only without a budget: a global budget is exact because every row is reserved at one ledger
+before it is sent, and the driver's rows before the ledger exists would need a second one.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from .._oracle import CountingOracle, Oracle
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two looks at whether the workers are ready during a local map.
+READY_POLL_S = 0.05
+
+
+def _find(oracle: Any, attr: str) -> Any:
+    """The first oracle in the wrapper chain (``inner``) that has ``attr``."""
+    seen = 0
+    while oracle is not None and seen < 8:
+        if hasattr(oracle, attr):
+            return oracle
+        oracle, seen = getattr(oracle, "inner", None), seen + 1
+    return None
+
+
+class OverlappedExecutor:
+    """The coordinator's executor while Ray starts, then the Ray executor's front.
+
+    Parameters
+    ----------
+    oracle : Oracle
+        The driver's oracle (possibly journaled); tasks run on it until the workers are ready.
+    workers, tasks_per_worker : int
+        As the Ray executor will have them (the coordinator cuts its work by them).
+    max_batch : int, optional
+    request_limited : bool
+        As :attr:`RayExecutor.request_limited` will be.
+    """
+
+    def __init__(self, oracle: Oracle, workers: int, tasks_per_worker: int,
+                 max_batch: int | None, request_limited: bool) -> None:
+        self.oracle = oracle
+        self.local = CountingOracle(oracle)
+        self.workers = workers
+        self.tasks_per_worker = tasks_per_worker
+        self.max_batch = max_batch
+        self.request_limited = request_limited
+        self.parallelism = workers * tasks_per_worker
+        self.t0 = time.perf_counter()
+        self.ready_s: float | None = None
+        self.switched_s: float | None = None
+        self.local_tasks = 0
+        self.map_seconds = 0.0
+        self._journal = _find(oracle, "rows_from_journal")
+        self._journal0 = 0 if self._journal is None else self._journal.rows_from_journal
+        self._ray: Any = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._switched = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ start
+    def provide(self, executor: Any = None, error: BaseException | None = None) -> None:
+        """The Ray executor is ready (or could not be built: ``error``, raised in the
+        coordinator at its next map). Called by the thread that started Ray, which must be
+        the main thread (Ray 2.60 hangs when it is used from the main thread after
+        ``ray.init`` ran in another), so the coordinator runs in a thread of its own."""
+        self._ray, self._error = executor, error
+        self.ready_s = time.perf_counter() - self.t0
+        self._ready.set()
+
+    def ray(self, wait: bool = False) -> Any:
+        """The Ray executor once ready (None before, unless ``wait``); switches to it."""
+        if wait:
+            self._ready.wait()
+        if not self._ready.is_set():
+            return None
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            if not self._switched:
+                self._switch()
+        return self._ray
+
+    def _switch(self) -> None:
+        """The driver's HTTP client takes its slots from the limiter actor from now on."""
+        import ray
+
+        from .limiter import LeasedLimiter
+
+        self._switched = True
+        self.switched_s = time.perf_counter() - self.t0
+        actor = getattr(self._ray, "_limiter", None)
+        http = _find(self.oracle, "limiter")
+        if actor is None or http is None or not hasattr(http, "_hold"):
+            return
+        local = http.limiter
+        pace = getattr(local, "pace", None)
+        if pace is not None and getattr(local, "discover", False):
+            ray.get(actor.adopt_pace.remote(pace.rate, pace.target, pace.slow_start))
+        proxy = LeasedLimiter(actor, 1, self._ray.rows_rate)
+        http.limiter = proxy
+        http._hold = proxy.hold
+
+    # -------------------------------------------------------------- executor
+    def map(self, tasks: list) -> list:
+        """Run ``tasks`` in order: in the driver until the workers are ready, then on them."""
+        t0 = time.perf_counter()
+        try:
+            return self._map(tasks)
+        finally:
+            self.map_seconds += time.perf_counter() - t0
+
+    def _map(self, tasks: list) -> list:
+        from ..engine.tasks import run_task
+
+        ex = self.ray()
+        if ex is not None:
+            return ex.map(tasks)
+        results: list[Any] = [None] * len(tasks)
+        pending = collections.deque(enumerate(tasks))
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def local_thread() -> None:
+            while True:
+                with lock:
+                    if not pending or errors or self._ready.is_set():
+                        return
+                    i, task = pending.popleft()
+                    self.local_tasks += 1
+                try:
+                    results[i] = run_task(self.local, task)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, in order
+                    with lock:
+                        errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=local_thread, daemon=True, name=f"dx-local-{j}")
+                   for j in range(min(len(tasks), self.parallelism))]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads) and not self._ready.wait(READY_POLL_S):
+            pass
+        rest: list = []
+        if self._ready.is_set():
+            with lock:
+                rest = list(pending)
+                pending.clear()
+        remote_error: BaseException | None = None
+        if rest:
+            try:
+                ex = self.ray()
+                for (i, _), value in zip(rest, ex.map([task for _, task in rest]),
+                                         strict=True):
+                    results[i] = value
+            except BaseException as exc:  # noqa: BLE001 - after the local threads finish
+                remote_error = exc
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        if remote_error is not None:
+            raise remote_error
+        return results
+
+    def local_paid(self) -> int:
+        """Rows the driver sent to the oracle (journal hits excluded)."""
+        hits = 0 if self._journal is None else self._journal.rows_from_journal - self._journal0
+        return int(self.local.queries) - int(hits)
+
+    @property
+    def queries(self) -> int:
+        """Rows paid: the driver's and, once ready, the workers'."""
+        ex = self._ray if self._switched else None
+        return self.local_paid() + (0 if ex is None else int(ex.queries))
+
+    @property
+    def remaining(self) -> int | None:
+        return None  # only without a budget (module docstring)
+
+
+__all__ = ["OverlappedExecutor"]

@@ -1,0 +1,269 @@
+"""run_distributed: start or join Ray, run the coordinator over a RayExecutor, report."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from .._oracle import Oracle
+from .._ratelimit import limit_rows_per_s
+from .._validation import check_positive_int
+from .executor import RayExecutor, executor_plan
+from .overlap import OverlappedExecutor
+from .progress import ProgressDisplay
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two polls of the actors' counters by the driver.
+POLL_INTERVAL_S = 0.5
+
+
+class _Poller(threading.Thread):
+    """Driver thread polling the ledger, limiter and workers' counters."""
+
+    def __init__(self, executor: RayExecutor, sink: Callable[..., None],
+                 interval: float = POLL_INTERVAL_S) -> None:
+        super().__init__(name="dx-progress", daemon=True)
+        self.executor = executor
+        self.sink = sink
+        self.interval = interval
+        self.halt = threading.Event()
+        self.samples: collections.deque = collections.deque(maxlen=10)
+        self.last: dict = {}
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as exc:  # noqa: BLE001 - the display must never stop the run
+                logger.debug("progress poll failed: %s", exc)
+
+    def poll(self) -> dict:
+        ex = self.executor
+        if hasattr(ex, "ray"):  # an OverlappedExecutor: the workers' counters once ready
+            ex = ex.ray()
+            if ex is None:
+                return self.last
+        ledger = ex.ledger_stats()
+        workers = ex.worker_stats(timeout=self.interval)
+        now = time.monotonic()
+        self.samples.append((now, ledger["paid"]))
+        t_first, p_first = self.samples[0]
+        rows_per_s = (ledger["paid"] - p_first) / (now - t_first) if now > t_first else 0.0
+        restarts = sum(max(0, w["attempts"] - 1) for w in ledger["per_worker"])
+        self.last = {"paid": ledger["paid"], "rows_per_s": rows_per_s,
+                     "elapsed": ledger["elapsed"], "restarts": restarts,
+                     "workers_busy": sum(1 for w in workers if w and w.get("busy_s") is not None)}
+        self.sink(**self.last)
+        return self.last
+
+
+# ------------------------------------------------------------------- entry point
+def _start_ray(address: str | None, workers: int) -> bool:
+    """Start or join Ray; returns True when this call started it (and should stop it)."""
+    if ray.is_initialized():
+        if address is not None:
+            logger.info("Ray already initialised; using it (address=%r ignored)", address)
+        return False
+    if address is None:
+        ncpu = max(os.cpu_count() or 1, workers)
+        logger.info("starting a local Ray instance (%d CPUs)", ncpu)
+        ray.init(address="local", num_cpus=ncpu, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        logger.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, logging_level=logging.WARNING)
+    return True
+
+
+def _run_while_starting(coord: Any, front: OverlappedExecutor,
+                        start: Callable[[], RayExecutor]) -> Any:
+    """Run the coordinator in a thread (its first tasks in this process) while this thread
+    starts Ray and the workers; returns the engine result or raises the run's error."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["eng"] = coord.run()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="dx-coordinator", daemon=True)
+    thread.start()
+    try:
+        front.provide(start())
+    except BaseException as exc:  # noqa: BLE001 - the coordinator raises it at its next map
+        front.provide(error=exc)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["eng"]
+
+
+def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | None,
+                    workers: int, address: str | None, progress: Callable[[dict], None] | None,
+                    n_val: int, **executor_options: Any) -> tuple[Any, int, dict]:
+    """Run the engine's coordinator over Ray workers (called by :func:`distextract.extract`).
+
+    Parameters
+    ----------
+    oracle : Oracle
+        The oracle (a journaled oracle makes every worker journal into its directory).
+    d : int
+        Input dimension.
+    cfg : ExtractConfig
+    seed : int
+    budget : int, optional
+        Global cap on paid rows across workers.
+    workers : int
+        Number of worker actors.
+    address : str, optional
+        Ray address: None starts a local Ray instance (and stops it afterwards); ``"auto"`` or
+        ``"ray://host:10001"`` joins a cluster. An already initialised Ray is used as it is.
+    progress : callable, optional
+        Engine progress callback; receives the engine's dicts enriched with the polled
+        counters under ``"distributed"``. With no callback and a terminal on stderr, a
+        :class:`ProgressDisplay` line is shown.
+    n_val : int
+        Validation points.
+    **executor_options
+        Passed to :class:`RayExecutor` (``tasks_per_worker``, ``placement``, ``rate``,
+        ``journal_dir``, ...), except ``overlap_start``: without a budget, and when this call
+        starts or joins Ray, run the first tasks in the driver while Ray and its workers start
+        (:mod:`.overlap`).
+
+    Returns
+    -------
+    engine : EngineResult
+    queries : int
+        Rows paid across all workers and attempts.
+    extra : dict
+        ``{"distributed": {...}}`` merged into the report: workers, nodes, restarts, per-worker
+        rows, limiter counters, time split.
+    """
+    from ..engine.loop import Coordinator
+
+    workers = check_positive_int("workers", workers)
+    # overlap only while Ray itself starts (an initialised Ray builds the workers in ~1 s)
+    overlap = (bool(executor_options.pop("overlap_start", False)) and budget is None
+               and not ray.is_initialized())
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    started = False
+    display = None
+    executor = None
+    front = None
+    poller = None
+
+    def start_ray() -> None:
+        nonlocal started
+        started = _start_ray(address, workers)
+        timing["ray_start_s"] = time.perf_counter() - t0
+
+    def start() -> RayExecutor:
+        if "ray_start_s" not in timing:
+            start_ray()
+        ex = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
+        timing["workers_ready_s"] = time.perf_counter() - t0
+        return ex
+
+    try:
+        if overlap:
+            # Ray itself starts before the driver computes anything: ray.init forks its
+            # processes from this one, and a fork while another thread is inside a
+            # multithreaded BLAS call (OpenBLAS tears its thread pool down around a fork)
+            # left that call spinning for minutes in a test run. Only the workers' start
+            # (no fork here) overlaps the driver's first tasks.
+            start_ray()
+        if overlap:
+            plan = executor_plan(oracle, budget=budget, **{
+                k: executor_options.get(k) for k in ("rate", "rows_rate", "discover",
+                                                     "tasks_per_worker")})
+            max_batch = getattr(oracle, "max_batch", None)
+            front = OverlappedExecutor(oracle, workers, plan["tasks_per_worker"], max_batch,
+                                       plan["request_limited"])
+            coordinated: Any = front
+            tasks_per_worker = plan["tasks_per_worker"]
+            limit = limit_rows_per_s(plan["rate"], plan["rows_rate"], max_batch)
+        else:
+            executor = start()
+            coordinated = executor
+            tasks_per_worker = executor.tasks_per_worker
+            limit = executor.limit_rows_per_s()
+        if progress is None and getattr(sys.stderr, "isatty", lambda: False)():
+            display = ProgressDisplay(input_dim=d, limit_rows_per_s=limit, budget=budget)
+        sink = display.update if display is not None else (lambda **kw: None)
+        poller = _Poller(coordinated, sink)
+        poller.start()
+
+        def engine_progress(info: dict) -> None:
+            if display is not None:
+                display(info)
+            if progress is not None:
+                progress({**info, "distributed": dict(poller.last)})
+
+        # Cut the work into enough tasks to fill every worker's concurrent slots.
+        parallelism = workers * tasks_per_worker
+        coord = Coordinator(coordinated, d, cfg, seed, engine_progress, parallelism, n_val)
+        t1 = time.perf_counter()
+        if front is None:
+            eng = coord.run()
+        else:
+            eng = _run_while_starting(coord, front, start)
+            executor = front.ray(wait=True)
+        run_s = time.perf_counter() - t1
+        poller.halt.set()
+        poller.join()
+        queries = front.queries if front is not None else executor.queries
+        map_s = front.map_seconds if front is not None else executor.map_seconds
+        ledger = executor.ledger_stats()
+        limiter = executor.limiter_stats()
+        finals = executor.close()
+        per = ledger["per_worker"]
+        oracle_s = sum(w["oracle_s"] for w in per)
+        task_s = sum(w["task_s"] for w in per)
+        extra = {"distributed": {
+            "workers": workers, "tasks_per_worker": executor.tasks_per_worker,
+            "address": address, "nodes": len(set(executor.nodes)),
+            "rows_paid": queries,
+            "rows_asked": sum(w["asked"] for w in per) + (
+                0 if front is None else int(front.local.queries)),
+            "rows_from_journal": sum(w["from_journal"] for w in per),
+            "restarts": sum(max(0, w["attempts"] - 1) for w in per),
+            "per_worker": per, "limiter": limiter,
+            "limit_rows_per_s": executor.limit_rows_per_s(),
+            "rows_per_s": queries / run_s if run_s > 0 else None,
+            "http": [f.get("http") for f in finals if f is not None and "http" in f] or None,
+            "timing": {**timing, "run_s": run_s,
+                       "worker_oracle_s": oracle_s, "worker_compute_s": task_s - oracle_s,
+                       "coordinator_s": run_s - map_s},
+        }}
+        if front is not None:
+            extra["distributed"]["overlap"] = {
+                "driver_tasks": front.local_tasks, "driver_rows_paid": front.local_paid(),
+                "switched_s": front.switched_s}
+        return eng, queries, extra
+    finally:
+        if poller is not None:
+            poller.halt.set()
+        if display is not None:
+            display.close()
+        if front is not None and executor is None:
+            executor = front._ray  # built, but the run failed: close it
+        if executor is not None:
+            executor.close()
+        if started:
+            ray.shutdown()
+
+
+
+
+__all__ = ["run_distributed"]

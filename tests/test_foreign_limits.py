@@ -1,0 +1,249 @@
+"""The client against rate-limited servers it was not written with (issue 20, item 3).
+
+The server is ``benchmarks/foreign_server.py``: its own token bucket (no code shared with
+``distextract serve``), fractional or integer ``Retry-After``, optional ``X-RateLimit-*``
+headers, a rows/min limit. Real HTTP on loopback, small networks, a few seconds each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import distextract as dx
+from distextract._http import HTTPOracle, quota_reset_seconds
+from distextract._ratelimit import TokenBucket
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+from foreign_server import ForeignServer  # noqa: E402
+
+NET = dx.targets.random_network(4, 6, 2, seed=5)
+
+
+@contextlib.contextmanager
+def foreign(**options):
+    options.setdefault("latency", 0.005)
+    server = ForeignServer(NET.W, NET.b, NET.A, NET.c, **options)
+    url = server.start()
+    try:
+        yield server, url
+    finally:
+        server.stop()
+
+
+class Spy(TokenBucket):
+    """A real TokenBucket that records what the client asked of it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.penalties_s: list[float] = []
+        self.holds_s: list[float] = []
+        self._spy_lock = threading.Lock()
+
+    def penalize(self, seconds: float) -> None:
+        with self._spy_lock:
+            self.penalties_s.append(seconds)
+        super().penalize(seconds)
+
+    def hold(self, seconds: float) -> None:
+        with self._spy_lock:
+            self.holds_s.append(seconds)
+        super().hold(seconds)
+
+
+def _query_all(oracle: HTTPOracle, n: int, seed: int = 0) -> None:
+    X = np.random.default_rng(seed).normal(size=(n, 4))
+    assert_allclose(oracle.query(X), NET.predict(X), rtol=1e-12, atol=1e-12)
+
+
+def test_fractional_retry_after_is_honoured_as_a_fraction():
+    with foreign(rate=40, burst=1, retry_after="frac") as (server, url):
+        spy = Spy()  # unpaced: the server's 429s are the only brake
+        with HTTPOracle(url, 4, max_batch=4, max_in_flight=4, limiter=spy, seed=0) as oracle:
+            _query_all(oracle, 48)
+        counters = server.counters()
+    assert counters["refused"] >= 1 and len(spy.penalties_s) == counters["refused"]
+    # each pause is the server's fraction of a second (<= 1/40 s), not rounded up to 1 s
+    assert all(0 < s <= 1 / 40 + 1e-3 for s in spy.penalties_s), spy.penalties_s
+    assert oracle.rows_paid == counters["rows"] == 48
+
+
+def test_integer_retry_after_is_honoured_in_whole_seconds():
+    with foreign(rate=40, burst=1, retry_after="int") as (server, url):
+        spy = Spy()
+        with HTTPOracle(url, 4, max_batch=4, max_in_flight=2, limiter=spy, seed=0) as oracle:
+            _query_all(oracle, 16)
+    assert spy.penalties_s and set(spy.penalties_s) == {1.0}
+
+
+def test_ratelimit_headers_hold_every_request_until_the_reset():
+    """X-RateLimit-Remaining: 0 with X-RateLimit-Reset holds the limiter until the reset (a
+    fraction of a second here), every request waiting, and a hold that delays the next slot
+    lowers the pace. A client told a rate 20% above the server's is refused only by requests
+    already on their way when the quota ran out (1 to 3 of 80 on a loaded 2-core machine)."""
+    with foreign(rate=50, burst=5, retry_after="frac", ratelimit_headers=True) as (server, url):
+        spy = Spy(rate=60)
+        with HTTPOracle(url, 4, max_batch=4, max_in_flight=4, limiter=spy, seed=0) as oracle:
+            _query_all(oracle, 320)
+        counters = server.counters()
+    assert spy.holds_s and all(0 < s <= 1 / 50 + 1e-3 for s in spy.holds_s), spy.holds_s
+    assert spy.stats()["holds"] == len(spy.holds_s)
+    assert counters["refused"] <= 4, counters
+    assert counters["rows"] == 320
+
+
+def test_quota_headers_are_read_in_their_common_forms():
+    h = httpx.Headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "0.250"})
+    assert quota_reset_seconds(h) == pytest.approx(0.25)
+    assert quota_reset_seconds(httpx.Headers({"X-RateLimit-Remaining": "3",
+                                              "X-RateLimit-Reset": "1"})) is None
+    epoch = httpx.Headers({"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1700000002"})
+    assert quota_reset_seconds(epoch, now=1_700_000_000.0) == pytest.approx(2.0)
+    draft = httpx.Headers({"RateLimit-Remaining": "0", "RateLimit-Reset": "3"})
+    assert quota_reset_seconds(draft) == 3.0
+    assert quota_reset_seconds(httpx.Headers({"X-RateLimit-Remaining": "0",
+                                              "X-RateLimit-Reset": "soon"})) is None
+
+
+def test_discovery_converges_near_the_limit_with_few_429s():
+    """No rate given: slow start, then AIMD on 429s finds the server's 100 requests/s."""
+    with foreign(rate=100, burst=5, retry_after="frac") as (server, url):
+        with HTTPOracle(url, 4, max_batch=2, max_in_flight=8, discover_rate=True,
+                        seed=0) as oracle:
+            X = np.random.default_rng(1).normal(size=(2, 4))
+
+            def work() -> None:  # 8 callers, each always waiting for its next answer
+                for _ in range(60):
+                    oracle.query(X)
+
+            threads = [threading.Thread(target=work) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            pace = oracle.limiter.stats()
+        counters = server.counters()
+    assert pace["discover"] and pace["slowdowns"] >= 1
+    assert 60 <= pace["paced_rate"] <= 130, pace
+    total = counters["answered"] + counters["refused"]
+    assert counters["refused"] <= 0.05 * total, counters
+    assert counters["answered"] == 480
+
+
+def test_rows_per_minute_limit_is_respected_with_rows_rate():
+    """A limit on rows per minute (6,000 = 100 rows/s, 50 rows of burst), met by
+    ``rows_rate=100``: the rows answered never run ahead of the server's bucket."""
+    with foreign(rate=None, rows_per_min=6000, rows_burst=50, retry_after="frac",
+                 max_batch=16) as (server, url):
+        with HTTPOracle(url, 4, max_batch=16, max_in_flight=4, rows_rate=100,
+                        seed=0) as oracle:
+            _query_all(oracle, 240)
+        counters = server.counters()
+    assert counters["rows"] == 240
+    assert counters["refused"] <= 1, counters  # jitter may cost one, the pace none
+    span = counters["last"] - counters["first"]
+    assert counters["rows"] <= 50 + 100 * span + 16  # burst + rate x time (+ one request)
+
+
+# ------------------------------------------------------ driver pays while Ray starts
+class _SlowOracle(dx.Oracle):
+    """An in-process network that takes ``delay`` seconds per query (a slow API)."""
+
+    def __init__(self, delay: float, after: int = 0, then=None) -> None:
+        self.input_dim, self.output_dim, self.max_batch = 4, 2, None
+        self.delay = delay
+        self.calls = 0
+        self.after, self.then = after, then
+        self._lock = threading.Lock()
+
+    def _query(self, X):
+        import time
+
+        time.sleep(self.delay)
+        with self._lock:
+            self.calls += 1
+            fire = self.then is not None and self.calls == self.after
+        if fire:
+            self.then()
+        return NET.predict(X)
+
+
+class _Workers:
+    """Stands in for the RayExecutor in a unit test of the hand-over (injected)."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+        self.queries = 0
+
+    def map(self, tasks):
+        self.seen.extend(tasks)
+        self.queries += sum(t.X.shape[0] for t in tasks)
+        return [NET.predict(t.X) for t in tasks]
+
+
+def test_overlapped_executor_hands_tasks_not_started_to_the_workers_in_order():
+    from distextract.distributed.overlap import OverlappedExecutor
+    from distextract.engine.tasks import EvalTask
+
+    workers = _Workers()
+    box = {}
+    # the workers become ready while the driver answers its 4th task (mid-map)
+    slow = _SlowOracle(0.02, after=4, then=lambda: box["front"].provide(workers))
+    front = box["front"] = OverlappedExecutor(slow, workers=1, tasks_per_worker=2,
+                                              max_batch=None, request_limited=False)
+    Xs = [np.random.default_rng(i).normal(size=(3, 4)) for i in range(12)]
+    out = front.map([EvalTask(X) for X in Xs])
+    for X, Y in zip(Xs, out, strict=True):  # every answer in its task's place
+        assert_allclose(Y, NET.predict(X), rtol=1e-12)
+    local = front.local_tasks  # the 4 answered, and the other thread's task then running
+    assert 4 <= local <= 5 and len(workers.seen) == 12 - local
+    assert front.queries == 3 * 12  # the driver's rows plus the workers'
+    assert front.map([EvalTask(Xs[0])])[0].shape == (3, 2) and len(workers.seen) == 13 - local
+
+
+def test_overlapped_executor_raises_when_ray_could_not_start():
+    from distextract.distributed.overlap import OverlappedExecutor
+    from distextract.engine.tasks import EvalTask
+
+    front = OverlappedExecutor(_SlowOracle(0.0), workers=1, tasks_per_worker=1,
+                               max_batch=None, request_limited=False)
+    front.provide(error=dx.ConfigError("no Ray here"))
+    with pytest.raises(dx.ConfigError, match="no Ray here"):
+        front.map([EvalTask(np.zeros((1, 4)))])
+
+
+def test_cli_with_workers_pays_its_first_rows_in_the_driver_while_ray_starts(tmp_path):
+    """The whole CLI in its own process (Ray not started yet): the driver's rows and the
+    workers' add up to the server's count and to the in-process run's rows."""
+    import json
+    import subprocess
+
+    pytest.importorskip("ray")
+    net = dx.targets.random_network(16, 24, 2, seed=1)
+    server = ForeignServer(net.W, net.b, net.A, net.c, rate=50, burst=5, retry_after="frac",
+                           latency=0.005, max_batch=16)
+    url = server.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "distextract", "extract", "--url", url, "--input-dim", "16",
+             "--out", str(tmp_path / "run"), "--batch-size", "16", "--workers", "2",
+             "--rate", "50", "--seed", "0"],
+            capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    dist = report["extraction"]["distributed"]
+    counters = server.counters()
+    assert dist["overlap"]["driver_tasks"] >= 1 and dist["overlap"]["driver_rows_paid"] > 0
+    assert dist["rows_paid"] == report["queries"]["paid"] == counters["rows"]
+    assert dist["rows_paid"] == dx.extract(net, seed=0).queries
+    assert dist["timing"]["workers_ready_s"] >= dist["timing"]["ray_start_s"] > 0
