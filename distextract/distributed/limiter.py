@@ -126,8 +126,9 @@ class LeasedLimiter:
         self._best_rtt = math.inf
         self._offset = 0.0
 
-    def acquire(self, rows: int = 1) -> None:
-        """Block until one request of ``rows`` rows may be sent."""
+    def acquire(self, rows: int = 1) -> float:
+        """Block until one request of ``rows`` rows may be sent; the slot's time (this
+        process's ``time.monotonic()``) is returned."""
         if rows < 1:
             raise ConfigError(f"rows must be >= 1, got {rows}")
         start = time.monotonic()
@@ -159,6 +160,7 @@ class LeasedLimiter:
             time.sleep(wait)
         with self._lock:
             self.waited_s += time.monotonic() - start
+        return at
 
     def penalize(self, seconds: float) -> None:
         """The server answered 429: pause every worker for ``seconds``."""
