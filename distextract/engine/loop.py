@@ -18,6 +18,7 @@ import numpy as np
 from .._errors import BudgetExhausted, NonDeterministicOracle, TargetMismatch
 from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
+from .coverage import cover_points, cover_rows_wanted
 from .kinks import (
     SIGNATURE_RTOL,
     SearchParams,
@@ -1480,12 +1481,19 @@ class Coordinator:
         n_new = 0
         if extra_rows:
             n_new = int(np.ceil(REFINE_OBS * unknowns / m))
-            if not self._refine_rows(self.Xs.shape[0] + n_new):
+            # hyperplanes the Gaussian rows rarely cross get rows near them (.coverage)
+            cover = cover_rows_wanted(ns.W, ns.b, self.Xs.shape[0] + n_new, m,
+                                      cfg.input_scale)
+            if not self._refine_rows(self.Xs.shape[0] + n_new + int(cover.sum())):
                 return False
             # bought in chunks: a budget that runs out keeps the chunks already paid
             rng = self._rng(7)
+            Xb = np.concatenate([
+                rng.standard_normal((n_new, d)) * cfg.input_scale,
+                cover_points(ns.W, ns.b, cover, self._rng(11), cfg.input_scale)])
+            n_new = Xb.shape[0]
             for lo in range(0, n_new, REFINE_CHUNK):
-                Xn = rng.standard_normal((min(REFINE_CHUNK, n_new - lo), d)) * cfg.input_scale
+                Xn = Xb[lo:lo + REFINE_CHUNK]
                 Yn = self._eval(Xn)
                 self.Xs = np.concatenate([self.Xs, Xn], axis=0)
                 self.Ys = np.concatenate([self.Ys.reshape(-1, m), Yn], axis=0)
