@@ -18,6 +18,7 @@ import numpy as np
 from .._errors import BudgetExhausted, NonDeterministicOracle, TargetMismatch
 from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
+from .birth import add_missing_neurons, with_born
 from .coverage import cover_points, cover_rows_wanted
 from .kinks import (
     SIGNATURE_RTOL,
@@ -1505,6 +1506,11 @@ class Coordinator:
             return n_new > 0
         sigma = st.noise * output_scale(Y, st.fref, st.absolute)
         res = refine_network(st.model, X, Y, sigma)
+        # a misfit far above the noise: a neuron is missing; fit it to the outliers (.birth)
+        res, born = add_missing_neurons(res, X, Y, sigma)
+        if born:
+            last = st.lines[-1]
+            ns = with_born(ns, res.model, born, len(st.lines) - 1, last.u, last.v)
         keep = np.arange(ns.size)
         res, keep = self._prune(res, X, Y, sigma, keep)
         err, mx = relative_error(res.model, self.Xv, self.Yv)
