@@ -17,6 +17,7 @@ from distextract.engine.coverage import (
     COVER_WIDTH,
     cover_points,
     cover_rows_wanted,
+    rare_side_rows,
     rare_side_share,
 )
 from distextract.engine.refine import refine_network
@@ -63,8 +64,10 @@ def test_cover_rows_go_to_far_hyperplanes_only():
     b = np.array([0.1, -2.5, 4.0])  # distances 0.1, 2.5, 4 input scales
     share = rare_side_share(W, b)
     np.testing.assert_allclose(share, [0.4602, 0.00621, 3.17e-5], rtol=1e-3)
-    want = cover_rows_wanted(W, b, held_rows=1000, m=1)
-    assert want[0] == 0 and want[1] > 0 and want[2] > want[1]
+    held = rare_side_rows(W, b, rng.standard_normal((1000, d)))
+    assert held[0] > 400 and held[1] < 20 and held[2] <= 2
+    want = cover_rows_wanted(held, d, m=1)
+    assert want[0] == 0 and want[1] > 0 and want[2] >= want[1]
     X = cover_points(W, b, want, rng)
     assert X.shape == (want.sum(), d)
     # each neuron's rows straddle its hyperplane within a few COVER_WIDTHs

@@ -46,15 +46,20 @@ def rare_side_share(W: np.ndarray, b: np.ndarray, scale: float = 1.0) -> np.ndar
     return 0.5 * np.array([math.erfc(x / math.sqrt(2.0)) for x in beta])
 
 
-def cover_rows_wanted(W: np.ndarray, b: np.ndarray, held_rows: int, m: int,
-                      scale: float = 1.0) -> np.ndarray:
-    """Cover rows each neuron needs beyond ``held_rows`` Gaussian rows (shape (k,), int):
-    enough for ``COVER_OBS·(d + 2)`` answers on its rare side, half of the cover rows
-    landing there."""
-    d = W.shape[1]
+def rare_side_rows(W: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Rows of ``X`` (n, d) on the less populated side of each hyperplane (shape (k,), int)."""
+    if X.shape[0] == 0 or W.shape[0] == 0:
+        return np.zeros(W.shape[0], dtype=int)
+    active = np.count_nonzero(X @ W.T + b > 0, axis=0)
+    return np.minimum(active, X.shape[0] - active)
+
+
+def cover_rows_wanted(held: np.ndarray, d: int, m: int) -> np.ndarray:
+    """Cover rows each neuron needs (shape (k,), int) when ``held`` rows already lie on its
+    rare side (:func:`rare_side_rows`): enough for ``COVER_OBS·(d + 2)`` answers there, half
+    of the cover rows landing there."""
     want = COVER_OBS * (d + 2) / max(m, 1)
-    have = held_rows * rare_side_share(W, b, scale)
-    return np.ceil(np.maximum(0.0, 2.0 * (want - have))).astype(int)
+    return np.ceil(np.maximum(0.0, 2.0 * (want - np.asarray(held)))).astype(int)
 
 
 def cover_points(W: np.ndarray, b: np.ndarray, counts: np.ndarray, rng: np.random.Generator,
@@ -88,4 +93,5 @@ def cover_points(W: np.ndarray, b: np.ndarray, counts: np.ndarray, rng: np.rando
     return out
 
 
-__all__ = ["COVER_OBS", "COVER_WIDTH", "cover_points", "cover_rows_wanted", "rare_side_share"]
+__all__ = ["COVER_OBS", "COVER_WIDTH", "cover_points", "cover_rows_wanted", "rare_side_rows",
+           "rare_side_share"]

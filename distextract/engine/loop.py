@@ -19,7 +19,7 @@ from .._errors import BudgetExhausted, NonDeterministicOracle, TargetMismatch
 from .._model import ReluNetwork
 from ._config import EPS64, ExtractConfig
 from .birth import add_missing_neurons, with_born
-from .coverage import cover_points, cover_rows_wanted
+from .coverage import cover_points, cover_rows_wanted, rare_side_rows
 from .kinks import (
     SIGNATURE_RTOL,
     SearchParams,
@@ -1468,10 +1468,11 @@ class Coordinator:
         st = self.st
         return refine_work(rows, st.neurons.size, st.d, st.m) <= REFINE_MAX_WORK
 
-    def refine(self, extra_rows: bool = True) -> bool:
+    def refine(self, extra_rows: bool = True, cover: bool = True) -> bool:
         """Gauss-Newton refinement of every parameter over the paid answers
         (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
-        REFINE_OBS answers per unknown). Keeps the refined model
+        REFINE_OBS answers per unknown), and with ``cover`` rows near hyperplanes the rows
+        held rarely cross (:mod:`.coverage`). Keeps the refined model
         when it validates better. Returns False (nothing bought or changed) when the size
         gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
         parameter."""
@@ -1479,20 +1480,23 @@ class Coordinator:
         ns = st.neurons
         k, d, m = ns.size, st.d, st.m
         unknowns = k * (d + 2) + m * (d + 1)
-        n_new = 0
-        if extra_rows:
-            n_new = int(np.ceil(REFINE_OBS * unknowns / m))
-            # hyperplanes the Gaussian rows rarely cross get rows near them (.coverage)
-            cover = cover_rows_wanted(ns.W, ns.b, self.Xs.shape[0] + n_new, m,
-                                      cfg.input_scale)
-            if not self._refine_rows(self.Xs.shape[0] + n_new + int(cover.sum())):
+        n_new = int(np.ceil(REFINE_OBS * unknowns / m)) if extra_rows else 0
+        Xb = self._rng(7).standard_normal((n_new, d)) * cfg.input_scale
+        if cover:
+            # hyperplanes the rows held rarely cross (far out, or a neuron new since the
+            # last refinement) get rows near them (.coverage)
+            held = rare_side_rows(ns.W, ns.b, np.concatenate([self.Xs, Xb]))
+            wanted = cover_rows_wanted(held, d, m)
+            Xc = cover_points(ns.W, ns.b, wanted, self._rng(11, len(st.lines)),
+                              cfg.input_scale)
+            Xb = np.concatenate([Xb, Xc])
+        if not self._refine_rows(self.Xs.shape[0] + Xb.shape[0]):
+            if extra_rows:
                 return False
+            Xb = Xb[:0]
+        n_new = Xb.shape[0]
+        if n_new:
             # bought in chunks: a budget that runs out keeps the chunks already paid
-            rng = self._rng(7)
-            Xb = np.concatenate([
-                rng.standard_normal((n_new, d)) * cfg.input_scale,
-                cover_points(ns.W, ns.b, cover, self._rng(11), cfg.input_scale)])
-            n_new = Xb.shape[0]
             for lo in range(0, n_new, REFINE_CHUNK):
                 Xn = Xb[lo:lo + REFINE_CHUNK]
                 Yn = self._eval(Xn)
@@ -1769,7 +1773,8 @@ class Coordinator:
             if st.model is None:
                 self.fallback_model()
             elif self.imprecise and st.neurons is not None and st.neurons.size:
-                self.refine(extra_rows=False)  # the rows paid so far still sharpen the model
+                # the rows paid so far still sharpen the model
+                self.refine(extra_rows=False, cover=False)
         except _PrecisionLimited as exc:
             logger.warning("%s; polishing the hyperplanes found so far", exc)
             reason = "precision_floor"
