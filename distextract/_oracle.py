@@ -124,8 +124,9 @@ class CallableOracle(Oracle):
 class NetworkOracle(Oracle):
     """A local network (a :class:`ReluNetwork` or a model file) served in-process.
 
-    ``output`` selects what is returned: ``"float64"`` (exact), ``"float32"`` (rounded to
-    float32), ``"round:N"`` (rounded to N decimals) or ``"softmax"`` (class probabilities).
+    ``output`` selects what is returned: ``"float64"`` (exact), ``"float32"``, ``"float16"`` or
+    ``"bfloat16"`` (rounded to that format), ``"round:N"`` (rounded to N decimals) or
+    ``"softmax"`` (class probabilities).
     """
 
     def __init__(self, network: ReluNetwork | str | os.PathLike, output: str = "float64",
@@ -148,12 +149,24 @@ class NetworkOracle(Oracle):
         return out
 
 
+def _bfloat16(Y: np.ndarray) -> np.ndarray:
+    """Round to bfloat16 (8 significand bits, float32's range), nearest even, as float64."""
+    bits = np.ascontiguousarray(Y, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    out = (rounded & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
+    return np.where(np.isfinite(Y), out, Y)
+
+
 def output_transform(kind: str) -> Callable[[np.ndarray], np.ndarray]:
     """The post-processing named by ``kind`` (see :class:`NetworkOracle`)."""
     if kind == "float64":
         return lambda Y: Y
     if kind == "float32":
         return lambda Y: Y.astype(np.float32).astype(np.float64)
+    if kind == "float16":
+        return lambda Y: Y.astype(np.float16).astype(np.float64)
+    if kind == "bfloat16":
+        return _bfloat16
     if kind == "softmax":
         def softmax(Y: np.ndarray) -> np.ndarray:
             Z = Y - Y.max(axis=1, keepdims=True)
@@ -167,7 +180,8 @@ def output_transform(kind: str) -> Callable[[np.ndarray], np.ndarray]:
             raise ConfigError(f"output 'round:N' needs an integer N, got {kind!r}") from None
         return lambda Y: np.round(Y, decimals)
     raise ConfigError(
-        f"unknown output kind {kind!r}; expected float64, float32, softmax or round:N"
+        f"unknown output kind {kind!r}; expected float64, float32, float16, bfloat16, "
+        f"softmax or round:N"
     )
 
 

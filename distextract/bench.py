@@ -48,6 +48,7 @@ import numpy as np
 from . import targets
 from ._extract import extract
 from ._model import ReluNetwork
+from ._oracle import output_transform
 from .fidelity import evaluate_fidelity
 
 
@@ -66,10 +67,15 @@ class TimedOracle:
     Parameters
     ----------
     net : ReluNetwork
+    output : str, default "float64"
+        How answers are rounded (:func:`distextract._oracle.output_transform` kinds: ``float32``,
+        ``float16``, ``bfloat16``, ``round:N``, ...), applied inside the timed call.
     """
 
-    def __init__(self, net: ReluNetwork) -> None:
+    def __init__(self, net: ReluNetwork, output: str = "float64") -> None:
         self.net = net
+        self.output = output
+        self._transform = output_transform(output)
         self.input_dim = getattr(net, "input_dim", None)
         self.rows = 0
         self.calls = 0
@@ -78,7 +84,7 @@ class TimedOracle:
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         c0, w0 = time.process_time(), time.perf_counter()
-        Y = self.net.predict(X)
+        Y = self._transform(self.net.predict(X))
         self.cpu += time.process_time() - c0
         self.wall += time.perf_counter() - w0
         self.rows += X.shape[0]
@@ -217,19 +223,32 @@ def format_row(r: dict) -> str:
 
 @click.command()
 @click.option("--suite", "suite_name", default="quick", show_default=True,
-              type=click.Choice(["quick", "issue2", "hard", "issue5", "lowd"]),
+              type=click.Choice(["quick", "issue2", "hard", "issue5", "lowd", "imprecise"]),
               help="quick: small targets (< 1 min); issue2: the sizes issue 2 is judged on; "
                    "hard: every hard case at several sizes; issue5: float32, rounded and "
                    "softmax answers and non-ReLU targets (d=64, k=128, m=10); lowd: 2 to 8 "
-                   "inputs, where the kink search, not the Jacobians, takes most rows.")
+                   "inputs, where the kink search, not the Jacobians, takes most rows; imprecise: "
+                   "float32, round:6, float16 and bfloat16 answers over many seeds and "
+                   "generators, worst row per group (issue 19).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of the targets and of the extraction.")
 @click.option("--only", "only", multiple=True,
               help="Run only targets whose name matches (glob, e.g. 'hard:*'); repeatable.")
+@click.option("--seeds", "seeds", default=None, type=click.IntRange(min=1),
+              help="imprecise suite: seeds per row (from --seed on) instead of each row's "
+                   "default.")
+@click.option("--outputs", "outputs", multiple=True,
+              type=click.Choice(["float32", "round:6", "float16", "bfloat16"]),
+              help="imprecise suite: only these kinds of answers; repeatable.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the rows as JSON to this file.")
-def main(suite_name: str, seed: int, only: tuple[str, ...], json_path: str | None) -> None:
+def main(suite_name: str, seed: int, only: tuple[str, ...], seeds: int | None,
+         outputs: tuple[str, ...], json_path: str | None) -> None:
     """Extract planted networks in-process and print one table row per target."""
+    if suite_name == "imprecise":
+        from . import bench_imprecise
+        bench_imprecise.main(seeds, only, outputs, json_path, first_seed=seed)
+        return
     if suite_name == "issue5":
         print(f"# python -m distextract.bench --suite issue5 --seed {seed}")
         run_issue5(seed)

@@ -89,21 +89,28 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float, size: int) -> n
     return 10.0 ** rng.uniform(np.log10(lo), np.log10(hi), size=size)
 
 
-def _random_parts(d: int, k: int, m: int, rng: np.random.Generator, skip: bool):
+def _random_parts(d: int, k: int, m: int, rng: np.random.Generator, skip: bool,
+                  bias_scale: float = BIAS_SCALE):
     W = rng.standard_normal((k, d)) / np.sqrt(d)
-    b = BIAS_SCALE * rng.standard_normal(k)
+    b = bias_scale * rng.standard_normal(k)
     A = rng.standard_normal((m, k)) / np.sqrt(k)
     c = rng.standard_normal(m)
     L = rng.standard_normal((m, d)) / np.sqrt(d) if skip else None
     return W, b, A, c, L
 
 
-def random_network(d: int, k: int, m: int = 1, seed: int = 0, skip: bool = False) -> ReluNetwork:
+def random_network(d: int, k: int, m: int = 1, seed: int = 0, skip: bool = False,
+                   bias_scale: float = BIAS_SCALE,
+                   norm_spread: float | None = None) -> ReluNetwork:
     """A random one-hidden-layer ReLU network whose hyperplanes meet the Gaussian bulk.
 
-    ``W`` rows ~ N(0, I_d / d) (so ``||w_i|| ≈ 1``), ``b`` ~ N(0, BIAS_SCALE²) (hyperplane
-    distances ``|b_i|/||w_i||`` of order 0.5), ``A`` ~ N(0, 1/k) (``F`` of order one whatever k),
-    ``c`` ~ N(0, 1), and with ``skip=True`` a skip term ``L`` ~ N(0, 1/d).
+    ``W`` rows ~ N(0, I_d / d) (so ``||w_i|| ≈ 1``), ``b`` ~ N(0, bias_scale²) (hyperplane
+    distances ``|b_i|/||w_i||`` of order ``bias_scale``, 0.5 by default), ``A`` ~ N(0, 1/k)
+    (``F`` of order one whatever k), ``c`` ~ N(0, 1), and with ``skip=True`` a skip term
+    ``L`` ~ N(0, 1/d). With ``norm_spread=s`` every row ``(w_i, b_i)`` is then rescaled by a
+    log-uniform factor in ``[1/√s, √s]`` (hyperplanes unchanged, per-neuron output strengths
+    ``|a_i|·||w_i||`` spread over a factor ``s``); the factors are drawn after everything else,
+    so the defaults give the same network as before for every seed.
 
     Parameters
     ----------
@@ -117,6 +124,10 @@ def random_network(d: int, k: int, m: int = 1, seed: int = 0, skip: bool = False
         Seed for ``numpy.random.default_rng``.
     skip : bool, default False
         Add a nonzero linear skip term ``L`` of shape (m, d).
+    bias_scale : float, default BIAS_SCALE (0.5)
+        Standard deviation of the biases (> 0); the issue-19 networks use 1 and 2.
+    norm_spread : float, optional
+        Ratio (>= 1) of the largest to the smallest row-norm factor (see above).
 
     Returns
     -------
@@ -124,8 +135,21 @@ def random_network(d: int, k: int, m: int = 1, seed: int = 0, skip: bool = False
         With ``W`` (k, d), ``b`` (k,), ``A`` (m, k), ``c`` (m,), ``L`` (m, d).
     """
     d, k, m = _dims(d, k, m)
-    W, b, A, c, L = _random_parts(d, k, m, _rng(seed), bool(skip))
-    meta = {"generator": "random_network", "seed": int(seed), "skip": bool(skip)}
+    if not (np.isfinite(bias_scale) and bias_scale > 0):
+        raise ConfigError(f"bias_scale must be a positive finite number, got {bias_scale!r}")
+    if norm_spread is not None and not (np.isfinite(norm_spread) and norm_spread >= 1):
+        raise ConfigError(f"norm_spread must be a finite number >= 1, got {norm_spread!r}")
+    rng = _rng(seed)
+    W, b, A, c, L = _random_parts(d, k, m, rng, bool(skip), float(bias_scale))
+    meta: dict[str, Any] = {"generator": "random_network", "seed": int(seed),
+                            "skip": bool(skip)}
+    if bias_scale != BIAS_SCALE:
+        meta["bias_scale"] = float(bias_scale)
+    if norm_spread is not None:
+        scale = _log_uniform(rng, 1.0 / np.sqrt(norm_spread), np.sqrt(norm_spread), size=k)
+        W *= scale[:, None]
+        b *= scale
+        meta["norm_spread"] = float(norm_spread)
     return ReluNetwork(W, b, A, c, L, meta)
 
 

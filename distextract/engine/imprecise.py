@@ -12,6 +12,8 @@ import numpy as np
 
 from .._model import ReluNetwork
 from . import update
+from .birth import add_missing_neurons, with_born
+from .coverage import cover_points, cover_rows_wanted, rare_side_rows
 from .neurons import NeuronSet, crossings_inside, predicted_crossings
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
@@ -92,10 +94,11 @@ def refine_rows(eng: Coordinator, rows: int) -> bool:
     return refine_work(rows, st.neurons.size, st.d, st.m) <= REFINE_MAX_WORK
 
 
-def refine(eng: Coordinator, extra_rows: bool = True) -> bool:
+def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> bool:
     """Gauss-Newton refinement of every parameter over the paid answers
     (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
-    REFINE_OBS answers per unknown). Keeps the refined model
+    REFINE_OBS answers per unknown), and with ``cover`` rows near hyperplanes the rows
+    held rarely cross (:mod:`.coverage`). Keeps the refined model
     when it validates better. Returns False (nothing bought or changed) when the size
     gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
     parameter."""
@@ -103,15 +106,25 @@ def refine(eng: Coordinator, extra_rows: bool = True) -> bool:
     ns = st.neurons
     k, d, m = ns.size, st.d, st.m
     unknowns = k * (d + 2) + m * (d + 1)
-    n_new = 0
-    if extra_rows:
-        n_new = int(np.ceil(REFINE_OBS * unknowns / m))
-        if not refine_rows(eng, eng.paid.Xs.shape[0] + n_new):
+    n_new = int(np.ceil(REFINE_OBS * unknowns / m)) if extra_rows else 0
+    Xb = eng.streams.refine_rows().standard_normal((n_new, d)) * cfg.input_scale
+    if cover:
+        # hyperplanes the rows held rarely cross (far out, or a neuron new since the
+        # last refinement) get rows near them (.coverage)
+        held = rare_side_rows(ns.W, ns.b, np.concatenate([eng.paid.Xs, Xb]))
+        wanted = cover_rows_wanted(held, d, m)
+        Xc = cover_points(ns.W, ns.b, wanted, eng.streams.cover_rows(len(st.lines)),
+                          cfg.input_scale)
+        Xb = np.concatenate([Xb, Xc])
+    if not refine_rows(eng, eng.paid.Xs.shape[0] + Xb.shape[0]):
+        if extra_rows:
             return False
+        Xb = Xb[:0]
+    n_new = Xb.shape[0]
+    if n_new:
         # bought in chunks: a budget that runs out keeps the chunks already paid
-        rng = eng.streams.refine_rows()
         for lo in range(0, n_new, REFINE_CHUNK):
-            Xn = rng.standard_normal((min(REFINE_CHUNK, n_new - lo), d)) * cfg.input_scale
+            Xn = Xb[lo:lo + REFINE_CHUNK]
             Yn = eng.session.eval(Xn)
             eng.paid.Xs = np.concatenate([eng.paid.Xs, Xn], axis=0)
             eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yn], axis=0)
@@ -123,6 +136,11 @@ def refine(eng: Coordinator, extra_rows: bool = True) -> bool:
         return n_new > 0
     sigma = st.noise * output_scale(Y, st.fref, st.absolute)
     res = refine_network(st.model, X, Y, sigma)
+    # a misfit far above the noise: a neuron is missing; fit it to the outliers (.birth)
+    res, born = add_missing_neurons(res, X, Y, sigma)
+    if born:
+        last = st.lines[-1]
+        ns = with_born(ns, res.model, born, len(st.lines) - 1, last.u, last.v)
     keep = np.arange(ns.size)
     res, keep = prune(eng, res, X, Y, sigma, keep)
     err, mx = relative_error(res.model, eng.paid.Xv, eng.paid.Yv)
@@ -194,6 +212,7 @@ def recheck(eng: Coordinator, index: int) -> int:
     residual lines against the refined model, whose residual is now near the noise
     everywhere but at the culprits, and refine again over the rows held."""
     st = eng.st
+    best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
     for _ in range(RECHECK_LINES):
         ref = st.refinement
         if ref is None or ref["chi2_per_answer"] <= PRUNE_MAX_CHI2:
@@ -202,6 +221,11 @@ def recheck(eng: Coordinator, index: int) -> int:
         index += 1
         if changes:
             refine(eng, extra_rows=False)
+        if st.val_rel_l2 < best[0]:
+            best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
+    # a line's assemble replaces the refined model even when it validates worse: keep the
+    # best one
+    st.val_rel_l2, st.model, st.neurons, st.val_max_abs = best
     return index
 
 

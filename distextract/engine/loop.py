@@ -288,7 +288,7 @@ class Coordinator:
                 self.fallback_model()
             elif self.imprecise and st.neurons is not None and st.neurons.size:
                 # the rows paid so far still sharpen the model
-                imprecise.refine(self, extra_rows=False)
+                imprecise.refine(self, extra_rows=False, cover=False)
         except PrecisionLimited as exc:
             logger.warning("%s; polishing the hyperplanes found so far", exc)
             reason = "precision_floor"

@@ -24,6 +24,7 @@ REFINE_ROWS = (7,)  # (7, index) of the same root are the lines (make_line)
 REMEASURE_LINE = 8  # (8, neuron)
 ORIENT = 9  # (9, neuron)
 PIN_SHIFT = (10,)
+COVER_ROWS = 11  # (11, lines recorded so far)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class Streams:
     def refine_rows(self) -> np.random.Generator:
         """Gaussian rows bought for the refinement."""
         return self._rng(*REFINE_ROWS)
+
+    def cover_rows(self, lines: int) -> np.random.Generator:
+        """Rows bought near hyperplanes the rows held rarely cross (.coverage), at a
+        refinement after ``lines`` recorded lines."""
+        return self._rng(COVER_ROWS, lines)
 
     def remeasure_line(self, neuron: int) -> np.random.Generator:
         """The seed of the line along ``neuron``'s normal that measures it again."""

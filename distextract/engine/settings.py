@@ -30,7 +30,7 @@ MATCH_CEILING_MAX = 0.05  # ... times the noise, at most this
 TARGET_FLOOR = 1e-7  # the derived fidelity target is never below this
 JACOBIAN_TARGET_NOISE = 1e5  # float64: the target is this many times the noise (rounding of
 # intermediate sums limits what the Jacobians reach) ...
-IMPRECISE_TARGET_NOISE = 1e3  # ... imprecise: kink positions reach about 1e3 × the noise
+IMPRECISE_TARGET_NOISE = 16.0  # ... imprecise: the Gauss-Newton refinement reaches about 16 × the noise (float32: 9.5e-7)
 
 
 @dataclass(frozen=True)
