@@ -432,11 +432,11 @@ def test_jacobian_tasks_send_a_seeded_sample_of_each_regions_rows():
 
 
 def test_a_line_with_more_rows_than_the_solve_keeps_is_sent_as_a_sample(monkeypatch):
-    """With a row budget of 400 (PaidRows(solve_row_budget=...)), the workers send each
-    region's rows as a sample of SOLVE_ROWS_PER_REGION, and the model is still exact."""
+    """With a row budget of 400 (PaidSettings(solve_row_budget=...)), the workers send each
+    region's rows as a sample of solve_rows_per_region, and the model is still exact."""
     from distextract._oracle import CountingOracle, as_oracle
     from distextract.engine.loop import Coordinator
-    from distextract.engine.paid import SOLVE_ROWS_PER_REGION, PaidRows
+    from distextract.engine.settings import PaidSettings, Settings
 
     sent = []
     orig = tasks._sample_rows
@@ -448,11 +448,11 @@ def test_a_line_with_more_rows_than_the_solve_keeps_is_sent_as_a_sample(monkeypa
     monkeypatch.setattr(tasks, "_sample_rows", sample)
     net = dx.targets.random_network(16, 48, 3, seed=4)
     coord = Coordinator(tasks.LocalExecutor(CountingOracle(as_oracle(net, 16))), 16,
-                        ExtractConfig(), 0)
-    coord.paid = PaidRows(16, solve_row_budget=400)
+                        ExtractConfig(), 0,
+                        settings=Settings(paid=PaidSettings(solve_row_budget=400)))
     res = coord.run()
     assert sent and all(n_out == min(n, keep) for n, n_out, keep in sent)
-    assert max(keep for _n, _o, keep in sent) == SOLVE_ROWS_PER_REGION
+    assert max(keep for _n, _o, keep in sent) == PaidSettings().solve_rows_per_region
     assert res.certified
     assert dx.evaluate_fidelity(res.model, net, n_points=2000, seed=1).rel_l2 < 1e-8
 

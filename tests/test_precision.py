@@ -9,14 +9,8 @@ import pytest
 import distextract as dx
 from distextract._errors import NonDeterministicOracle, TargetMismatch
 from distextract._oracle import NetworkOracle
-from distextract.engine.precision import (
-    IMPRECISE_NOISE,
-    PROBE_LINES,
-    PROBE_POINTS,
-    Precision,
-    measure_precision,
-    probe_points,
-)
+from distextract.engine.precision import Precision, measure_precision, probe_points
+from distextract.engine.settings import ProbeSettings
 
 
 def _probe(oracle, seed=0, d=8):
@@ -26,7 +20,9 @@ def _probe(oracle, seed=0, d=8):
 
 def test_probe_points_shape_and_the_repeat_one_ulp_away():
     X = probe_points(np.random.default_rng(0), 5, 2.0)
-    assert X.shape == ((2 * PROBE_POINTS - 1) * PROBE_LINES + 1, 5)
+    assert X.shape == ((2 * 4 - 1) * 4 + 1, 5)  # the default probe: 4 lines of 4 points
+    X = probe_points(np.random.default_rng(0), 5, 2.0, ProbeSettings(lines=3, points=5))
+    assert X.shape == ((2 * 5 - 1) * 3 + 1, 5)
     assert np.all(X[-1] == np.nextafter(X[0], np.inf))
 
 
@@ -35,7 +31,7 @@ def test_float64_answers_are_precise_and_float32_ones_imprecise():
     p64 = _probe(net.predict)
     p32 = _probe(NetworkOracle(net, output="float32").query)
     assert not p64.imprecise and p64.noise < 1e-12 and not p64.absolute
-    assert p32.imprecise and p32.noise >= 2.0 ** -24 > IMPRECISE_NOISE
+    assert p32.imprecise and p32.noise >= 2.0 ** -24 > ProbeSettings().imprecise_noise
 
 
 def test_answers_rounded_to_decimals_have_an_absolute_error():

@@ -8,7 +8,8 @@ from numpy.testing import assert_allclose
 
 import distextract as dx
 from distextract._oracle import CountingOracle, as_oracle
-from distextract.engine.session import EVAL_TASK_ROWS, QuerySession
+from distextract.engine.session import QuerySession
+from distextract.engine.settings import SessionSettings
 from distextract.engine.tasks import EvalTask, LocalExecutor
 
 
@@ -26,7 +27,7 @@ class _Recording(LocalExecutor):
 def test_session_cuts_evaluations_for_the_slots_unless_requests_are_rationed():
     net = dx.targets.random_network(4, 8, 1, seed=0)
     X = np.random.default_rng(0).standard_normal((700, 4))
-    for limited, want in ((False, [88] * 7 + [84]), (True, [EVAL_TASK_ROWS, 188])):
+    for limited, want in ((False, [88] * 7 + [84]), (True, [SessionSettings().eval_task_rows, 188])):
         ex = _Recording(CountingOracle(as_oracle(net)), workers=8, max_batch=16,
                         request_limited=limited)
         Y = QuerySession(ex, parallelism=8).eval(X)
@@ -41,3 +42,12 @@ def test_session_affords_what_the_budget_holds():
     assert s.queries == 60 and s.remaining == 40
     assert s.affords(40) and not s.affords(41)
     assert QuerySession(LocalExecutor(CountingOracle(as_oracle(net)))).affords(10**9)
+
+
+def test_session_cuts_evaluations_by_its_settings():
+    net = dx.targets.random_network(4, 8, 1, seed=0)
+    X = np.random.default_rng(0).standard_normal((700, 4))
+    ex = _Recording(CountingOracle(as_oracle(net)), workers=8, request_limited=True)
+    s = QuerySession(ex, parallelism=8, settings=SessionSettings(eval_task_rows=300))
+    assert_allclose(s.eval(X), net.predict(X), rtol=0, atol=1e-12)
+    assert ex.calls == [[300, 300, 100]]

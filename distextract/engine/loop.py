@@ -67,11 +67,11 @@ class Coordinator:
                  validation_points: int | None = None,
                  settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.session = QuerySession(executor, parallelism)
+        self.session = QuerySession(executor, parallelism, self.settings.session)
         self.cfg = cfg
         self.streams = Streams.from_seed(seed)
         self.st = EngineState(d=d)
-        self.paid = PaidRows(d)
+        self.paid = PaidRows(d, self.settings.paid)
         self.progress = progress
         self.n_val = cfg.validation_points if validation_points is None else validation_points
         self.t_start = time.perf_counter()
@@ -167,7 +167,8 @@ class Coordinator:
             self.validation_pending = False
             opening.validation_set(self)
         res = assemble(st.neurons, self.paid, st.m, self.streams.assemble(len(st.lines)),
-                       self.imprecise, self.target, self.cfg.solve_max_unknowns)
+                       self.imprecise, self.target, self.cfg.solve_max_unknowns,
+                       self.settings.assemble)
         st.model, st.val_rel_l2, st.val_max_abs = res.model, res.val_rel_l2, res.val_max_abs
         logger.info("model: %d neurons, validation rel L2 %.3g, max abs %.3g",
                     st.neurons.size, st.val_rel_l2, st.val_max_abs)

@@ -30,7 +30,8 @@ def first_request(eng: Coordinator) -> None:
     the other (each finished step keeps what it paid for)."""
     ls = eng.settings.loop
     cfg = eng.cfg
-    Xp = probe_points(eng.streams.probe(), eng.st.d, cfg.input_scale)
+    Xp = probe_points(eng.streams.probe(), eng.st.d, cfg.input_scale,
+                      eng.settings.probe)
     ends = np.unique(segment_end_points(eng.line(0).segments(LINE_SEGMENTS),
                                         cfg.slope_step))
     if not eng.session.affords(ls.opening_budget_factor * (Xp.shape[0] + eng.n_val
@@ -49,7 +50,7 @@ def take_probe(eng: Coordinator, Y: np.ndarray) -> None:
     """Take the precision measured from the probe's answers ``Y``
     (:func:`.precision.measure_precision`)."""
     eng.st.m = Y.shape[1]
-    eng.st.precision = measure_precision(Y, eng.session.queries)
+    eng.st.precision = measure_precision(Y, eng.session.queries, eng.settings.probe)
     p = eng.st.precision
     logger.info("probe: m=%d, output scale %.3g, relative precision %.3g",
                 eng.st.m, p.fref, p.noise)

@@ -93,9 +93,9 @@ def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet)
     """Residual search of ``line`` against the current model (float64 answers,
     :func:`.kinks.residual_search`): the samples are evaluated by the executor's tasks,
     the model here (it never travels), the flagged intervals searched by up to
-    SEARCH_TASKS tasks (:meth:`.session.QuerySession.search`). ``ns`` are the neurons
-    predicted at ``predicted``; their error estimates bound how far the residual may bend
-    at their crossings."""
+    ``settings.session.search_tasks`` tasks (:meth:`.session.QuerySession.search`). ``ns``
+    are the neurons predicted at ``predicted``; their error estimates bound how far the
+    residual may bend at their crossings."""
     ss = eng.settings.scan
     st = eng.st
     # a flagged gap holds what bends the residual, often a weak kink next to a strong

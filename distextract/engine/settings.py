@@ -9,10 +9,13 @@ differ from the float64 ones. Each rule is stated once, beside its constant.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from ._config import ExtractConfig
+from ._config import EPS64, ExtractConfig
 from .neurons import EXPLAIN_FACTOR, MATCH_CEILING, RANK_FACTOR
-from .precision import Precision
+
+if TYPE_CHECKING:  # precision.py takes its ProbeSettings from here
+    from .precision import Precision
 
 LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig.line_segments)
 IMPRECISE_LINE_SEGMENTS = 64  # ... for imprecise answers
@@ -112,6 +115,71 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
                                                    MATCH_CEILING_NOISE * precision.noise))),
         target_rel_l2=target, target_floor=floor)
 
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The precision probe (:mod:`.precision`)."""
+
+    # short lines of the probe ...
+    lines: int = 4
+    # ... with this many points at each of two spacings:
+    points: int = 4
+    # (input scales) second differences are rounding noise only
+    fine: float = 1e-6
+    # (input scales) a smooth activation's grow like the step squared
+    coarse: float = 1e-4
+    # coarse over fine second differences that call a line curved
+    smooth_ratio: float = 100.0
+    # a repeat one ulp away may differ by this (relative) from the first answer
+    nondeterminism_limit: float = 1e3 * EPS64
+    # decimal rounding counts when its quantum is at least this share of the noise
+    decimal_min_share: float = 0.1
+    # answers noisier than this (relative) take the imprecise path
+    imprecise_noise: float = 1e-10
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Task cutting of the query session (:mod:`.session`)."""
+
+    # the first line's segments are searched by this many tasks (fewer, fuller requests), or
+    # without a requests/s limit by one per worker if there are more
+    search_tasks: int = 4
+    # most rows of one evaluation task ...
+    eval_task_rows: int = 512
+    # ... and, spread over the slots, the fewest (the oracle's batch if known)
+    eval_min_rows: int = 64
+
+
+@dataclass(frozen=True)
+class PaidSettings:
+    """What the paid-row store keeps (:mod:`.paid`)."""
+
+    # a line's stencil rows are kept whole up to this many ...
+    solve_row_budget: int = 60_000
+    # ... above it, a sample of at least this many per region
+    solve_rows_per_region: int = 8
+    # region Jacobians kept for the L, c fit
+    jacobian_samples: int = 2048
+
+
+@dataclass(frozen=True)
+class AssembleSettings:
+    """Output assembly (:mod:`.assemble`)."""
+
+    # rows of the L, c least-squares fit per unknown ...
+    affine_rows_per_unknown: int = 4
+    # ... and at least this many
+    affine_min_rows: int = 2048
+    # float64: rows per unknown of the full output refit over the paid rows ...
+    full_solve_rows: int = 8
+    # ... imprecise answers (more rows average the rounding out)
+    imprecise_solve_rows: int = 40
+    # float64: the output refit is always tried below this many unknowns, ...
+    full_solve_unknowns: int = 512
+    # ... above it only for a model at most this factor off its target
+    full_solve_reach: float = 1e3
 
 
 @dataclass(frozen=True)
@@ -235,6 +303,10 @@ class Settings:
     """The engine's fixed settings, by stage (each documented once, beside its field).
     A run takes the defaults; tests pass other values (``Coordinator(..., settings=)``)."""
 
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    paid: PaidSettings = field(default_factory=PaidSettings)
+    assemble: AssembleSettings = field(default_factory=AssembleSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     rules: LineRules = field(default_factory=LineRules)
     finish: FinishSettings = field(default_factory=FinishSettings)
