@@ -249,10 +249,9 @@ class Coordinator:
                 clean = clean + 1 if changes == 0 else 0
                 if clean and not self.imprecise and st.val_rel_l2 > self.target:
                     # a clean line, validation above target: a spurious neuron most lines
-                    # miss goes now rather than after every further line (the trained
-                    # d8-h1000 network of tests/data: four more lines, 9,000 rows, before
-                    # the finishing pass dropped it; one line after its own is enough to
-                    # test it, the validation decides)
+                    # miss is tested here, not only by the finishing pass, so no further
+                    # line is paid for while it stays (one line after its own is enough to
+                    # test it; the validation decides)
                     cleanup.drop_unseen(self, rs.unseen_early_lines)
                 if clean >= cfg.clean_lines and st.val_rel_l2 <= self.target:
                     reason = "certified"
@@ -260,7 +259,7 @@ class Coordinator:
                 # imprecise answers: once lines come back clean, or nearly (their Jacobians
                 # keep adding and removing a few neurons), the refinement does better than
                 # more searched lines, and the lines it may trigger search a residual near
-                # the noise (round:6 d64-k128-m10: 3.22-3.48 instead of 3.48-4.13·k(d+1))
+                # the noise (fewer rows for the same error)
                 if self.imprecise and (clean >= cfg.clean_lines or changes <= max(
                         ls.imprecise_few_changes, ls.imprecise_few_share * st.neurons.size)):
                     reason = "precision_floor"

@@ -99,7 +99,8 @@ class PaidRows:
 
     def sample(self, cap: int, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``cap`` random rows of those kept (all if fewer), gathered from the kept
-        blocks without joining them (at d=784 the join copied ~400 MB per assemble)."""
+        blocks without joining them (a join copies every kept row: ~400 MB per assemble at
+        d=784)."""
         sizes = np.array([x.shape[0] for x in self.solve_X], dtype=np.int64)
         ends = np.cumsum(sizes)
         total = int(ends[-1]) if sizes.size else 0

@@ -123,8 +123,8 @@ def measure_precision(Y: np.ndarray, queries: int,
         # every answer has few enough digits to be a multiple of 10**-N, but that
         # quantum is far below the measured noise: not what limits the answers (float32
         # values printed with their shortest decimal repr have ~9 significant digits;
-        # an absolute noise model built on them failed every check on the larger
-        # answers and split the first line's intervals until the budget ran out)
+        # an absolute noise model built on them fails every check on the larger answers,
+        # and the search splits intervals until the budget runs out)
         quantum = None
     ulp = binary_rounding(Y)
     if quantum is not None:
@@ -133,9 +133,8 @@ def measure_precision(Y: np.ndarray, queries: int,
         noise = max(noise, quantum / fref)
     elif ulp is not None:
         # float32 (float16, bfloat16) answers round to half a unit in the last place:
-        # with one output the fine second differences are often all exactly 0 (a
-        # measured 4e-16 made a d=64, k=128, m=1 float32 search split on rounding until
-        # it held 3.5 million open intervals)
+        # with one output the fine second differences are often all exactly 0, and a
+        # float64-sized noise would make the search split on rounding without end
         noise = max(noise, ulp)
     elif np.any(steps_all == 0.0):
         nz = steps_all[steps_all > 0]
@@ -196,7 +195,7 @@ def decimal_quantum(Y: np.ndarray) -> float | None:
             return None
         Z = Y * 10.0 ** n
         # a multiple of 10**-n is 0 or at least 10**-n in size: answers of 1e-8 are not
-        # "rounded to 0 decimals" (they were taken for it: relative noise 3e7)
+        # "rounded to 0 decimals" (that would set a relative noise of 3e7)
         if (np.all(np.abs(Z - np.round(Z)) <= 1e-6)
                 and not np.any((Z != 0.0) & (np.abs(Z) < 0.5))):
             return 10.0 ** -n

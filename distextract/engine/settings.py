@@ -191,8 +191,8 @@ class ScanSettings:
     # ... and never beyond this (relative to the interval)
     max_step: float = 0.05
     # cut points of a residual gap-search interval whose ends' lines miss it (SearchParams):
-    # 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
-    # rounds but cost 0.5-6% more queries on small networks
+    # fewer rounds for a few more rows (the first line keeps one: there the extra points
+    # cost a few per cent more queries on small networks)
     residual_split_points: int = 3
     # slope steps of the one sensitive line (run loop)
     sensitive_step_factor: float = 100.0
@@ -208,8 +208,8 @@ class ScanSettings:
     # estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
     residual_spreads: float = 4.0
     # the first line's stencils take the wide crossing rate's longer steps when their
-    # rounding would miss the fidelity goal by this factor (at 5, d128-k1024 seed 8
-    # estimated 3.6e-8 and ended at 1.01e-8)
+    # rounding would miss the fidelity goal by this factor (the estimate is an upper bound:
+    # a larger factor lets rounding-limited runs end just above the goal)
     long_steps_factor: float = 3.0
 
 
@@ -278,9 +278,8 @@ class FinishSettings:
     remeasure_factor: float = 5.0
     # ... spending at most this share of k·(d+1) queries
     remeasure_share: float = 0.02
-    # ... if they hold at least this share of the error estimate
-    # (d=128, k=1024 seed 1 and k=8192: 47% each; measured again, 1.5e-8 -> 1.1e-8 for +1.6%
-    # queries and 1.7e-8 -> 1.3e-8 for +1.9%)
+    # ... if they hold at least this share of the error estimate (then measuring them again
+    # lowers the model's error by about a quarter for under 2% more queries)
     remeasure_min_share: float = 0.3
 
 
