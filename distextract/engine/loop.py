@@ -1,9 +1,10 @@
 """The coordinator: the stop-rule state machine over the stages.
 
-Probe the precision (:mod:`.opening`), search the first line, measure its regions, turn jumps into neurons,
-assemble; then scan further lines until enough come back clean with the validation error at
-the target (``certified``), the error stays above it (``precision_floor``), rounds or budget run
-out, or the target is not a one-hidden-layer ReLU network. Float64 answers are finished
+Probe the precision and search the first line in full (:mod:`.opening`): its regions' jumps
+give the first model; then scan further lines until enough come back clean with the
+validation error at the target (``certified``), the error stays above it
+(``precision_floor``), rounds or budget run out, or the target is not a one-hidden-layer ReLU
+network. Float64 answers are finished
 (:mod:`.finish`), imprecise ones polished and refined (:mod:`.imprecise`).
 
 The stages live in their own modules and take the coordinator as their context: queries go
@@ -23,14 +24,14 @@ import numpy as np
 
 from .._errors import BudgetExhausted, TargetMismatch
 from .._model import ReluNetwork
-from . import cleanup, finish, imprecise, opening, scan, update
+from . import cleanup, finish, imprecise, opening, update
 from ._config import ExtractConfig
 from .assemble import assemble, no_worse
 from .lines import Line, line_reach, make_line
-from .neurons import NeuronSet, dedup, jumps_to_neurons
+from .neurons import NeuronSet
 from .paid import PaidRows
 from .precision import PROBE_LINES, PROBE_POINTS
-from .regions import LineScan, region_edges
+from .regions import LineScan
 from .seeds import Streams
 from .session import QuerySession
 from .settings import Derived, Settings, derive
@@ -203,24 +204,8 @@ class Coordinator:
 
     # ------------------------------------------------------------------ rounds
     def first_line(self) -> None:
-        """Search the first line in full, measure every region, and assemble the first
-        model from the jumps between regions."""
-        cfg, st = self.cfg, self.st
-        q0 = self.session.queries
-        line = self.line(0)
-        found = scan.search(self, line, line.segments(self.line_segments), st.noise)
-        st.first_kinks = int(found.kinks.size)
-        self.emit("search", line=0, kinks=int(found.kinks.size))
-        regions = scan.measure(self, line, found, st.noise)
-        self.paid.keep_solve_rows(regions, self.streams.solve_rows(len(st.lines)))
-        self.paid.keep_jacobians(line, regions, self.streams.jacobian_sample(line.index))
-        ns = jumps_to_neurons(line, regions, region_edges(found, line.reach), self.rank_factor,
-                              self.imprecise, joint=not self.imprecise)
-        st.neurons = dedup(ns, cfg.dedup_factor, self.match_ceiling, self.imprecise)
-        self.record_line(line, "first", found, regions, q0)
-        self.assemble()
-        st.rounds.append(self.round_info(0, int(found.kinks.size), st.neurons.size, 0))
-        self.emit("round", line=0, kinks=int(found.kinks.size))
+        """The first line's stage (:func:`.opening.first_line`); a test may wrap it."""
+        opening.first_line(self)
 
     def run(self) -> EngineResult:
         ls = self.settings.loop
