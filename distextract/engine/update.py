@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
     """Search a further line for kinks of ``F``; kinks that no known hyperplane explains
     are new neurons (their two regions are measured), known hyperplanes that should cross
-    the line but show no kink were spurious and are removed. Returns the number of
+    the line but show no kink are spurious and are removed. Returns the number of
     changes (new + removed); 0 means the line confirmed the model."""
     rs = eng.settings.rules
     cfg, st = eng.cfg, eng.st
