@@ -27,7 +27,8 @@ class _Recording(LocalExecutor):
 def test_session_cuts_evaluations_for_the_slots_unless_requests_are_rationed():
     net = dx.targets.random_network(4, 8, 1, seed=0)
     X = np.random.default_rng(0).standard_normal((700, 4))
-    for limited, want in ((False, [88] * 7 + [84]), (True, [SessionSettings().eval_task_rows, 188])):
+    rows = SessionSettings().eval_task_rows
+    for limited, want in ((False, [88] * 7 + [84]), (True, [rows, 188])):
         ex = _Recording(CountingOracle(as_oracle(net)), workers=8, max_batch=16,
                         request_limited=limited)
         Y = QuerySession(ex, parallelism=8).eval(X)
