@@ -248,7 +248,7 @@ def test_small_work_spread_over_every_slot_unless_requests_are_rationed():
     from distextract._oracle import CountingOracle, as_oracle
     from distextract.engine._config import ExtractConfig
     from distextract.engine.loop import Coordinator
-    from distextract.engine.session import SEARCH_TASKS
+    from distextract.engine.settings import SessionSettings
     from distextract.engine.tasks import EvalTask, LocalExecutor, SearchTask
 
     class Recording(LocalExecutor):
@@ -287,7 +287,7 @@ def test_small_work_spread_over_every_slot_unless_requests_are_rationed():
     assert big and all(len(s) == 8 and max(s) - min(s) <= 16 for s in big), evals(spread)
     assert all(len(s) == 1 for s in evals(rationed) if sum(s) <= 512), evals(rationed)
     assert first_search(spread) == 8
-    assert first_search(rationed) == SEARCH_TASKS
+    assert first_search(rationed) == SessionSettings().search_tasks
 
 
 def test_stencil_steps_lengthen_when_their_rounding_would_miss_the_goal():

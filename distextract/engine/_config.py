@@ -79,8 +79,8 @@ class ExtractConfig:
     line_segments : int or None
         The first line is cut into this many segments (independent search tasks). Fixed, so
         the queries do not depend on the number of workers. None: 16 for float64 answers
-        (each segment end costs three queries: 64 segments were 9% of a d=64, k=32
-        network's floor), 64 for imprecise answers (their search is measured to need the
+        (each segment end costs three queries, a large share of a small network's total
+        at 64 segments), 64 for imprecise answers (their search is measured to need the
         shorter segments: float32 rel L2 6e-4 with 64, 8.5e-3 with 16 at d=64 k=128).
     slope_step : float
         One-sided slope at a split point uses a step of ``slope_step × interval width``:
@@ -99,9 +99,9 @@ class ExtractConfig:
         more repairs). None: 0.1 for float64 answers when the first line has at most 2048
         kinks (a crossing often breaks several columns at once, and the re-measured stencil
         costs d more queries; the shorter step still leaves the Jacobians ~1e-10 precise);
-        0.3 for wider networks (at k=8192 the shorter step's Jacobians left a model at rel
-        L2 4e-3) and for imprecise answers (float32, rounded decimals), whose Jacobian
-        precision grows with the step.
+        0.3 for wider networks (with thousands of kinks per line the shorter step's
+        Jacobians are too imprecise for the fidelity target) and for imprecise answers
+        (float32, rounded decimals), whose Jacobian precision grows with the step.
     stencil_checks : int
         Extra points per region that verify the Jacobian and locate a bad stencil row
         (with two or three inputs at most two are used).

@@ -16,13 +16,10 @@ import numpy as np
 from .._model import ReluNetwork
 from .neurons import NeuronSet
 from .paid import PaidRows
+from .settings import AssembleSettings
 from .solve import relative_error, solve_affine, solve_affine_from_jacobians, solve_full
 
-AFFINE_ROWS_PER_UNKNOWN = 4  # rows of the L, c least-squares fit per unknown
-FULL_SOLVE_ROWS = 8  # float64: rows per unknown of the full output refit over paid rows
-IMPRECISE_SOLVE_ROWS = 40  # ... imprecise answers (more rows average the rounding out)
-FULL_SOLVE_UNKNOWNS = 512  # float64: output refit always below this many unknowns, ...
-FULL_SOLVE_REACH = 1e3  # ... above only for a model at most this far off its target
+_DEFAULT = AssembleSettings()
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,20 +37,22 @@ def no_worse(new: float, old: float, allowed: float = 0.0, slack: float = 1.01) 
     return new <= max(slack * old, allowed)
 
 
-def full_solve_may_help(best: float, unknowns: int, imprecise: bool, target: float) -> bool:
+def full_solve_may_help(best: float, unknowns: int, imprecise: bool, target: float,
+                        settings: AssembleSettings = _DEFAULT) -> bool:
     """Whether refitting ``A``, ``L``, ``c`` by least squares over the paid rows is worth
     its ``O(rows·unknowns²)`` time. With float64 answers the output vectors from the
     Jacobian jumps are as precise as the hyperplanes (the refit wins on none of the
     benchmark targets); it is kept for small networks, and for a model just short of its
     target (a model far off misses neurons, which no refit supplies). A d=128, k=1024
     refit takes about a second, during which a distributed run's workers wait."""
-    if imprecise or unknowns <= FULL_SOLVE_UNKNOWNS:
+    if imprecise or unknowns <= settings.full_solve_unknowns:
         return True
-    return target < best <= FULL_SOLVE_REACH * target
+    return target < best <= settings.full_solve_reach * target
 
 
 def assemble(ns: NeuronSet, paid: PaidRows, m: int, rng: np.random.Generator,
-             imprecise: bool, target: float, solve_max_unknowns: int) -> ModelState:
+             imprecise: bool, target: float, solve_max_unknowns: int,
+             settings: AssembleSettings = _DEFAULT) -> ModelState:
     """The best output fit for the neurons ``ns`` over the rows in ``paid``.
 
     Parameters
@@ -72,6 +71,8 @@ def assemble(ns: NeuronSet, paid: PaidRows, m: int, rng: np.random.Generator,
         The run's fidelity target (whether a refit of a wide network may help).
     solve_max_unknowns : int
         Largest ``k + d + 1`` of a full output refit.
+    settings : AssembleSettings
+        Rows per unknown of each fit, and when the full refit is tried.
 
     Returns
     -------
@@ -92,14 +93,14 @@ def assemble(ns: NeuronSet, paid: PaidRows, m: int, rng: np.random.Generator,
     # of a wide network are large: rows × k floats). With the model right, the
     # Jacobian-based L and c below are 1e3-1e5x more precise; these win only while neurons
     # are missing, when any L, c is far off.
-    consider(solve_affine(ns, *paid.sample(max(AFFINE_ROWS_PER_UNKNOWN * (d + 1), 2048), m,
-                                           rng)))
+    consider(solve_affine(ns, *paid.sample(
+        max(settings.affine_rows_per_unknown * (d + 1), settings.affine_min_rows), m, rng)))
     if paid.jac_J:
         consider(solve_affine_from_jacobians(
             ns, np.asarray(paid.jac_X), np.asarray(paid.jac_F), np.asarray(paid.jac_J)))
     if (unknowns <= solve_max_unknowns and total >= 2 * unknowns
-            and full_solve_may_help(best.val_rel_l2, unknowns, imprecise, target)):
-        rows = IMPRECISE_SOLVE_ROWS if imprecise else FULL_SOLVE_ROWS
+            and full_solve_may_help(best.val_rel_l2, unknowns, imprecise, target, settings)):
+        rows = settings.imprecise_solve_rows if imprecise else settings.full_solve_rows
         consider(solve_full(ns, *paid.sample(rows * unknowns, m, rng)))
     if paid.Xs.shape[0] >= 2 * unknowns and unknowns <= solve_max_unknowns:
         # stencil rows cluster around a few hundred line points; Gaussian points spread

@@ -73,10 +73,9 @@ def drop_merges(eng: Coordinator, index: int) -> int:
 
 def reject_new(eng: Coordinator, index: int) -> int:
     """The neurons line ``index`` added made validation worse: drop each of them (at
-    most new_reject_max) whose removal lowers it (a random d=2, k=1000, m=1 network:
-    one line's new neuron, two kinks merged into one jump, took validation from 1e-5
-    to 1.9e-2, and five more lines were searched before the neuron went). Returns the
-    neurons dropped."""
+    most new_reject_max) whose removal lowers it: two kinks merged into one jump make one
+    wrong neuron that can raise the validation error by orders of magnitude, and left in
+    place it costs further lines until one removes it. Returns the neurons dropped."""
     rs = eng.settings.rules
     st = eng.st
     dropped = drop_each(eng, np.flatnonzero(st.neurons.line == index)[:rs.new_reject_max])
@@ -107,13 +106,13 @@ def settle(eng: Coordinator, disputed: list) -> int:
 
 def drop_unseen(eng: Coordinator, min_lines: int | None = None) -> int:
     """Float64, lines clean but validation above target: drop the neurons that most of
-    the lines crossing them did not see (a neuron seen on two of the eight lines that
-    cross it where every other neuron was seen on seven or eight: an 8-input trained
-    network's first line merged two kinks into one jump, m=1 cannot tell, and the
-    garbage direction, once 'confirmed' by a neighbour's kink, was never removed: rel L2
-    1.7e-3 at precision_floor). Each is dropped if validation does not get worse, all
-    together first, then one by one. ``min_lines``: lines that must cross a neuron
-    (default ``unseen_min_lines``). Returns the neurons dropped."""
+    the lines crossing them did not see. With one output a jump of two merged kinks
+    cannot be told from one neuron's; its wrong direction, once 'confirmed' by a
+    neighbour's kink, survives the per-line rules, but most lines crossing it do not see
+    it where every true neuron is seen on nearly all of them. Each is dropped if
+    validation does not get worse, all together first, then one by one. ``min_lines``:
+    lines that must cross a neuron (default ``unseen_min_lines``). Returns the neurons
+    dropped."""
     rs = eng.settings.rules
     st = eng.st
     if min_lines is None:
@@ -145,11 +144,11 @@ def note_offsets(eng: Coordinator, line: Line, kinks: np.ndarray, ns: NeuronSet,
                   by: np.ndarray) -> None:
     """Record how far each kink of a line searched in full on ``F`` lies off the
     hyperplane of the neuron that explains it. A direction error moves a neuron's bias
-    by that error times the distance from its foot to where it was measured: d=128,
-    k=1024 seed 1 has one measured 32 input scales out, whose 9e-9 rad (correctly
-    estimated) cost a bias error of 2.7e-7 and half the model's error; the residual
-    lines only confirm predicted crossings, the sensitive line places its kink 3.5e-7
-    off. :func:`.finish.pin` weighs the offsets with the error estimates."""
+    by that error times the distance from its foot to where it was measured, so a
+    neuron measured far out (tens of input scales) can carry a bias error that dominates
+    the model's, even with a correct error estimate (the residual lines only confirm
+    predicted crossings and do not correct it). :func:`.finish.pin` weighs the offsets
+    with the error estimates."""
     j = np.flatnonzero(by >= 0)
     if j.size == 0:
         return

@@ -173,7 +173,7 @@ def pin_pass(eng: Coordinator, idx: np.ndarray, err: np.ndarray, allowed: float,
         logger.warning("%s; pinning stopped (the pins measured so far are kept)", exc)
     # pins are checked one by one (pin_fit); validation only guards against a gross
     # failure: where a missing neuron dominates it, a strong neighbour's measurement
-    # that had absorbed part of it (d128-k1024 seed 1: +1.4% from one correct pin)
+    # that absorbs part of it can make one correct pin look slightly worse, and that
     # must not keep every pin out
     if pinned and not eng.keep_if_no_worse(replace(ns, b=b, a=a), allowed, keep):
         pinned = 0
@@ -204,8 +204,8 @@ def orient(eng: Coordinator, kinks: dict) -> int:
     orient_points`` seeded points of its hyperplane around the foot (four queries each,
     :func:`.pin.pin_fit`), and a plane through them (:func:`.pin.plane_fit`). A weak
     neuron's Jacobian jump leaves its direction off by the noise over its small output
-    vector (d=128, k=1024: 1 − cos = 1.9e-9 for output weight 7e-6, past DESIGN.md's
-    1e-9); a kink's position is known to the noise over its slope change, 1e-10 there.
+    vector (for output weights near 1e-5, 1 − cos beyond DESIGN.md's 1e-9); a kink's
+    position is known to the noise over its slope change, 1e-10 there.
     Kept when validation does not get worse. Returns the neurons fitted."""
     fs = eng.settings.finish
     st, cfg = eng.st, eng.cfg
@@ -272,8 +272,8 @@ def orient(eng: Coordinator, kinks: dict) -> int:
 def remeasure(eng: Coordinator, kinks: dict) -> int:
     """Measure again, at its foot, the direction of each pinned neuron among those with
     the largest ``|a|·err`` (the terms that dominate the model's error once every neuron
-    is found: d=128, k=1024, two neurons 20-50x less precise than the median made 90% of
-    rel L2 2.8e-8). The two regions beside the foot on the line along the normal get a
+    is found: a few neurons tens of times less precise than the median can make most of
+    the error). The two regions beside the foot on the line along the normal get a
     stencil each (2·(d + checks + 1) queries); the new direction is averaged with the
     old by precision, and the bias taken from the pinned kink. Kept when validation does
     not get worse. Returns the neurons measured again."""

@@ -26,8 +26,9 @@ MAX_ATTEMPTS = 4
 # a crossed column (both off) from a crossed check (one off); with three, the ratio of two
 # checks' residuals names the column, and the repaired column is verified again
 TWO_INPUT_CHECKS = 2  # checks used with at most three inputs
-SHRINK = 4.0  # a crossed stencil is re-measured with a step this much shorter (16 left
-# those regions' neurons 16x less precise: k=8192 rel L2 2.3e-8 -> 1.8e-8 at 4)
+SHRINK = 4.0  # a crossed stencil is re-measured with a step this much shorter (a step n
+# times shorter makes those regions' neurons about n times less precise: 4 keeps them
+# within the fidelity target where 16 does not)
 
 
 @dataclass(frozen=True)

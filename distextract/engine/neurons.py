@@ -415,7 +415,7 @@ def dedup(ns: NeuronSet, factor: float, ceiling: float = MATCH_CEILING,
     for i, j in match_pairs(ns, ns, factor, ceiling=ceiling):
         # a hyperplane crosses a line once: two kinks of one line are two hyperplanes
         # (imprecise answers: a near-parallel pair's measurements agree within the raised
-        # ceiling and were merged into one neuron)
+        # ceiling, and this keeps them two neurons)
         if i != j and not (ns.line[i] == ns.line[j] and ns.t[i] != ns.t[j]):
             ri, rj = find(i), find(j)
             if ri != rj:
@@ -547,9 +547,10 @@ def explain_kinks(line: Line, kinks: np.ndarray, ns: NeuronSet, factor: float = 
             if abs(tm[n] - t) <= tol[n]:
                 pairs.append((abs(float(tm[n]) - float(t)), j, int(n)))
     # one kink per neuron and one neuron per kink, closest predictions first: a missing
-    # neuron's kink next to a known one's is not explained by it (k=8192: such neurons
-    # were found one per line). Float64: every neuron within reach of a kink still counts
-    # as seen (two crossings closer than the search resolution make one kink).
+    # neuron's kink next to a known one's is not explained by it (else such a neuron is
+    # found only by a line where the two kinks lie apart). Float64: every neuron within
+    # reach of a kink still counts as seen (two crossings closer than the search resolution
+    # make one kink).
     used = np.zeros(ns.size, dtype=bool)
     for _, j, n in sorted(pairs):
         if not explained[j] and not used[n]:

@@ -1,5 +1,6 @@
-"""The first request of a run: the precision probe and the first line's segment ends in one
-round trip, and the validation points paid with the next request that goes out."""
+"""The opening of a run: the first request (the precision probe and the first line's segment
+ends in one round trip, the validation points paid with the next request that goes out), and
+the first line, searched in full, whose region Jacobians give the first model."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import scan
 from .kinks import segment_end_points
+from .neurons import dedup, jumps_to_neurons
 from .precision import measure_precision, probe_points
+from .regions import region_edges
 from .settings import LINE_SEGMENTS
 
 if TYPE_CHECKING:
@@ -30,7 +34,8 @@ def first_request(eng: Coordinator) -> None:
     the other (each finished step keeps what it paid for)."""
     ls = eng.settings.loop
     cfg = eng.cfg
-    Xp = probe_points(eng.streams.probe(), eng.st.d, cfg.input_scale)
+    Xp = probe_points(eng.streams.probe(), eng.st.d, cfg.input_scale,
+                      eng.settings.probe)
     ends = np.unique(segment_end_points(eng.line(0).segments(LINE_SEGMENTS),
                                         cfg.slope_step))
     if not eng.session.affords(ls.opening_budget_factor * (Xp.shape[0] + eng.n_val
@@ -49,7 +54,7 @@ def take_probe(eng: Coordinator, Y: np.ndarray) -> None:
     """Take the precision measured from the probe's answers ``Y``
     (:func:`.precision.measure_precision`)."""
     eng.st.m = Y.shape[1]
-    eng.st.precision = measure_precision(Y, eng.session.queries)
+    eng.st.precision = measure_precision(Y, eng.session.queries, eng.settings.probe)
     p = eng.st.precision
     logger.info("probe: m=%d, output scale %.3g, relative precision %.3g",
                 eng.st.m, p.fref, p.noise)
@@ -80,3 +85,24 @@ def eval_paying_validation(eng: Coordinator, X: np.ndarray) -> np.ndarray:
     eng.validation_pending = False
     validation_set(eng, Y[X.shape[0]:])
     return Y[:X.shape[0]]
+
+
+def first_line(eng: Coordinator) -> None:
+    """Search the first line in full, measure every region, and assemble the first
+    model from the jumps between regions."""
+    cfg, st = eng.cfg, eng.st
+    q0 = eng.session.queries
+    line = eng.line(0)
+    found = scan.search(eng, line, line.segments(eng.line_segments), st.noise)
+    st.first_kinks = int(found.kinks.size)
+    eng.emit("search", line=0, kinks=int(found.kinks.size))
+    regions = scan.measure(eng, line, found, st.noise)
+    eng.paid.keep_solve_rows(regions, eng.streams.solve_rows(len(st.lines)))
+    eng.paid.keep_jacobians(line, regions, eng.streams.jacobian_sample(line.index))
+    ns = jumps_to_neurons(line, regions, region_edges(found, line.reach), eng.rank_factor,
+                          eng.imprecise, joint=not eng.imprecise)
+    st.neurons = dedup(ns, cfg.dedup_factor, eng.match_ceiling, eng.imprecise)
+    eng.record_line(line, "first", found, regions, q0)
+    eng.assemble()
+    st.rounds.append(eng.round_info(0, int(found.kinks.size), st.neurons.size, 0))
+    eng.emit("round", line=0, kinks=int(found.kinks.size))

@@ -9,15 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .lines import Line
-
-SOLVE_ROWS_PER_REGION = 8  # a line over SOLVE_ROW_BUDGET keeps at least this many per region
-SOLVE_ROW_BUDGET = 60_000  # a line's stencil rows kept whole up to this many
-JACOBIAN_SAMPLES = 2048  # region Jacobians kept for the L, c fit
-
-
-def solve_rows_per_region(regions: int, budget: int = SOLVE_ROW_BUDGET) -> int:
-    """Rows of each region the output solve keeps when a line holds more than ``budget``."""
-    return max(SOLVE_ROWS_PER_REGION, budget // max(regions, 1))
+from .settings import PaidSettings
 
 
 class PaidRows:
@@ -33,11 +25,13 @@ class PaidRows:
         The validation points and their answers.
     Xs, Ys : ndarray of shape (n_s, d), (n_s, m)
         Gaussian rows bought for the output solve and the refinement (imprecise answers).
+    settings : PaidSettings
+        What is kept (default: ``PaidSettings()``).
     """
 
-    def __init__(self, d: int, solve_row_budget: int = SOLVE_ROW_BUDGET) -> None:
+    def __init__(self, d: int, settings: PaidSettings | None = None) -> None:
         self.d = d
-        self.solve_row_budget = solve_row_budget
+        self.settings = settings or PaidSettings()
         self.solve_X: list = []
         self.solve_Y: list = []
         self.jac_X: list = []
@@ -48,9 +42,16 @@ class PaidRows:
         self.Xs = np.zeros((0, d))
         self.Ys = np.zeros((0, 1))
 
+    @property
+    def solve_row_budget(self) -> int:
+        """A line's stencil rows are kept whole up to this many."""
+        return self.settings.solve_row_budget
+
     def per_region(self, regions: int) -> int:
-        """Rows of each region kept when a line's regions hold more than the row budget."""
-        return solve_rows_per_region(regions, self.solve_row_budget)
+        """Rows of each region kept when a line's regions hold more than the row budget:
+        an equal share of it, at least ``settings.solve_rows_per_region``."""
+        return max(self.settings.solve_rows_per_region,
+                   self.solve_row_budget // max(regions, 1))
 
     def add(self, X: np.ndarray, Y: np.ndarray) -> None:
         """Keep a block of rows for the output fit."""
@@ -60,7 +61,7 @@ class PaidRows:
     def keep_solve_rows(self, regions: list, rng: np.random.Generator) -> None:
         """Keep paid rows for the output solve: every row while a line's regions hold fewer
         than the row budget, else a random sample per region (at least
-        SOLVE_ROWS_PER_REGION; drawn by the workers, :func:`.scan.measure`), so a wide
+        ``settings.solve_rows_per_region``; drawn by the workers, :func:`.scan.measure`), so a wide
         network's coordinator neither receives nor holds every stencil row. Random rows cover
         different stencil directions in different regions."""
         if not regions:
@@ -79,9 +80,9 @@ class PaidRows:
 
     def keep_jacobians(self, line: Line, regions: list, rng: np.random.Generator) -> None:
         """Keep a random sample of measured regions (centre, value, Jacobian) for ``L``, ``c``
-        (at most JACOBIAN_SAMPLES in all)."""
+        (at most ``settings.jacobian_samples`` in all)."""
         ok = [r for r in regions if r.J is not None]
-        room = JACOBIAN_SAMPLES - len(self.jac_J)
+        room = self.settings.jacobian_samples - len(self.jac_J)
         if not ok or room <= 0:
             return
         take = ok if len(ok) <= room else [ok[i] for i in np.sort(
@@ -98,7 +99,8 @@ class PaidRows:
 
     def sample(self, cap: int, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``cap`` random rows of those kept (all if fewer), gathered from the kept
-        blocks without joining them (at d=784 the join copied ~400 MB per assemble)."""
+        blocks without joining them (a join copies every kept row: ~400 MB per assemble at
+        d=784)."""
         sizes = np.array([x.shape[0] for x in self.solve_X], dtype=np.int64)
         ends = np.cumsum(sizes)
         total = int(ends[-1]) if sizes.size else 0

@@ -10,12 +10,12 @@ The hyperplane's *foot*, its point nearest the origin ``p = −β ŵ``, has ``ŵ
 located on the line ``p + t·ŵ`` gives ``β − t``, whose error is second order in ``δ``
 (``β·δ²/2``) plus the kink's own position error (the answers' rounding over the neuron's
 slope change, ~1e-11 for that weak neuron). The slope change across it is the output
-vector, measured over a half-gap rather than a stencil step (d=128, k=1024: one neuron's
-output vector, off by ~1e-6 relative, was most of the model's 2.8e-8 error). Two points on each side of the foot, inside
-the gap that the other known hyperplanes leave on that line, give the two linear pieces;
-they meet at the kink. An unknown kink between them shows as a slope change that is not
-the neuron's (checked to 1e-3), and a kink found further from the foot than the neuron's
-own error allows is not taken, so a pin never moves a bias by more than that error.
+vector, measured over a half-gap rather than a stencil step (a stencil step leaves a weak
+neuron's output vector ~1e-6 off, relative: enough to dominate the model's error). Two
+points on each side of the foot, inside the gap that the other known hyperplanes leave on
+that line, give the two linear pieces; they meet at the kink. An unknown kink between them
+shows as a slope change that is not the neuron's (checked to 1e-3), and a kink found
+further from the foot than the neuron's own error allows is not taken, so a pin never moves a bias by more than that error.
 
 Pure numpy; the coordinator queries the points.
 """

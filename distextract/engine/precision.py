@@ -14,16 +14,13 @@ import numpy as np
 
 from .._errors import NonDeterministicOracle, TargetMismatch
 from ._config import EPS64
+from .settings import ProbeSettings
 from .tasks import output_scale
 
-PROBE_LINES = 4  # short lines of the probe ...
-PROBE_POINTS = 4  # ... with this many points at each of two spacings:
-PROBE_FINE = 1e-6  # (input scales) second differences are rounding noise only
-PROBE_COARSE = 1e-4  # (input scales) a smooth activation's grow like the step squared
-SMOOTH_RATIO = 100.0  # coarse over fine second differences that call a line curved
-NONDETERMINISM_LIMIT = 1e3 * EPS64  # a repeat one ulp away may differ by this (relative)
-DECIMAL_MIN_SHARE = 0.1  # decimal rounding counts when its quantum is this share of the noise
-IMPRECISE_NOISE = 1e-10  # answers noisier than this (relative) take the imprecise path
+_DEFAULT = ProbeSettings()
+# The default probe's shape, for callers that size a budget before a run (_extract.py)
+PROBE_LINES = _DEFAULT.lines
+PROBE_POINTS = _DEFAULT.points
 
 
 @dataclass(frozen=True)
@@ -40,49 +37,57 @@ class Precision:
     absolute : bool
         Whether the rounding error is absolute (answers rounded to a number of decimals)
         rather than relative to each answer's size.
+    imprecise_noise : float
+        Answers noisier than this take the imprecise path
+        (:attr:`.settings.ProbeSettings.imprecise_noise`).
     """
 
     noise: float = 4 * EPS64
     fref: float = 1.0
     absolute: bool = False
+    imprecise_noise: float = _DEFAULT.imprecise_noise
 
     @property
     def imprecise(self) -> bool:
         """Answers far coarser than float64 rounding (float32, rounded decimals)."""
-        return self.noise > IMPRECISE_NOISE
+        return self.noise > self.imprecise_noise
 
 
-def probe_points(rng: np.random.Generator, d: int, s: float) -> np.ndarray:
-    """The probe's rows: PROBE_LINES lines of PROBE_POINTS points at spacing ``PROBE_FINE·s``,
-    the same lines at ``PROBE_COARSE·s`` (their first point shared), and the first point again
-    one ulp away. Shape ((2·PROBE_POINTS − 1)·PROBE_LINES + 1, d)."""
-    base = rng.standard_normal((PROBE_LINES, d)) * s
-    dirs = rng.standard_normal((PROBE_LINES, d))
+def probe_points(rng: np.random.Generator, d: int, s: float,
+                 settings: ProbeSettings = _DEFAULT) -> np.ndarray:
+    """The probe's rows: ``settings.lines`` lines of ``settings.points`` points at spacing
+    ``settings.fine·s``, the same lines at ``settings.coarse·s`` (their first point shared),
+    and the first point again one ulp away. Shape ((2·points − 1)·lines + 1, d)."""
+    base = rng.standard_normal((settings.lines, d)) * s
+    dirs = rng.standard_normal((settings.lines, d))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     blocks = []
-    for eta in (PROBE_FINE * s, PROBE_COARSE * s):
-        steps = np.arange(PROBE_POINTS) * eta
+    for eta in (settings.fine * s, settings.coarse * s):
+        steps = np.arange(settings.points) * eta
         blocks.append(base[:, None, :] + steps[None, :, None] * dirs[:, None, :])
     return np.concatenate([blocks[0].reshape(-1, d), blocks[1][:, 1:].reshape(-1, d),
                            np.nextafter(base[:1], np.inf)], axis=0)
 
 
-def measure_precision(Y: np.ndarray, queries: int) -> Precision:
+def measure_precision(Y: np.ndarray, queries: int,
+                      settings: ProbeSettings = _DEFAULT) -> Precision:
     """Measure output precision, determinism and smoothness from the answers ``Y`` at
-    :func:`probe_points`.
+    :func:`probe_points` (taken with the same ``settings``).
 
-    On each of PROBE_LINES short lines, PROBE_POINTS points spaced ``1e-6·s`` (their second
-    differences are pure rounding noise: the output precision) and as many spaced
-    ``1e-4·s`` (a smooth activation's second differences grow like the step squared; a
-    ReLU network's stay at the noise unless a kink falls inside). One more row repeats the
-    first point one ulp away (a journal would serve an exact repeat from disk), so a
-    non-deterministic oracle shows a difference far above rounding.
+    On each of ``settings.lines`` short lines, ``settings.points`` points spaced
+    ``settings.fine·s`` (their second differences are pure rounding noise: the output
+    precision) and as many spaced ``settings.coarse·s`` (a smooth activation's second
+    differences grow like the step squared; a ReLU network's stay at the noise unless a
+    kink falls inside). One more row repeats the first point one ulp away (a journal would
+    serve an exact repeat from disk), so a non-deterministic oracle shows a difference far
+    above rounding.
 
     Parameters
     ----------
     Y : ndarray of shape (n_probe, m)
     queries : int
         Rows paid so far (named in the errors).
+    settings : ProbeSettings
 
     Raises
     ------
@@ -95,11 +100,11 @@ def measure_precision(Y: np.ndarray, queries: int) -> Precision:
     fref = fref if fref > 0 else 1.0
     absolute = False
     sc = output_scale(Y, fref)
-    n1 = PROBE_LINES * PROBE_POINTS
-    fine = Y[:n1].reshape(PROBE_LINES, PROBE_POINTS, -1)
-    coarse = np.concatenate([fine[:, :1], Y[n1:-1].reshape(PROBE_LINES, PROBE_POINTS - 1, -1)],
-                            axis=1)
-    scl = sc[:n1].reshape(PROBE_LINES, PROBE_POINTS)[:, 1:-1]
+    lines, points = settings.lines, settings.points
+    n1 = lines * points
+    fine = Y[:n1].reshape(lines, points, -1)
+    coarse = np.concatenate([fine[:, :1], Y[n1:-1].reshape(lines, points - 1, -1)], axis=1)
+    scl = sc[:n1].reshape(lines, points)[:, 1:-1]
 
     def second(G):
         return np.max(np.abs(G[:, :-2] - 2 * G[:, 1:-1] + G[:, 2:]), axis=2) / scl
@@ -114,12 +119,12 @@ def measure_precision(Y: np.ndarray, queries: int) -> Precision:
     # size; float32 answers round relative to their size (the fine differences above).
     steps_all = np.abs(np.diff(np.concatenate([fine, coarse], axis=1), axis=1))
     quantum = decimal_quantum(Y)
-    if quantum is not None and quantum / float(np.median(sc)) < DECIMAL_MIN_SHARE * noise:
+    if quantum is not None and quantum / float(np.median(sc)) < settings.decimal_min_share * noise:
         # every answer has few enough digits to be a multiple of 10**-N, but that
         # quantum is far below the measured noise: not what limits the answers (float32
         # values printed with their shortest decimal repr have ~9 significant digits;
-        # an absolute noise model built on them failed every check on the larger
-        # answers and split the first line's intervals until the budget ran out)
+        # an absolute noise model built on them fails every check on the larger answers,
+        # and the search splits intervals until the budget runs out)
         quantum = None
     ulp = binary_rounding(Y)
     if quantum is not None:
@@ -128,9 +133,8 @@ def measure_precision(Y: np.ndarray, queries: int) -> Precision:
         noise = max(noise, quantum / fref)
     elif ulp is not None:
         # float32 (float16, bfloat16) answers round to half a unit in the last place:
-        # with one output the fine second differences are often all exactly 0 (a
-        # measured 4e-16 made a d=64, k=128, m=1 float32 search split on rounding until
-        # it held 3.5 million open intervals)
+        # with one output the fine second differences are often all exactly 0, and a
+        # float64-sized noise would make the search split on rounding without end
         noise = max(noise, ulp)
     elif np.any(steps_all == 0.0):
         nz = steps_all[steps_all > 0]
@@ -138,14 +142,14 @@ def measure_precision(Y: np.ndarray, queries: int) -> Precision:
             noise = max(noise, float(np.min(nz)) / float(np.median(sc)))
     rep = float(np.max(np.abs(Y[-1] - Y[0]))) / float(sc[0])
     # Rounded or float32 answers repeat exactly; a random oracle does not.
-    if rep > NONDETERMINISM_LIMIT:
+    if rep > settings.nondeterminism_limit:
         raise NonDeterministicOracle(
             f"the oracle answered the same input twice with different outputs (relative "
             f"difference {rep:.3g}, rounding noise {noise:.3g}); extraction needs a "
             f"deterministic oracle", queries)
     noise = max(noise, rep)
-    curved = np.sum(np.median(d_coarse, axis=1) > SMOOTH_RATIO * noise)
-    if curved >= PROBE_LINES - 1:
+    curved = np.sum(np.median(d_coarse, axis=1) > settings.smooth_ratio * noise)
+    if curved >= lines - 1:
         ratio = float(np.median(d_coarse) / max(np.median(d_fine), noise))
         hint = "a smooth activation (GELU, softplus, sigmoid?)"
         if (Y.shape[1] >= 2 and np.all(Y >= 0.0) and np.all(Y <= 1.0)
@@ -154,9 +158,11 @@ def measure_precision(Y: np.ndarray, queries: int) -> Precision:
                     "extract with output='softmax' (CLI: --output softmax)")
         raise TargetMismatch(
             f"no sharp kinks: second differences grow like the step squared on "
-            f"{curved} of {PROBE_LINES} probe lines (x{ratio:.3g} for a 100x longer step) — "
+            f"{curved} of {lines} probe lines (x{ratio:.3g} for a "
+            f"{settings.coarse / settings.fine:.3g}x longer step) — "
             f"{hint}", queries)
-    return Precision(noise=noise, fref=fref, absolute=absolute)
+    return Precision(noise=noise, fref=fref, absolute=absolute,
+                     imprecise_noise=settings.imprecise_noise)
 
 
 def is_float32(Y: np.ndarray) -> bool:
@@ -189,7 +195,7 @@ def decimal_quantum(Y: np.ndarray) -> float | None:
             return None
         Z = Y * 10.0 ** n
         # a multiple of 10**-n is 0 or at least 10**-n in size: answers of 1e-8 are not
-        # "rounded to 0 decimals" (they were taken for it: relative noise 3e7)
+        # "rounded to 0 decimals" (that would set a relative noise of 3e7)
         if (np.all(np.abs(Z - np.round(Z)) <= 1e-6)
                 and not np.any((Z != 0.0) & (np.abs(Z) < 0.5))):
             return 10.0 ** -n

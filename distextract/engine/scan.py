@@ -93,15 +93,14 @@ def residual(eng: Coordinator, line: Line, predicted: np.ndarray, ns: NeuronSet)
     """Residual search of ``line`` against the current model (float64 answers,
     :func:`.kinks.residual_search`): the samples are evaluated by the executor's tasks,
     the model here (it never travels), the flagged intervals searched by up to
-    SEARCH_TASKS tasks (:meth:`.session.QuerySession.search`). ``ns`` are the neurons
-    predicted at ``predicted``; their error estimates bound how far the residual may bend
-    at their crossings."""
+    ``settings.session.search_tasks`` tasks (:meth:`.session.QuerySession.search`). ``ns``
+    are the neurons predicted at ``predicted``; their error estimates bound how far the
+    residual may bend at their crossings."""
     ss = eng.settings.scan
     st = eng.st
     # a flagged gap holds what bends the residual, often a weak kink next to a strong
-    # one (why earlier lines missed it): long slope steps see 100x weaker slope changes
-    # (norm_range d64-k256: with the default steps the pieces' search missed 4 of the
-    # 10 kinks line 1 flagged and the lines never came back clean)
+    # one (why earlier lines missed it): long slope steps see 100x weaker slope changes,
+    # which the default steps miss (the lines would then never come back clean)
     base = search_params(eng, st.noise)
     params = replace(base, split_points=ss.residual_split_points)
     if st.val_rel_l2 > eng.target:
@@ -158,8 +157,7 @@ def longer_steps(eng: Coordinator, plans: list, noise: float) -> bool:
     (more stencil rows crossing a hyperplane and measured again, about 2% more queries)
     because the rounding error the planned steps leave (:func:`.regions.rounding_error`,
     an upper estimate, relative to the output rows' norm) exceeds long_steps_factor × the
-    fidelity goal: d=128, k=1024 seeds 0, 1, 3 (estimates 4.6e-8, 2e-7 and 1e-7; seed 2
-    gives 1.5e-8, m=10 seed 0 2.4e-8, measured 2.1e-9).
+    fidelity goal (some d=128, k=1024 networks; most stay well below it).
     Sets ``st.long_steps``."""
     fs = eng.settings.finish
     ss = eng.settings.scan

@@ -14,12 +14,8 @@ import numpy as np
 
 from .kinks import SearchParams, segment_end_points
 from .lines import Line
+from .settings import SessionSettings
 from .tasks import EvalTask, SearchTask
-
-SEARCH_TASKS = 4  # the first line's segments are searched by this many tasks (fewer, fuller
-# requests), or without a requests/s limit by one per worker if there are more
-EVAL_TASK_ROWS = 512  # most rows of one evaluation task ...
-EVAL_MIN_ROWS = 64  # ... and, spread over the slots, the fewest (the oracle's batch if known)
 
 
 class Executor(Protocol):
@@ -47,11 +43,15 @@ class QuerySession:
     executor : Executor
     parallelism : int
         Concurrent task slots of the executor (workers × tasks per worker).
+    settings : SessionSettings, optional
+        How work is cut into tasks (default: ``SessionSettings()``).
     """
 
-    def __init__(self, executor: Any, parallelism: int = 1) -> None:
+    def __init__(self, executor: Any, parallelism: int = 1,
+                 settings: SessionSettings | None = None) -> None:
         self.executor = executor
         self.parallelism = max(1, parallelism)
+        self.settings = settings or SessionSettings()
 
     @property
     def queries(self) -> int:
@@ -83,9 +83,9 @@ class QuerySession:
 
     def eval(self, X: np.ndarray) -> np.ndarray:
         """The oracle's answers at ``X`` (n, d), cut into evaluation tasks."""
-        rows = EVAL_TASK_ROWS
+        rows = self.settings.eval_task_rows
         if self.spread:
-            batch = getattr(self.executor, "max_batch", None) or EVAL_MIN_ROWS
+            batch = getattr(self.executor, "max_batch", None) or self.settings.eval_min_rows
             rows = min(rows, max(batch, -(-X.shape[0] // self.parallelism)))
         tasks = [EvalTask(X[i:i + rows]) for i in range(0, X.shape[0], rows)]
         return np.concatenate(self.executor.map(tasks), axis=0)
@@ -99,7 +99,7 @@ class QuerySession:
         points."""
         # (a worker keeping several requests in flight sends a task's round in one round
         # trip however many rows it has: one task per worker is enough)
-        cut = SEARCH_TASKS
+        cut = self.settings.search_tasks
         if self.spread:
             cut = max(cut, getattr(self.executor, "workers", 1))
         per_task = max(1, -(-len(segments) // min(self.parallelism, cut)))

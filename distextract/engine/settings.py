@@ -9,10 +9,13 @@ differ from the float64 ones. Each rule is stated once, beside its constant.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from ._config import ExtractConfig
+from ._config import EPS64, ExtractConfig
 from .neurons import EXPLAIN_FACTOR, MATCH_CEILING, RANK_FACTOR
-from .precision import Precision
+
+if TYPE_CHECKING:  # precision.py takes its ProbeSettings from here
+    from .precision import Precision
 
 LINE_SEGMENTS = 16  # first-line segments for float64 answers (ExtractConfig.line_segments)
 IMPRECISE_LINE_SEGMENTS = 64  # ... for imprecise answers
@@ -115,6 +118,71 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
 
 
 @dataclass(frozen=True)
+class ProbeSettings:
+    """The precision probe (:mod:`.precision`)."""
+
+    # short lines of the probe ...
+    lines: int = 4
+    # ... with this many points at each of two spacings:
+    points: int = 4
+    # (input scales) second differences are rounding noise only
+    fine: float = 1e-6
+    # (input scales) a smooth activation's grow like the step squared
+    coarse: float = 1e-4
+    # coarse over fine second differences that call a line curved
+    smooth_ratio: float = 100.0
+    # a repeat one ulp away may differ by this (relative) from the first answer
+    nondeterminism_limit: float = 1e3 * EPS64
+    # decimal rounding counts when its quantum is at least this share of the noise
+    decimal_min_share: float = 0.1
+    # answers noisier than this (relative) take the imprecise path
+    imprecise_noise: float = 1e-10
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Task cutting of the query session (:mod:`.session`)."""
+
+    # the first line's segments are searched by this many tasks (fewer, fuller requests), or
+    # without a requests/s limit by one per worker if there are more
+    search_tasks: int = 4
+    # most rows of one evaluation task ...
+    eval_task_rows: int = 512
+    # ... and, spread over the slots, the fewest (the oracle's batch if known)
+    eval_min_rows: int = 64
+
+
+@dataclass(frozen=True)
+class PaidSettings:
+    """What the paid-row store keeps (:mod:`.paid`)."""
+
+    # a line's stencil rows are kept whole up to this many ...
+    solve_row_budget: int = 60_000
+    # ... above it, a sample of at least this many per region
+    solve_rows_per_region: int = 8
+    # region Jacobians kept for the L, c fit
+    jacobian_samples: int = 2048
+
+
+@dataclass(frozen=True)
+class AssembleSettings:
+    """Output assembly (:mod:`.assemble`)."""
+
+    # rows of the L, c least-squares fit per unknown ...
+    affine_rows_per_unknown: int = 4
+    # ... and at least this many
+    affine_min_rows: int = 2048
+    # float64: rows per unknown of the full output refit over the paid rows ...
+    full_solve_rows: int = 8
+    # ... imprecise answers (more rows average the rounding out)
+    imprecise_solve_rows: int = 40
+    # float64: the output refit is always tried below this many unknowns, ...
+    full_solve_unknowns: int = 512
+    # ... above it only for a model at most this factor off its target
+    full_solve_reach: float = 1e3
+
+
+@dataclass(frozen=True)
 class ScanSettings:
     """Line scans (:mod:`.scan`)."""
 
@@ -123,8 +191,8 @@ class ScanSettings:
     # ... and never beyond this (relative to the interval)
     max_step: float = 0.05
     # cut points of a residual gap-search interval whose ends' lines miss it (SearchParams):
-    # 4 rounds fewer on d64-k512-m10 for 23 more rows; on the first line the same saved 2-8
-    # rounds but cost 0.5-6% more queries on small networks
+    # fewer rounds for a few more rows (the first line keeps one: there the extra points
+    # cost a few per cent more queries on small networks)
     residual_split_points: int = 3
     # slope steps of the one sensitive line (run loop)
     sensitive_step_factor: float = 100.0
@@ -140,8 +208,8 @@ class ScanSettings:
     # estimates (measured kinks sit within 0.2 of one at d=128, k=8192)
     residual_spreads: float = 4.0
     # the first line's stencils take the wide crossing rate's longer steps when their
-    # rounding would miss the fidelity goal by this factor (at 5, d128-k1024 seed 8
-    # estimated 3.6e-8 and ended at 1.01e-8)
+    # rounding would miss the fidelity goal by this factor (the estimate is an upper bound:
+    # a larger factor lets rounding-limited runs end just above the goal)
     long_steps_factor: float = 3.0
 
 
@@ -210,9 +278,8 @@ class FinishSettings:
     remeasure_factor: float = 5.0
     # ... spending at most this share of k·(d+1) queries
     remeasure_share: float = 0.02
-    # ... if they hold at least this share of the error estimate
-    # (d=128, k=1024 seed 1 and k=8192: 47% each; measured again, 1.5e-8 -> 1.1e-8 for +1.6%
-    # queries and 1.7e-8 -> 1.3e-8 for +1.9%)
+    # ... if they hold at least this share of the error estimate (then measuring them again
+    # lowers the model's error by about a quarter for under 2% more queries)
     remeasure_min_share: float = 0.3
 
 
@@ -235,6 +302,10 @@ class Settings:
     """The engine's fixed settings, by stage (each documented once, beside its field).
     A run takes the defaults; tests pass other values (``Coordinator(..., settings=)``)."""
 
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    paid: PaidSettings = field(default_factory=PaidSettings)
+    assemble: AssembleSettings = field(default_factory=AssembleSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     rules: LineRules = field(default_factory=LineRules)
     finish: FinishSettings = field(default_factory=FinishSettings)

@@ -1,7 +1,7 @@
 """The per-line update: what a further line's kinks change in the model.
 
 Kinks that no known hyperplane explains are new neurons (their two regions are measured);
-known hyperplanes that should cross the line but show no kink, seen on one line only, were
+known hyperplanes that should cross the line but show no kink, seen on one line only, are
 merge artefacts and go; neurons known less precisely than the rest are measured again where the
 line crosses them. Two lines in a row with many unexplained kinks are a verdict on the target.
 """
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
     """Search a further line for kinks of ``F``; kinks that no known hyperplane explains
     are new neurons (their two regions are measured), known hyperplanes that should cross
-    the line but show no kink were spurious and are removed. Returns the number of
+    the line but show no kink are spurious and are removed. Returns the number of
     changes (new + removed); 0 means the line confirmed the model."""
     rs = eng.settings.rules
     cfg, st = eng.cfg, eng.st
@@ -92,7 +92,7 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
         eng.mismatch_lines = 0
     refined = 0
     disputed: list = []  # (old W row, old b, new measurement) the old kink disowns
-    # a neuron seen on one line only and missing on this one was a merge artefact;
+    # a neuron seen on one line only and missing on this one is a merge artefact;
     # one confirmed by another line stays (its kink may just be weak or merged here)
     unconfirmed = unconfirmed[st.neurons.count[unconfirmed] <= 1]
     keep = np.ones(st.neurons.size, dtype=bool)
@@ -141,8 +141,8 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
         eng.assemble()
     refined += cleanup.settle(eng, disputed)
     if added and not eng.imprecise and st.val_rel_l2 > worse:
-        # the new neurons may be right and an old one a merge of them (a random d=3,
-        # k=1000 network: two new neurons doubled what a spurious old one carried):
+        # the new neurons may be right and an old one a merge of them (then the new ones
+        # double what the spurious old one carries, and validation gets worse):
         # old neurons measured where the new ones cross go first, then neurons most
         # lines miss, then new ones that still make it worse
         removed += cleanup.drop_merges(eng, index)
