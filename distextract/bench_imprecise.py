@@ -98,8 +98,9 @@ def run_row(net: ReluNetwork, output: str, seed: int) -> dict:
     live = rep.live_neurons or 0
     d = net.input_dim
     ratio = res.queries / (live * (d + 1)) if live else float("nan")
-    met = bool(rep.rel_l2 <= TARGETS[output] and rep.missed_neurons == 0
-               and rep.spurious_neurons == 0 and ratio <= QUERY_FACTOR)
+    fidelity_met = bool(rep.rel_l2 <= TARGETS[output] and rep.missed_neurons == 0
+                        and rep.spurious_neurons == 0)
+    met = fidelity_met and ratio <= QUERY_FACTOR
     certified = res.stop_reason == "certified"
     return {"output": output, "seed": seed, "d": d, "k": net.hidden_dim, "m": net.output_dim,
             "queries": res.queries, "ratio": ratio, "rel_l2": rep.rel_l2,
@@ -107,7 +108,9 @@ def run_row(net: ReluNetwork, output: str, seed: int) -> dict:
             "matched": rep.matched_neurons, "live": live, "spurious": rep.spurious_neurons,
             "missed": rep.missed_neurons, "model_neurons": res.model.hidden_dim,
             "stop": res.stop_reason, "certified": certified, "met": met,
-            "false_certificate": certified and not met,
+            # certified although the model misses the fidelity target (the query target is
+            # not the certificate's business)
+            "false_certificate": certified and not fidelity_met,
             "noise": res.report.get("precision", {}).get("relative_noise"),
             "cpu_s": cpu - oracle.cpu, "wall_s": wall}
 
@@ -180,4 +183,4 @@ def main(seeds: int | None, only: tuple[str, ...], outputs: tuple[str, ...],
     for line in summarize(results):
         print(line)
     false = [res for _, res in results if res["false_certificate"]]
-    print(f"# false certificates (certified, target missed): {len(false)}")
+    print(f"# false certificates (certified, fidelity target missed): {len(false)}")

@@ -95,11 +95,12 @@ def test_float32_far_hyperplanes_are_recovered():
     assert res.certified and res.report["target_rel_l2"] <= 1e-6
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_float32_certificate_only_when_the_target_is_met(seed):
     """biases ~ N(0, 1), d16-k32-m1: whatever the model reaches, ``certified`` holds only
     when the model meets the float32 target (rel L2 <= 1e-6, every live neuron matched, none
-    spurious). Seed 2's searched lines miss a weak neuron far out (strength 2e-3, distance
+    spurious). Seed 1 (slow: ~170 s on the loaded 2-core machine) needs the cover rows topped
+    up for a neuron a recheck line added. Seed 2's searched lines miss a weak neuron far out (strength 2e-3, distance
     1.9); it used to end at 3.9e-4 with 5 spurious neurons; the refinement's outliers now
     supply it."""
     net = targets.random_network(16, 32, 1, seed=seed, bias_scale=1.0)

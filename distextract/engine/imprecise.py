@@ -113,6 +113,9 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
         # last refinement) get rows near them (.coverage)
         held = rare_side_rows(ns.W, ns.b, np.concatenate([eng.paid.Xs, Xb]))
         wanted = cover_rows_wanted(held, d, m)
+        # a neuron whose output is at the noise needs none (the prune drops it)
+        wanted[np.linalg.norm(ns.a, axis=1) * cfg.input_scale
+               < PRUNE_NOISE * st.noise * st.fref] = 0
         Xc = cover_points(ns.W, ns.b, wanted, eng.streams.cover_rows(len(st.lines)),
                           cfg.input_scale)
         Xb = np.concatenate([Xb, Xc])
