@@ -185,7 +185,7 @@ Examples:
 @click.option("--api-key-env", default=None,
               help="Name of the environment variable holding the accepted API key (else 401).")
 @click.option("--output", default="float64", show_default=True,
-              help="float64, float32, round:N or softmax.")
+              help="float64, float32, float16, bfloat16, round:N or softmax.")
 @click.option("--corrupt", type=click.Choice(["html", "shape", "nan"]), default=None,
               help="Misbehave on purpose (rehearse a broken API).")
 @click.option("--seed", type=int, default=None, help="Seed of the random failures and drops.")
