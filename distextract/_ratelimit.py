@@ -274,6 +274,19 @@ class Schedule:
         self.granted_rows += rows
         return at
 
+    def booked_for(self, now: float) -> float:
+        """Seconds from ``now`` until the slots already booked are spent (0 when none are)."""
+        tats = [b.tat for b in (self._requests, self._rows) if b is not None]
+        return max([0.0] + [t - now for t in tats])
+
+    def continue_after(self, now: float, seconds: float) -> None:
+        """Take over from another schedule whose booked slots run ``seconds`` past ``now``:
+        no slot here before then and no burst credit from the time before it (the server
+        counts both senders' requests against one limit)."""
+        for bucket in (self._requests, self._rows):
+            if bucket is not None:
+                bucket.tat = max(bucket.tat, now + max(0.0, seconds))
+
     def refused(self, now: float, seconds: float) -> bool:
         """The server answered 429 asking for ``seconds``: pause every request until then and
         lower the pace once per event; returns True when the pace was lowered."""

@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import distextract as dx
@@ -239,3 +240,24 @@ def test_limiter_actor_leases_slower_after_a_429():
     assert gaps[0] == pytest.approx(1 / (100 * Pace.DECREASE), rel=1e-6)
     # leased slots are time sent at the pace: it grows by at most INCREASE per second
     assert all(1 / (100 * Pace.DECREASE * (1 + Pace.INCREASE)) < g <= gaps[0] for g in gaps)
+
+
+def test_a_schedule_continues_after_the_slots_another_one_booked():
+    """The overlapped start's hand-over: the driver's schedule booked slots 0.35 s ahead; the
+    limiter actor's schedule that takes over grants nothing before then, and no burst credit
+    from the time before it."""
+    from distextract._ratelimit import Schedule
+
+    driver = Schedule(10.0, None, 1.0, None, False)
+    assert driver.booked_for(0.0) == 0.0
+    for _ in range(4):
+        driver.reserve(1, 0.0)  # 0.0, 0.1, 0.2, 0.3: booked until 0.4
+    assert np.isclose(driver.booked_for(0.05), 0.35)
+    actor = Schedule(10.0, None, 1.0, None, False)
+    actor.continue_after(0.05, driver.booked_for(0.05))
+    slots = [actor.reserve(1, 0.05) for _ in range(3)]
+    np.testing.assert_allclose(slots, [0.4, 0.5, 0.6], atol=1e-12)
+    # a schedule with nothing booked hands over nothing
+    fresh = Schedule(10.0, None, 1.0, None, False)
+    fresh.continue_after(2.0, Schedule(10.0, None, 1.0, None, False).booked_for(2.0))
+    assert fresh.reserve(1, 2.0) == 2.0

@@ -84,6 +84,10 @@ class _Limiter:
             self.generation += 1
         return self.generation
 
+    def continue_after(self, seconds: float) -> None:
+        """Continue the driver's schedule, whose booked slots run ``seconds`` from now."""
+        self.schedule.continue_after(time.monotonic(), seconds)
+
     def adopt_pace(self, rate: float, target: float, slow_start: bool) -> None:
         """Continue a discovery the driver began while the workers started."""
         pace = self.schedule.pace

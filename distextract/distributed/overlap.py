@@ -119,6 +119,11 @@ class OverlappedExecutor:
         pace = getattr(local, "pace", None)
         if pace is not None and getattr(local, "discover", False):
             ray.get(actor.adopt_pace.remote(pace.rate, pace.target, pace.slow_start))
+        # the actor's first slots follow the driver's booked ones: granted from a fresh
+        # schedule they doubled the rate for a moment (the demo's server refused 3-4 requests)
+        schedule = getattr(local, "schedule", None)
+        if schedule is not None:
+            ray.get(actor.continue_after.remote(schedule.booked_for(time.monotonic())))
         proxy = LeasedLimiter(actor, 1, self._ray.rows_rate)
         http.limiter = proxy
         http._hold = proxy.hold
