@@ -72,11 +72,17 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
            "--input-dim", str(net.W.shape[1]), "--out", os.path.join(out_dir, "run"),
            "--batch-size", str(BATCH), "--workers", str(args.workers), "--seed", "0",
            *limit_flags]
+    if args.timeline:
+        cmd.insert(3, "-v")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     t0 = time.monotonic()
+    w0 = time.time()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     t1 = time.monotonic()
     server.stop()
+    if args.timeline:
+        write_timeline(os.path.join(args.timeline, f"{name}.txt"), server, w0, t1 - t0,
+                       proc.stderr)
     if proc.returncode != 0:
         print(f"{name}: CLI failed ({proc.returncode}): {proc.stderr[-2000:]}", file=sys.stderr)
     c = server.counters()
@@ -105,6 +111,37 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
             "driver_rows": overlap.get("driver_rows_paid")}
 
 
+def write_timeline(path: str, server: ForeignServer, w0: float, wall: float,
+                   log: str) -> None:
+    """Per 0.5 s of the CLI's wall time: rows answered, requests, rows per request, 429s
+    (server side), then the CLI's log lines (``-v``), to see where the wall time goes."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    entries = list(server.log)
+    nbins = int(wall / 0.5) + 1
+    rows = np.zeros(nbins)
+    reqs = np.zeros(nbins)
+    refused = np.zeros(nbins)
+    for t, n, status in entries:
+        i = min(nbins - 1, max(0, int((t - w0) / 0.5)))
+        if status == 200:
+            rows[i] += n
+            reqs[i] += 1
+        else:
+            refused[i] += 1
+    limit = server.limit_rows_per_s * 0.5
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"wall {wall:.2f} s; bins of 0.5 s: start, rows, % of limit, requests, "
+                 f"rows/request, 429s\n")
+        for i in range(nbins):
+            per = rows[i] / reqs[i] if reqs[i] else 0.0
+            fh.write(f"{0.5 * i:6.1f} {int(rows[i]):6d} {100 * rows[i] / limit:5.0f}% "
+                     f"{int(reqs[i]):4d} {per:5.1f} {int(refused[i]):3d}\n")
+        fh.write("\n--- CLI log (-v), wall clock ---\n")
+        fh.write(f"(process start: {time.strftime('%H:%M:%S', time.localtime(w0))}"
+                 f".{int(1000 * (w0 % 1)):03d})\n")
+        fh.write(log)
+
+
 def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -115,6 +152,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BEHAVIOURS), help="comma-separated names")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--timeline", default=None, metavar="DIR",
+                        help="write DIR/<behaviour>.txt: rows per 0.5 s and the CLI's log")
     args = parser.parse_args()
     d, k, m = (32, 128, 10) if args.quick else (128, 1024, 10)
     net = dx.targets.random_network(d, k, m, seed=0)

@@ -123,6 +123,8 @@ class ForeignServer:
         self.too_large = 0
         self.first: float | None = None
         self.last: float | None = None
+        #: (time.time() at the answer or refusal, rows, status) of every request
+        self.log: list[tuple[float, int, int]] = []
         self.httpd: ThreadingHTTPServer | None = None
 
     @property
@@ -154,6 +156,7 @@ class ForeignServer:
         if not ok:
             with self.lock:
                 self.refused += 1
+                self.log.append((time.time(), n, 429))
             if self.retry_after == "int":
                 headers["Retry-After"] = str(max(1, math.ceil(wait)))
             elif self.retry_after == "frac":  # milliseconds, rounded up (never "0.000")
@@ -170,6 +173,7 @@ class ForeignServer:
             self.answered += 1
             self.first = now if self.first is None else self.first
             self.last = now
+            self.log.append((time.time(), n, 200))
         return 200, headers, out
 
     def quota_headers(self, left: float) -> dict:

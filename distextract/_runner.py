@@ -236,6 +236,7 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
             "extraction": result.report,
         }
         _write_json(os.path.join(out_dir, "report.json"), report)
+        logger.info("run directory %s written", out_dir)
     finally:
         (oracle or http).close()
     return RunOutcome(result, report, out_dir)

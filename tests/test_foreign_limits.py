@@ -209,6 +209,27 @@ def test_overlapped_executor_hands_tasks_not_started_to_the_workers_in_order():
     assert front.map([EvalTask(Xs[0])])[0].shape == (3, 2) and len(workers.seen) == 13 - local
 
 
+def test_blas_is_held_to_one_thread_while_ray_init_forks_and_given_back_at_the_next_map():
+    """The overlapped ray.init holds every BLAS pool to one thread (a fork during a
+    multithreaded OpenBLAS call can hang it); the coordinator's next map gives them back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from distextract.distributed.overlap import OverlappedExecutor
+    from distextract.distributed.run import _single_threaded_blas
+    from distextract.engine.tasks import EvalTask
+
+    before = [(p["prefix"], p["num_threads"]) for p in threadpoolctl.threadpool_info()]
+    restore = _single_threaded_blas()
+    assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
+    front = OverlappedExecutor(_SlowOracle(0.0), workers=1, tasks_per_worker=1,
+                               max_batch=None, request_limited=False)
+    front.at_next_map(restore)
+    assert all(p["num_threads"] == 1 for p in threadpoolctl.threadpool_info())
+    front.map([EvalTask(np.zeros((1, 4)))])
+    assert [(p["prefix"], p["num_threads"]) for p in threadpoolctl.threadpool_info()] == before
+    front.run_deferred()  # nothing left: called once only
+    assert [(p["prefix"], p["num_threads"]) for p in threadpoolctl.threadpool_info()] == before
+
+
 def test_overlapped_executor_raises_when_ray_could_not_start():
     from distextract.distributed.overlap import OverlappedExecutor
     from distextract.engine.tasks import EvalTask
@@ -244,6 +265,9 @@ def test_cli_with_workers_pays_its_first_rows_in_the_driver_while_ray_starts(tmp
     dist = report["extraction"]["distributed"]
     counters = server.counters()
     assert dist["overlap"]["driver_tasks"] >= 1 and dist["overlap"]["driver_rows_paid"] > 0
+    # the coordinator started before ray.init: it paid rows while Ray's processes started
+    # (threadpoolctl, which scikit-learn installs, holds BLAS to one thread meanwhile)
+    assert 0 < dist["overlap"]["rows_during_ray_init"] <= dist["overlap"]["driver_rows_paid"]
     # --output auto (the default) paid the precision probe from this process before the
     # executor started (journaled, then served to the tasks): the executor paid the rest
     probe = report["extraction"]["output"]["rows"]

@@ -79,7 +79,7 @@ _HOME = {
     "STALE_SLOT_S": "limiter", "CLOCK_RTT_S": "limiter",
     "_Ledger": "actors", "_Worker": "actors", "_MeteredOracle": "actors",
     "_RemoteError": "actors", "STATS_GROUP": "actors",
-    "RayExecutor": "executor", "MAX_TASKS_PER_WORKER": "executor", "executor_plan": "executor",
+    "RayExecutor": "executor", "MAX_TASKS_PER_WORKER": "specs", "executor_plan": "specs",
     "OverlappedExecutor": "overlap",
     "QUEUED_PER_WORKER": "executor",
     "run_distributed": "run", "POLL_INTERVAL_S": "run",

@@ -8,7 +8,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -19,53 +18,21 @@ from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
 from .actors import STATS_GROUP, _Ledger, _RemoteError, _Worker
 from .limiter import LEASE_HORIZON_S, _Limiter
-from .specs import INLINE_SPEC_BYTES, HTTPOracleSpec, SoftmaxSpec, oracle_spec
+from .specs import (  # noqa: F401 - executor_plan, MAX_TASKS_PER_WORKER: importable here too
+    INLINE_SPEC_BYTES,
+    MAX_TASKS_PER_WORKER,
+    HTTPOracleSpec,
+    SoftmaxSpec,
+    executor_plan,
+)
 
 if TYPE_CHECKING:
     from typing import Self  # Python 3.11; annotations only (3.10 supported)
 
 logger = logging.getLogger(__name__)
 
-#: Most tasks one worker actor runs at once by default (threads of its default concurrency
-#: group); an HTTP oracle's default is its ``max_in_flight`` up to this number.
-MAX_TASKS_PER_WORKER = 8
 #: Tasks shipped to a worker beyond those it runs, so a free thread never waits for the driver.
 QUEUED_PER_WORKER = 1
-
-
-def executor_plan(oracle: Oracle, *, rate: float | None = None, rows_rate: float | None = None,
-                  discover: bool | None = None, tasks_per_worker: int | None = None,
-                  budget: int | None = None) -> dict:
-    """What a :class:`RayExecutor` over ``oracle`` will have, decided without Ray.
-
-    Returns
-    -------
-    dict
-        ``spec`` (what travels to the workers), ``journal_dir``, ``rate``, ``rows_rate``,
-        ``discover``, ``tasks_per_worker``, ``budget`` (an HTTP oracle's own when none is
-        given), ``request_limited``.
-    """
-    spec, journal = oracle_spec(oracle)
-    outer = spec
-    if isinstance(spec, SoftmaxSpec):
-        spec = spec.inner
-    if isinstance(spec, HTTPOracleSpec):
-        budget = budget if budget is not None else spec.budget
-        spec = replace(spec, budget=None)
-        if rate is None and rows_rate is None:
-            rate, rows_rate = spec.rate, spec.rows_rate
-            discover = spec.discover if discover is None else discover
-    discover = bool(discover) and rate is None and rows_rate is None
-    if tasks_per_worker is None:
-        tasks_per_worker = 1
-        if isinstance(spec, HTTPOracleSpec):  # spec: the unwrapped one
-            in_flight = int(spec.settings.get("max_in_flight") or 1)
-            tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
-    return {"spec": SoftmaxSpec(spec) if isinstance(outer, SoftmaxSpec) else spec,
-            "journal_dir": journal, "rate": rate, "rows_rate": rows_rate,
-            "discover": discover,
-            "tasks_per_worker": check_positive_int("tasks_per_worker", tasks_per_worker),
-            "budget": budget, "request_limited": rate is not None or discover}
 
 
 class RayExecutor:

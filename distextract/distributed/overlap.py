@@ -2,13 +2,16 @@
 
 Starting Ray's worker actors takes seconds (5 to 20 s after ``ray.init`` on the project's
 loaded 2-core machine, BENCHMARKS.md), during which a rate-limited run would send nothing.
-With :class:`OverlappedExecutor` the coordinator starts as soon as ``ray.init`` returns: its
-tasks run in the driver, ``parallelism`` at a time on threads over the driver's own oracle
-(its HTTP client, its journal, its limiter), in a thread of its own, while the main thread
-builds the :class:`~distextract.distributed.executor.RayExecutor` (Ray must be used from the
-thread that started it). ``ray.init`` itself is not overlapped: it forks Ray's processes from
-the driver, and a fork while another thread is inside a multithreaded OpenBLAS call left that
-call spinning for minutes once. When the workers are ready, the
+With :class:`OverlappedExecutor` the coordinator starts at once: its tasks run in the
+driver, ``parallelism`` at a time on threads over the driver's own oracle (its HTTP client,
+its journal, its limiter), in a thread of its own, while the main thread imports Ray, runs
+``ray.init`` and builds the :class:`~distextract.distributed.executor.RayExecutor` (Ray must be
+used from the thread that started it). ``ray.init`` forks Ray's processes from the driver, and
+a fork while another thread is inside a multithreaded OpenBLAS call left that call spinning
+for minutes once: BLAS is held to one thread until ``ray.init`` returns
+(:func:`~distextract.distributed.run._single_threaded_blas`; given back at the coordinator's
+next :meth:`~OverlappedExecutor.map`), and without :mod:`threadpoolctl` ``ray.init`` runs
+first, before the coordinator. When the workers are ready, the
 driver's HTTP client takes its send slots from the run's limiter actor (one shared pace; a
 discovered pace is handed over), every task not yet started goes to the workers, and the
 driver's threads finish the tasks they hold. The rows asked do not change: a task asks the
@@ -79,6 +82,22 @@ class OverlappedExecutor:
         self._ready = threading.Event()
         self._switched = False
         self._lock = threading.Lock()
+        self._deferred: list = []
+
+    # ------------------------------------------------------------ deferred work
+    def at_next_map(self, fn: Any) -> None:
+        """Call ``fn()`` when the coordinator next enters :meth:`map` (its tasks of the last
+        map have all finished, the next have not started: no engine thread computes), or at
+        :meth:`run_deferred`, whichever comes first."""
+        with self._lock:
+            self._deferred.append(fn)
+
+    def run_deferred(self) -> None:
+        """Call what :meth:`at_next_map` deferred (once each)."""
+        with self._lock:
+            fns, self._deferred = self._deferred, []
+        for fn in fns:
+            fn()
 
     # ------------------------------------------------------------------ start
     def provide(self, executor: Any = None, error: BaseException | None = None) -> None:
@@ -132,6 +151,7 @@ class OverlappedExecutor:
     def map(self, tasks: list) -> list:
         """Run ``tasks`` in order: in the driver until the workers are ready, then on them."""
         t0 = time.perf_counter()
+        self.run_deferred()
         try:
             return self._map(tasks)
         finally:

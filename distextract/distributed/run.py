@@ -1,4 +1,9 @@
-"""run_distributed: start or join Ray, run the coordinator over a RayExecutor, report."""
+"""run_distributed: start or join Ray, run the coordinator over a RayExecutor, report.
+
+Ray is imported here only when it is needed (joining, or starting it): with the overlapped
+start, the coordinator's first rounds run while this module imports Ray and ``ray.init``
+starts its processes (several seconds, longer on a loaded machine).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
-
-import ray
+from typing import TYPE_CHECKING, Any
 
 from .._oracle import Oracle
 from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
-from .executor import RayExecutor, executor_plan
 from .overlap import OverlappedExecutor
 from .progress import ProgressDisplay
+from .specs import executor_plan
+
+if TYPE_CHECKING:
+    from .executor import RayExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +73,33 @@ class _Poller(threading.Thread):
 
 
 # ------------------------------------------------------------------- entry point
+def _ray_initialized() -> bool:
+    """Whether Ray is initialised in this process (without importing it)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _single_threaded_blas() -> Callable[[], None] | None:
+    """Limit the BLAS (and OpenMP) thread pools of this process to one thread; returns what
+    restores them, or None when :mod:`threadpoolctl` is not installed.
+
+    ``ray.init`` forks Ray's processes from the driver (its ``Popen`` has a ``preexec_fn``, so
+    no ``vfork``), and OpenBLAS tears its thread pool down around a fork: a fork while another
+    thread was inside a multithreaded BLAS call left that call spinning for minutes in one test
+    run. With one BLAS thread no call uses the pool, so the coordinator may compute while
+    ``ray.init`` runs.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=1).restore_original_limits
+
+
 def _start_ray(address: str | None, workers: int) -> bool:
     """Start or join Ray; returns True when this call started it (and should stop it)."""
+    import ray
+
     if ray.is_initialized():
         if address is not None:
             logger.info("Ray already initialised; using it (address=%r ignored)", address)
@@ -138,7 +169,8 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         Passed to :class:`RayExecutor` (``tasks_per_worker``, ``placement``, ``rate``,
         ``journal_dir``, ...), except ``overlap_start``: without a budget, and when this call
         starts or joins Ray, run the first tasks in the driver while Ray and its workers start
-        (:mod:`.overlap`).
+        (:mod:`.overlap`): ``ray.init`` too when :mod:`threadpoolctl` can hold BLAS to one
+        thread until it returns (:func:`_single_threaded_blas`), else only the workers' start.
 
     Returns
     -------
@@ -154,7 +186,7 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
     workers = check_positive_int("workers", workers)
     # overlap only while Ray itself starts (an initialised Ray builds the workers in ~1 s)
     overlap = (bool(executor_options.pop("overlap_start", False)) and budget is None
-               and not ray.is_initialized())
+               and not _ray_initialized())
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
     started = False
@@ -168,21 +200,30 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         started = _start_ray(address, workers)
         timing["ray_start_s"] = time.perf_counter() - t0
 
+    restore_blas: Callable[[], None] | None = None
+    ray_init_rows = [0]  # rows the driver paid while ray.init ran
+
     def start() -> RayExecutor:
+        from .executor import RayExecutor
+
         if "ray_start_s" not in timing:
             start_ray()
+            if front is not None:
+                ray_init_rows[0] = front.local_paid()
+                if restore_blas is not None:
+                    front.at_next_map(restore_blas)  # when no engine thread is computing
         ex = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
         timing["workers_ready_s"] = time.perf_counter() - t0
         return ex
 
     try:
         if overlap:
-            # Ray itself starts before the driver computes anything: ray.init forks its
-            # processes from this one, and a fork while another thread is inside a
-            # multithreaded BLAS call (OpenBLAS tears its thread pool down around a fork)
-            # left that call spinning for minutes in a test run. Only the workers' start
-            # (no fork here) overlaps the driver's first tasks.
-            start_ray()
+            # ray.init forks its processes from this one: the driver computes meanwhile only
+            # with BLAS held to one thread (_single_threaded_blas); without threadpoolctl Ray
+            # starts first and only the workers' start (no fork here) overlaps the driver
+            restore_blas = _single_threaded_blas()
+            if restore_blas is None:
+                start_ray()
         if overlap:
             plan = executor_plan(oracle, budget=budget, **{
                 k: executor_options.get(k) for k in ("rate", "rows_rate", "discover",
@@ -220,6 +261,7 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
             eng = _run_while_starting(coord, front, start)
             executor = front.ray(wait=True)
         run_s = time.perf_counter() - t1
+        logger.info("coordinator finished after %.2f s", run_s)
         poller.halt.set()
         poller.join()
         queries = front.queries if front is not None else executor.queries
@@ -249,19 +291,27 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         if front is not None:
             extra["distributed"]["overlap"] = {
                 "driver_tasks": front.local_tasks, "driver_rows_paid": front.local_paid(),
-                "switched_s": front.switched_s}
+                "rows_during_ray_init": ray_init_rows[0], "switched_s": front.switched_s}
         return eng, queries, extra
     finally:
         if poller is not None:
             poller.halt.set()
         if display is not None:
             display.close()
+        if front is not None:
+            front.run_deferred()  # BLAS threads back (the coordinator has stopped)
         if front is not None and executor is None:
             executor = front._ray  # built, but the run failed: close it
+        t_close = time.perf_counter()
         if executor is not None:
             executor.close()
+        t_shut = time.perf_counter()
         if started:
+            import ray
+
             ray.shutdown()
+        logger.info("workers closed in %.2f s, Ray shut down in %.2f s",
+                    t_shut - t_close, time.perf_counter() - t_shut)
 
 
 

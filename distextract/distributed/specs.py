@@ -1,14 +1,16 @@
-"""How an oracle travels to Ray workers: specs built again in each worker (Ray-free)."""
+"""How an oracle travels to Ray workers: specs built again in each worker, and what a
+:class:`~.executor.RayExecutor` over an oracle will have (:func:`executor_plan`), Ray-free."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .._errors import ConfigError
 from .._oracle import CountingOracle, Oracle
+from .._validation import check_positive_int
 
 INLINE_SPEC_BYTES = 64 * 1024  # a larger oracle spec goes to the object store (RayExecutor)
 
@@ -118,3 +120,42 @@ def oracle_spec(oracle: Oracle) -> tuple[Any, str | None]:
             f"function) or run in-process with workers=1") from None
     return PickledOracleSpec(oracle), journal
 
+
+#: Most tasks one worker actor runs at once by default (threads of its default concurrency
+#: group); an HTTP oracle's default is its ``max_in_flight`` up to this number.
+MAX_TASKS_PER_WORKER = 8
+
+
+def executor_plan(oracle: Oracle, *, rate: float | None = None, rows_rate: float | None = None,
+                  discover: bool | None = None, tasks_per_worker: int | None = None,
+                  budget: int | None = None) -> dict:
+    """What a :class:`RayExecutor` over ``oracle`` will have, decided without Ray.
+
+    Returns
+    -------
+    dict
+        ``spec`` (what travels to the workers), ``journal_dir``, ``rate``, ``rows_rate``,
+        ``discover``, ``tasks_per_worker``, ``budget`` (an HTTP oracle's own when none is
+        given), ``request_limited``.
+    """
+    spec, journal = oracle_spec(oracle)
+    outer = spec
+    if isinstance(spec, SoftmaxSpec):
+        spec = spec.inner
+    if isinstance(spec, HTTPOracleSpec):
+        budget = budget if budget is not None else spec.budget
+        spec = replace(spec, budget=None)
+        if rate is None and rows_rate is None:
+            rate, rows_rate = spec.rate, spec.rows_rate
+            discover = spec.discover if discover is None else discover
+    discover = bool(discover) and rate is None and rows_rate is None
+    if tasks_per_worker is None:
+        tasks_per_worker = 1
+        if isinstance(spec, HTTPOracleSpec):  # spec: the unwrapped one
+            in_flight = int(spec.settings.get("max_in_flight") or 1)
+            tasks_per_worker = max(1, min(MAX_TASKS_PER_WORKER, in_flight))
+    return {"spec": SoftmaxSpec(spec) if isinstance(outer, SoftmaxSpec) else spec,
+            "journal_dir": journal, "rate": rate, "rows_rate": rows_rate,
+            "discover": discover,
+            "tasks_per_worker": check_positive_int("tasks_per_worker", tasks_per_worker),
+            "budget": budget, "request_limited": rate is not None or discover}
