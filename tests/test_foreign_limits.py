@@ -275,3 +275,29 @@ def test_cli_with_workers_pays_its_first_rows_in_the_driver_while_ray_starts(tmp
     assert dist["rows_paid"] + probe == report["queries"]["paid"] == counters["rows"]
     assert report["queries"]["paid"] == dx.extract(net, seed=0).queries
     assert dist["timing"]["workers_ready_s"] >= dist["timing"]["ray_start_s"] > 0
+
+
+def test_stop_ray_stops_every_process_ray_init_started():
+    """_stop_ray kills Ray's autoscaler monitor first (ray.shutdown waits a second for it
+    otherwise), then ray.shutdown stops the rest: no process of that Ray instance is left.
+    In a process of its own, as the CLI starts and stops its own Ray."""
+    import subprocess
+
+    pytest.importorskip("ray")
+    code = (
+        "import logging, os, ray\n"
+        "from distextract.distributed.run import _stop_ray\n"
+        "ray.init(address='local', num_cpus=1, include_dashboard=False,\n"
+        "         logging_level=logging.WARNING)\n"
+        "node = ray._private.worker._global_node\n"
+        "procs = {kind: [i.process for i in infos]\n"
+        "         for kind, infos in node.all_processes.items()}\n"
+        "assert procs.get('monitor'), sorted(procs)\n"
+        "_stop_ray()\n"
+        "alive = [kind for kind, ps in procs.items() for p in ps if p.poll() is None]\n"
+        "print('ALIVE', alive, 'MONITOR', procs['monitor'][0].returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # nothing left running; the monitor was killed (SIGKILL: -9), not waited for
+    assert "ALIVE [] MONITOR -9" in proc.stdout, proc.stdout + proc.stderr[-2000:]
