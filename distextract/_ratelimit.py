@@ -49,8 +49,10 @@ class Pace:
     it *discovers* the server's limit: it starts at :attr:`START_RATE` and doubles per second
     of sending at the pace (slow start) until the first 429. Every 429 *event* multiplies the
     pace by :attr:`DECREASE` (multiplicative decrease) and sets the target it may come back
-    to quickly; above that target, it grows by :attr:`INCREASE` of itself per second of
-    sending at the pace (additive increase, ``3%/s``), never above the ceiling. Time counts
+    to quickly; above that target, it grows by :attr:`INCREASE` of the ceiling per second of
+    sending at the pace (additive increase, ``3%/s``: from 0.5 of the ceiling back to 0.95 in
+    15 s), never above the ceiling; a discovery, which has no ceiling, grows by
+    :attr:`INCREASE` of itself per second. Time counts
     only while callers actually wait for the pace (a client sending less than the pace allows
     says nothing about the server's limit, so the pace does not grow then).
 
@@ -107,6 +109,8 @@ class Pace:
             grown = self.rate * 2.0 ** dt
             if not self.slow_start:
                 grown = min(grown, self.target)
+        elif self.ceiling is not None:  # additive: INCREASE of the ceiling per second
+            grown = self.rate + self.INCREASE * self.ceiling * dt
         else:
             grown = self.rate * (1.0 + self.INCREASE * dt)
         self.rate = grown if self.ceiling is None else min(self.ceiling, grown)
@@ -182,6 +186,13 @@ class _Bucket:
         self.tat = max(self.tat, tat) if keep_booked else tat
 
 
+#: GIL switch interval (seconds) of a process whose threads send at paced slots (the CLI's
+#: run, a rate-limited Ray worker): at Python's default 5 ms a sender woken for its slot waits
+#: up to that long behind a computing thread, and the slot after it then leaves early; a server
+#: that keeps no burst refuses it.
+PACED_SWITCH_INTERVAL_S = 0.001
+
+
 #: A quota hold ending later than the next free slot by more than this lowers the pace.
 HOLD_SLACK_S = 0.001
 
@@ -233,6 +244,10 @@ class Schedule:
         self.holds = 0
         self.granted = 0
         self.granted_rows = 0
+        #: Spacing of the requests actually let go (:meth:`let_go`), on from the first 429.
+        self.spacing = False
+        self._spaced_until = -math.inf
+        self.respaced = 0
 
     @property
     def limited(self) -> bool:
@@ -274,6 +289,29 @@ class Schedule:
         self.granted_rows += rows
         return at
 
+    def spaced_until(self) -> float:
+        """Earliest time the next request may be let go, one interval (at the pace) after the
+        last one actually let go (-inf while :attr:`spacing` is off).
+
+        Booked slots are evenly spaced, but a caller that wakes late for its slot (a busy
+        CPU: a thread waiting for the GIL) is followed by one on time, and a stall lets several
+        booked slots pass that their callers then use at once: gaps shorter than the interval,
+        which a server keeping no burst refuses. Once the server has refused a request
+        (:meth:`refused`) no request leaves less than an interval after the previous one
+        actually left: the lateness is lost, as a burst-1 server would lose it anyway, but the
+        request is not refused."""
+        return self._spaced_until if self.spacing else -math.inf
+
+    def let_go(self, rows: int, now: float) -> None:
+        """A caller was let go at ``now`` with a request of ``rows`` rows (its slot's time or
+        later): the next one leaves an interval later at the earliest (:meth:`spaced_until`)."""
+        gap = 0.0
+        if self._requests is not None:
+            gap = self._requests.interval
+        if self._rows is not None:
+            gap = max(gap, rows * self._rows.interval)
+        self._spaced_until = now + gap
+
     def booked_for(self, now: float) -> float:
         """Seconds from ``now`` until the slots already booked are spent (0 when none are)."""
         tats = [b.tat for b in (self._requests, self._rows) if b is not None]
@@ -295,6 +333,7 @@ class Schedule:
         if lowered:
             self._apply_pace()
         self.penalties += 1
+        self.spacing = True
         self._pause(now + seconds)
         return lowered
 
@@ -332,6 +371,7 @@ class Schedule:
         return {"rate": self.rate, "rows_rate": self.rows_rate, "discover": self.discover,
                 "granted": self.granted, "granted_rows": self.granted_rows,
                 "penalties": self.penalties, "holds": self.holds,
+                "spacing": self.spacing, "respaced": self.respaced,
                 "slowdowns": 0 if pace is None else pace.decreases,
                 "pace": 1.0 if pace is None else pace.factor,
                 "paced_rate": None if pace is None else pace.rate}
@@ -417,13 +457,23 @@ class TokenBucket:
                     continue
                 send_at = self.schedule.reserve(rows, now)
                 epoch = self._epoch
-                # Sleep until our slot; a pause meanwhile voids the slot (the buckets were
-                # reset), so the caller queues again behind the pause.
-                while self._epoch == epoch and self._clock() < send_at:
-                    self._cond.wait(send_at - self._clock())
+                # Sleep until our slot, and an interval after the last request let go once
+                # the server refused one (Schedule.spaced_until); a pause meanwhile voids the
+                # slot (the buckets were reset), so the caller queues again behind the pause.
+                respaced = False
+                while self._epoch == epoch:
+                    spaced = self.schedule.spaced_until()
+                    now = self._clock()
+                    if now >= send_at and now >= spaced:
+                        break
+                    respaced = respaced or now >= send_at
+                    self._cond.wait(max(send_at, spaced) - now)
                 if self._epoch == epoch:
                     break
-            self.waited_s += self._clock() - start
+            now = self._clock()
+            self.schedule.let_go(rows, now)
+            self.schedule.respaced += respaced
+            self.waited_s += now - start
 
     def penalize(self, seconds: float) -> None:
         """The server answered 429: pause all callers for ``seconds``, lower the pace once per
@@ -466,4 +516,4 @@ class TokenBucket:
                 f"discover={self.discover})")
 
 
-__all__ = ["Pace", "RateLimiter", "Schedule", "TokenBucket", "limit_rows_per_s"]
+__all__ = ["PACED_SWITCH_INTERVAL_S", "Pace", "RateLimiter", "Schedule", "TokenBucket", "limit_rows_per_s"]

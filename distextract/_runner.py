@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError
-from ._ratelimit import limit_rows_per_s
+from ._ratelimit import PACED_SWITCH_INTERVAL_S, limit_rows_per_s
 
 logger = logging.getLogger(__name__)
 
@@ -189,12 +189,16 @@ def extract_to_run_dir(url: str, input_dim: int, out_dir: str, *,
             oracle.verify(1)
             if echo is not None:
                 echo(f"Resuming: {oracle.rows_loaded} answered rows in the journal")
+        switch = sys.getswitchinterval()
+        if limit is not None or discover_rate:  # paced senders: wake them on time
+            sys.setswitchinterval(min(switch, PACED_SWITCH_INTERVAL_S))
         try:
             result = run_extract(oracle, input_dim=input_dim, seed=seed, budget=budget,
                                  workers=workers, address=address, progress=progress,
                                  overlap_start=True,
                                  output=output, on_mismatch=on_mismatch, **options)
         finally:
+            sys.setswitchinterval(switch)
             if display is not None:
                 display.close()
         # model.arrow, neurons.arrow, kinks.arrow, lines.arrow (report.json is replaced below

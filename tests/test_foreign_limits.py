@@ -76,6 +76,21 @@ def test_fractional_retry_after_is_honoured_as_a_fraction():
     assert oracle.rows_paid == counters["rows"] == 48
 
 
+def test_burst1_server_at_the_clients_rate_spacing_after_the_first_429():
+    """A server keeping no burst, at the client's own rate: the first 429 turns the limiter's
+    spacing on (no request lets go less than an interval after the previous one), the answers
+    are right, and refusals stay a small share (the server's own jitter can still refuse)."""
+    with foreign(rate=50, burst=1, retry_after="frac") as (server, url):
+        bucket = TokenBucket(rate=50)
+        with HTTPOracle(url, 4, max_batch=4, max_in_flight=4, limiter=bucket,
+                        seed=0) as oracle:
+            _query_all(oracle, 4 * 60)
+        counters = server.counters()
+    stats = bucket.stats()
+    assert stats["spacing"] == (counters["refused"] > 0) == (stats["penalties"] > 0)
+    assert counters["answered"] == 60 and counters["refused"] <= 12, counters
+
+
 def test_integer_retry_after_is_honoured_in_whole_seconds():
     with foreign(rate=40, burst=1, retry_after="int") as (server, url):
         spy = Spy()

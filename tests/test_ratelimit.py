@@ -107,9 +107,10 @@ def test_penalize_pauses_every_waiting_caller_then_restarts_steadily():
     after = sorted(s for s in stamps if s >= penalized_at + 0.3)
     assert len(after) >= 5
     # the 429 lowered the pace once (AIMD); waiting callers since raised it by at most
-    # INCREASE per second; the final (highest) pace bounds every interval from below
+    # INCREASE of the ceiling per second (< 1 s here); the final (highest) pace bounds every
+    # interval from below
     pace = bucket.pace.rate
-    assert 100 * Pace.DECREASE <= pace <= 100 * Pace.DECREASE * (1 + Pace.INCREASE)
+    assert 100 * Pace.DECREASE <= pace <= 100 * (Pace.DECREASE + Pace.INCREASE)
     for i, s in enumerate(after):  # evenly spaced from the pause's end: no burst
         assert s >= penalized_at + 0.3 + i / pace - 1e-6, (i, s - penalized_at)
     assert bucket.penalties == 1
@@ -153,8 +154,8 @@ def test_acquire_rejects_empty_requests():
 
 def test_pace_aimd_with_a_ceiling_injected_times():
     """A 429 event lowers the pace by DECREASE once (429s during its pause or within
-    COOLDOWN_S are the same event); time spent waiting for the pace raises it by INCREASE
-    per second up to the ceiling; time not spent waiting does not count."""
+    COOLDOWN_S are the same event); time spent waiting for the pace raises it by INCREASE of
+    the ceiling per second up to the ceiling; time not spent waiting does not count."""
     p = Pace(100.0)
     assert p.refused(0.0, 0.05) and p.rate == pytest.approx(85.0)
     assert not p.refused(0.03, 0.05)  # during the pause: same event
@@ -165,10 +166,11 @@ def test_pace_aimd_with_a_ceiling_injected_times():
     for _ in range(100):  # 1 s of saturated sending, in steps of 10 ms
         t += 0.01
         p.saturated(t)
-    assert p.rate == pytest.approx(low * (1 + Pace.INCREASE * 0.01) ** 99, rel=1e-9)
+    # additive: INCREASE of the ceiling per second (99 steps of 10 ms after the first)
+    assert p.rate == pytest.approx(low + Pace.INCREASE * 100.0 * 0.99, rel=1e-9)
     p.idle()
     p.saturated(t + 50.0)  # a new stretch: nothing grows over the idle time
-    assert p.rate == pytest.approx(low * (1 + Pace.INCREASE * 0.01) ** 99, rel=1e-9)
+    assert p.rate == pytest.approx(low + Pace.INCREASE * 100.0 * 0.99, rel=1e-9)
     for i in range(1, 100_000):
         p.saturated(t + 50.0 + 0.01 * i)
     assert p.rate == 100.0  # never above the ceiling
@@ -261,3 +263,42 @@ def test_a_schedule_continues_after_the_slots_another_one_booked():
     fresh = Schedule(10.0, None, 1.0, None, False)
     fresh.continue_after(2.0, Schedule(10.0, None, 1.0, None, False).booked_for(2.0))
     assert fresh.reserve(1, 2.0) == 2.0
+
+
+def _stalled_release(bucket: TokenBucket, callers: int = 4, stall: float = 0.15) -> list[float]:
+    """Let ``callers`` threads book their slots, then stall them all (the bucket's lock held,
+    as a busy CPU would) until every slot has passed; the times they were let go, sorted."""
+    stamps: list[float] = []
+
+    def call() -> None:
+        bucket.acquire()
+        stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    time.sleep(0.005)  # every caller has booked its slot and sleeps until it
+    with bucket._cond:
+        time.sleep(stall)
+    for t in threads:
+        t.join()
+    return sorted(stamps)
+
+
+def test_token_bucket_spaces_callers_let_go_late_once_the_server_refused_one():
+    """A stall lets several booked slots pass; their callers would then leave back to back
+    (gaps a server keeping no burst refuses). Once a 429 was seen, none leaves less than an
+    interval after the previous one; before it, the schedule's catch-up is kept (a server
+    with a burst takes it)."""
+    free = _stalled_release(TokenBucket(rate=40))
+    assert min(b - a for a, b in itertools.pairwise(free)) < 0.010
+
+    bucket = TokenBucket(rate=40)
+    bucket.penalize(0.001)  # a 429: spacing on (and the pace lowered once)
+    time.sleep(0.01)
+    stamps = _stalled_release(bucket)
+    interval = 1 / bucket.pace.rate
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert all(g >= interval - 0.002 for g in gaps), (interval, gaps)
+    stats = bucket.stats()
+    assert stats["spacing"] and stats["respaced"] >= 2

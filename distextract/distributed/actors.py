@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -186,8 +187,11 @@ class _Worker:
     def __init__(self, index: int, spec: Any, ledger_name: str, limiter_name: str | None,
                  lease_chunk: int, journal_dir: str | None, seed: int,
                  rows_rate: float | None = None) -> None:
+        from .._ratelimit import PACED_SWITCH_INTERVAL_S
         from ..engine.tasks import run_task
 
+        if limiter_name is not None:  # paced senders in this process: wake them on time
+            sys.setswitchinterval(min(sys.getswitchinterval(), PACED_SWITCH_INTERVAL_S))
         # the ledger and the limiter come by name, a large spec (None here) from the ledger
         # (RayExecutor.__init__ says why)
         ledger = ray.get_actor(ledger_name)
