@@ -52,7 +52,7 @@ class Pace:
     to quickly; above that target, it grows by :attr:`INCREASE` of the ceiling per second of
     sending at the pace (additive increase, ``3%/s``: from 0.5 of the ceiling back to 0.95 in
     15 s), never above the ceiling; a discovery, which has no ceiling, grows by
-    :attr:`INCREASE` of itself per second. Time counts
+    :attr:`INCREASE` of the pace its first 429 refused per second. Time counts
     only while callers actually wait for the pace (a client sending less than the pace allows
     says nothing about the server's limit, so the pace does not grow then).
 
@@ -88,6 +88,9 @@ class Pace:
         self.discover = ceiling is None
         self.rate = ceiling if ceiling is not None else float(start or self.START_RATE)
         self.slow_start = self.discover
+        #: What the additive increase is a share of: the ceiling, or in a discovery the pace
+        #: the first 429 refused.
+        self.scale = self.rate
         self.target = math.inf  # up to here the pace doubles per second (quick recovery)
         self.decreases = 0
         self._last_decrease = -math.inf
@@ -109,10 +112,8 @@ class Pace:
             grown = self.rate * 2.0 ** dt
             if not self.slow_start:
                 grown = min(grown, self.target)
-        elif self.ceiling is not None:  # additive: INCREASE of the ceiling per second
-            grown = self.rate + self.INCREASE * self.ceiling * dt
-        else:
-            grown = self.rate * (1.0 + self.INCREASE * dt)
+        else:  # additive: INCREASE of the ceiling (of the first refused pace) per second
+            grown = self.rate + self.INCREASE * self.scale * dt
         self.rate = grown if self.ceiling is None else min(self.ceiling, grown)
 
     def idle(self) -> None:
@@ -127,6 +128,7 @@ class Pace:
             return False
         if self.slow_start:
             self.target = self.DECREASE * self.rate
+            self.scale = self.rate  # the first estimate of the server's limit
             self.rate *= 0.5
             self.slow_start = False
         else:

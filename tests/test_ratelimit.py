@@ -193,6 +193,10 @@ def test_pace_discovery_slow_start_then_aimd_injected_times():
     for i in range(1, 201):  # quick recovery to the target, then additive increase
         p.saturated(2.5 + 0.01 * i)
     assert p.target < p.rate < p.target * (1 + 2 * Pace.INCREASE)  # < 2 s above the target
+    r0 = p.rate
+    for i in range(1, 101):  # 1 s more: additive, INCREASE of the first refused pace
+        p.saturated(4.5 + 0.01 * i)
+    assert p.rate == pytest.approx(r0 + Pace.INCREASE * refused_at, rel=1e-9)
     assert p.refused(5.0, 0.01) and p.target == p.rate
 
 

@@ -88,11 +88,13 @@ class _Limiter:
         """Continue the driver's schedule, whose booked slots run ``seconds`` from now."""
         self.schedule.continue_after(time.monotonic(), seconds)
 
-    def adopt_pace(self, rate: float, target: float, slow_start: bool) -> None:
+    def adopt_pace(self, rate: float, target: float, slow_start: bool,
+                   scale: float | None = None) -> None:
         """Continue a discovery the driver began while the workers started."""
         pace = self.schedule.pace
         if pace is not None and self.schedule.discover:
             pace.rate, pace.target, pace.slow_start = float(rate), float(target), bool(slow_start)
+            pace.scale = float(scale) if scale is not None else pace.rate
             self.schedule._apply_pace()
 
     def stats(self) -> dict:
