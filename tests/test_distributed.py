@@ -61,6 +61,24 @@ def test_executor_needs_ray(net):
         RayExecutor(dx.NetworkOracle(net), 2)
 
 
+def test_executor_start_is_abandoned_when_the_run_finished_first(ray_local, net):
+    """An overlapped run whose coordinator finished in the driver does not wait for the
+    workers: their start is abandoned and every actor the executor created is killed."""
+    import threading
+
+    from distextract.distributed.overlap import WorkersNotNeeded
+
+    before = set(ray.util.list_named_actors())
+    finished = threading.Event()
+    finished.set()
+    with pytest.raises(WorkersNotNeeded, match="before the workers were ready"):
+        RayExecutor(dx.NetworkOracle(net), 2, rate=100.0, abandon=finished)
+    deadline = time.monotonic() + 20
+    while set(ray.util.list_named_actors()) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(ray.util.list_named_actors()) == before  # no ledger or limiter left behind
+
+
 def test_same_model_and_queries_as_in_process(ray_local, net, reference):
     events = []
     res = extract(net, seed=3, workers=2, progress=events.append)

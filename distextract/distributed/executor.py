@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
 from .actors import STATS_GROUP, _Ledger, _RemoteError, _Worker
 from .limiter import LEASE_HORIZON_S, _Limiter
+from .overlap import WorkersNotNeeded
 from .specs import (  # noqa: F401 - executor_plan, MAX_TASKS_PER_WORKER: importable here too
     INLINE_SPEC_BYTES,
     MAX_TASKS_PER_WORKER,
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two looks at an ``abandon`` event while the workers start.
+READY_POLL_S = 0.05
 #: Tasks shipped to a worker beyond those it runs, so a free thread never waits for the driver.
 QUEUED_PER_WORKER = 1
 
@@ -78,6 +82,10 @@ class RayExecutor:
         ``discover_rate``.
     actor_options : dict, optional
         Extra ``.options(...)`` for the worker actors (``resources``, ``runtime_env``, ...).
+    abandon : threading.Event, optional
+        Set by another thread when the workers will not be needed (an overlapped run whose
+        coordinator finished in the driver first): while they start, the actors are then
+        killed and :class:`~.overlap.WorkersNotNeeded` is raised instead of waiting for them.
 
     Attributes
     ----------
@@ -92,7 +100,8 @@ class RayExecutor:
                  journal_dir: str | None = None, placement: str | None = None,
                  num_cpus: float = 1.0, max_restarts: int = 4, max_task_retries: int = -1,
                  seed: int = 0, tasks_per_worker: int | None = None,
-                 actor_options: dict | None = None, discover: bool | None = None) -> None:
+                 actor_options: dict | None = None, discover: bool | None = None,
+                 abandon: threading.Event | None = None) -> None:
         if not ray.is_initialized():
             raise ConfigError("Ray is not initialised; call ray.init(...) or use "
                               "run_distributed(), which starts Ray for you")
@@ -153,7 +162,15 @@ class RayExecutor:
             self.actors.append(cls.options(**opts).remote(
                 i, spec_arg, self._names["ledger"], self._names["limiter"], lease_chunk,
                 self.journal_dir, seed, rows_rate))
-        infos = self._get([a.ready.remote() for a in self.actors])
+        refs = [a.ready.remote() for a in self.actors]
+        while abandon is not None:
+            if abandon.is_set():
+                self._kill()
+                raise WorkersNotNeeded("the run finished before the workers were ready")
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=READY_POLL_S)
+            if len(done) == len(refs):
+                break
+        infos = self._get(refs)
         self.nodes = [info["node_id"] for info in infos]
         self.pids = [info["pid"] for info in infos]
         self._closed = False
@@ -279,6 +296,18 @@ class RayExecutor:
     def limit_rows_per_s(self) -> float | None:
         """The global limit in rows/s (None: unlimited or discovered)."""
         return limit_rows_per_s(self.rate, self.rows_rate, self.max_batch)
+
+    def _kill(self) -> None:
+        """Kill every actor of this executor at once, without asking the workers to close (an
+        abandoned start: some are not running yet)."""
+        self._closed = True
+        for actor in [*self.actors, self._ledger, self._limiter]:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+        if self._pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self._pg)
 
     def close(self) -> list[dict | None]:
         """Close the workers' oracles and journals, then kill the actors.

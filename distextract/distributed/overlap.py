@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 READY_POLL_S = 0.05
 
 
+class WorkersNotNeeded(Exception):
+    """The coordinator finished in the driver before the workers were ready: their start is
+    abandoned (:class:`~.executor.RayExecutor`'s ``abandon``) rather than waited for."""
+
+
 def _find(oracle: Any, attr: str) -> Any:
     """The first oracle in the wrapper chain (``inner``) that has ``attr``."""
     seen = 0
@@ -211,6 +216,12 @@ class OverlappedExecutor:
             raise remote_error
         return results
 
+    def driver_limiter_stats(self) -> dict | None:
+        """Counters of the driver's own rate limiter (its HTTP client's), if it has one."""
+        http = _find(self.oracle, "limiter")
+        stats = getattr(getattr(http, "limiter", None), "stats", None)
+        return stats() if callable(stats) else None
+
     def local_paid(self) -> int:
         """Rows the driver sent to the oracle (journal hits excluded)."""
         hits = 0 if self._journal is None else self._journal.rows_from_journal - self._journal0
@@ -227,4 +238,4 @@ class OverlappedExecutor:
         return None  # only without a budget (module docstring)
 
 
-__all__ = ["OverlappedExecutor"]
+__all__ = ["OverlappedExecutor", "WorkersNotNeeded"]

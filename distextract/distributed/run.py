@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._oracle import Oracle
 from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
-from .overlap import OverlappedExecutor
+from .overlap import OverlappedExecutor, WorkersNotNeeded
 from .progress import ProgressDisplay
 from .specs import executor_plan
 
@@ -143,27 +143,39 @@ def _stop_ray() -> None:
 
 
 def _run_while_starting(coord: Any, front: OverlappedExecutor,
-                        start: Callable[[], RayExecutor]) -> Any:
+                        start: Callable[[threading.Event], RayExecutor]) -> tuple[Any, Any]:
     """Run the coordinator in a thread (its first tasks in this process) while this thread
-    starts Ray and the workers; returns the engine result or raises the run's error."""
+    starts Ray and the workers.
+
+    Returns the engine result and the Ray executor, or None for it when the coordinator
+    finished before the workers were ready (their start is then abandoned, not waited for:
+    :class:`~.overlap.WorkersNotNeeded`); raises the run's error."""
     box: dict[str, Any] = {}
+    finished = threading.Event()
 
     def run() -> None:
         try:
             box["eng"] = coord.run()
         except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
             box["error"] = exc
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=run, name="dx-coordinator", daemon=True)
     thread.start()
+    abandoned = False
     try:
-        front.provide(start())
+        front.provide(start(finished))
+    except WorkersNotNeeded:
+        abandoned = True
+        logger.info("the run finished in the driver before the workers were ready; their "
+                    "start is abandoned")
     except BaseException as exc:  # noqa: BLE001 - the coordinator raises it at its next map
         front.provide(error=exc)
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["eng"]
+    return box["eng"], (None if abandoned else front.ray(wait=True))
 
 
 def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | None,
@@ -230,7 +242,7 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
     restore_blas: Callable[[], None] | None = None
     ray_init_rows = [0]  # rows the driver paid while ray.init ran
 
-    def start() -> RayExecutor:
+    def start(abandon: threading.Event | None = None) -> RayExecutor:
         from .executor import RayExecutor
 
         if "ray_start_s" not in timing:
@@ -239,7 +251,10 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
                 ray_init_rows[0] = front.local_paid()
                 if restore_blas is not None:
                     front.at_next_map(restore_blas)  # when no engine thread is computing
-        ex = RayExecutor(oracle, workers, budget=budget, seed=seed, **executor_options)
+        if abandon is not None and abandon.is_set():
+            raise WorkersNotNeeded("the run finished while Ray started")
+        ex = RayExecutor(oracle, workers, budget=budget, seed=seed, abandon=abandon,
+                         **executor_options)
         timing["workers_ready_s"] = time.perf_counter() - t0
         return ex
 
@@ -285,30 +300,35 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         if front is None:
             eng = coord.run()
         else:
-            eng = _run_while_starting(coord, front, start)
-            executor = front.ray(wait=True)
+            eng, executor = _run_while_starting(coord, front, start)
         run_s = time.perf_counter() - t1
         logger.info("coordinator finished after %.2f s", run_s)
         poller.halt.set()
         poller.join()
         queries = front.queries if front is not None else executor.queries
         map_s = front.map_seconds if front is not None else executor.map_seconds
-        ledger = executor.ledger_stats()
-        limiter = executor.limiter_stats()
-        finals = executor.close()
+        if executor is not None:
+            ledger = executor.ledger_stats()
+            limiter = executor.limiter_stats()
+            finals = executor.close()
+        else:  # every task ran in the driver: its own limiter's counters
+            ledger = {"per_worker": []}
+            limiter = front.driver_limiter_stats()
+            finals = []
         per = ledger["per_worker"]
         oracle_s = sum(w["oracle_s"] for w in per)
         task_s = sum(w["task_s"] for w in per)
         extra = {"distributed": {
-            "workers": workers, "tasks_per_worker": executor.tasks_per_worker,
-            "address": address, "nodes": len(set(executor.nodes)),
+            "workers": workers, "tasks_per_worker": tasks_per_worker,
+            "workers_used": executor is not None,
+            "address": address, "nodes": 0 if executor is None else len(set(executor.nodes)),
             "rows_paid": queries,
             "rows_asked": sum(w["asked"] for w in per) + (
                 0 if front is None else int(front.local.queries)),
             "rows_from_journal": sum(w["from_journal"] for w in per),
             "restarts": sum(max(0, w["attempts"] - 1) for w in per),
             "per_worker": per, "limiter": limiter,
-            "limit_rows_per_s": executor.limit_rows_per_s(),
+            "limit_rows_per_s": limit,
             "rows_per_s": queries / run_s if run_s > 0 else None,
             "http": [f.get("http") for f in finals if f is not None and "http" in f] or None,
             "timing": {**timing, "run_s": run_s,
