@@ -218,7 +218,8 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         Rows paid across all workers and attempts.
     extra : dict
         ``{"distributed": {...}}`` merged into the report: workers, nodes, restarts, per-worker
-        rows, limiter counters, time split.
+        rows, limiter counters, time split; ``workers_used`` is False when an overlapped run
+        finished in the driver before the workers were ready (their start abandoned).
     """
     from ..engine.loop import Coordinator
 
