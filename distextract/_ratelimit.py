@@ -52,7 +52,8 @@ class Pace:
     to quickly; above that target, it grows by :attr:`INCREASE` of the ceiling per second of
     sending at the pace (additive increase, ``3%/s``: from 0.5 of the ceiling back to 0.95 in
     15 s), never above the ceiling; a discovery, which has no ceiling, grows by
-    :attr:`INCREASE` of the pace its first 429 refused per second. Time counts
+    :attr:`INCREASE` of the pace its first 429 refused (or of itself, when higher) per second.
+    Time counts
     only while callers actually wait for the pace (a client sending less than the pace allows
     says nothing about the server's limit, so the pace does not grow then).
 
@@ -112,8 +113,9 @@ class Pace:
             grown = self.rate * 2.0 ** dt
             if not self.slow_start:
                 grown = min(grown, self.target)
-        else:  # additive: INCREASE of the ceiling (of the first refused pace) per second
-            grown = self.rate + self.INCREASE * self.scale * dt
+        else:  # additive: INCREASE of the ceiling (of the first refused pace, or of the
+            # pace itself when higher) per second
+            grown = self.rate + self.INCREASE * max(self.scale, self.rate) * dt
         self.rate = grown if self.ceiling is None else min(self.ceiling, grown)
 
     def idle(self) -> None:
