@@ -138,7 +138,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
     if X.shape[0] * m < REFINE_MIN_OBS * unknowns or not refine_rows(eng, X.shape[0]):
         return n_new > 0
     sigma = st.noise * output_scale(Y, st.fref, st.absolute)
-    res = refine_network(st.model, X, Y, sigma)
+    res = refine_network(st.model, X, Y, sigma, method="both")
     # a misfit far above the noise: a neuron is missing; fit it to the outliers (.birth)
     res, born = add_missing_neurons(res, X, Y, sigma)
     if born:

@@ -43,6 +43,22 @@ CG_TOL = 1e-12
 RIDGE = 1e-10
 #: Step halvings tried before a step is abandoned.
 HALVINGS = 6
+#: Variable projection: conjugate gradients stop at this relative residual (an inexact
+#: Gauss-Newton step: the next step corrects what this one leaves).
+VP_CG_TOL = 1e-2
+#: ... or when an iteration lowers χ² by less than this per answer (far below the answers'
+#: errors: the rest of the step would move the model by a small fraction of them).
+VP_CG_FLOOR = 1e-5
+#: Ridge of the output layer's least-squares solve, relative to each feature's weighted
+#: sum of squares (it pulls the directions the rows leave undetermined to the current values).
+VP_RIDGE = 1e-12
+#: Once the misfit is at the answers' errors (χ² per answer at most NOISE_CHI2), a step that
+#: lowers it by less than NOISE_GAIN ends the loop.
+NOISE_CHI2 = 1.0
+NOISE_GAIN = 0.5
+#: ``method="both"``: a variable-projection misfit above this (χ² per answer) also runs
+#: the joint refinement.
+FALLBACK_CHI2 = 100.0
 
 
 @dataclass(frozen=True)
@@ -172,9 +188,10 @@ def _misfit(X, Y, w2, W, b, A, c, L) -> tuple[float, np.ndarray]:
     return float(np.sum(R * R * w2)), R
 
 
-def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
-                   sigma: np.ndarray) -> RefineResult:
-    """Gauss-Newton refinement of all of ``model``'s parameters to the answers ``Y`` at ``X``.
+def _refine_joint(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
+                  sigma: np.ndarray) -> RefineResult:
+    """Joint Gauss-Newton refinement of all of ``model``'s parameters (``method="joint"`` of
+    :func:`refine_network`).
 
     Parameters
     ----------
@@ -186,12 +203,7 @@ def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     sigma : ndarray of shape (n,) or (n, m)
         Standard error of each answer (rows or single answers); weights ``1/σ²``.
     """
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64).reshape(X.shape[0], -1)
-    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(X.shape[0], -1), Y.shape)
-    if not np.all(sig > 0):
-        raise ValueError("refine_network: every answer needs a positive standard error")
-    w2 = 1.0 / (sig * sig)
+    X, Y, w2 = _validated(X, Y, sigma)
     W, b, A, c = model.W.copy(), model.b.copy(), model.A.copy(), model.c.copy()
     L = model.L.copy()
     k, d = W.shape
@@ -223,6 +235,276 @@ def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
             break
     refined = ReluNetwork(W, b, A, c, L, metadata=dict(model.metadata))
     return RefineResult(refined, chi_start / n_obs, chi / n_obs, steps, cg_total)
+
+
+
+def _validated(X, Y, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64).reshape(X.shape[0], -1)
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(X.shape[0], -1), Y.shape)
+    if not np.all(sig > 0):
+        raise ValueError("refine_network: every answer needs a positive standard error")
+    return X, Y, 1.0 / (sig * sig)
+
+
+class _OutputFit:
+    """The output layer ``(A, L, c)`` of hidden layer ``(W, b)``: the weighted linear
+    least-squares solve over the features ``φ(x) = (relu(Wx + b), x, 1)``, one per output
+    (one for all when every row weighs its outputs alike), with a tiny ridge pulling the
+    directions the rows leave undetermined towards ``theta0`` (the current output layer)."""
+
+    def __init__(self, X1: np.ndarray, H: np.ndarray, Y: np.ndarray, w2: np.ndarray,
+                 rowwise: bool, theta0: np.ndarray) -> None:
+        self.Phi = np.concatenate([H, X1], axis=1)
+        self.w2, self.rowwise = w2, rowwise
+        p = self.Phi.shape[1]
+        groups = [w2[:, 0]] if rowwise else [w2[:, i] for i in range(w2.shape[1])]
+        self.factors = []
+        theta = np.empty((Y.shape[1], p))
+        for g, om in enumerate(groups):
+            G = self.Phi.T @ (self.Phi * om[:, None])
+            s = np.sqrt(np.diag(G))
+            s[~(s > 0)] = 1.0
+            Gs = G / np.outer(s, s)
+            Gs[np.diag_indices(p)] += VP_RIDGE
+            chol = np.linalg.cholesky(Gs)
+            self.factors.append((chol, s))
+            cols = slice(None) if rowwise else slice(g, g + 1)
+            rhs = self.Phi.T @ (Y[:, cols] * om[:, None]) + (VP_RIDGE * s * s)[:, None] * theta0[cols].T
+            theta[cols] = self._solve(g, rhs).T
+        self.theta = theta
+
+    def _solve(self, g: int, rhs: np.ndarray) -> np.ndarray:
+        chol, s = self.factors[g]
+        z = np.linalg.solve(chol, rhs / s[:, None])
+        return np.linalg.solve(chol.T, z) / s[:, None]
+
+    def project(self, V: np.ndarray) -> np.ndarray:
+        """``V`` (rows, m) less its weighted least-squares fit by the features (per output)."""
+        if self.rowwise:
+            coef = self._solve(0, self.Phi.T @ (V * self.w2[:, :1]))
+            return V - self.Phi @ coef
+        out = np.empty_like(V)
+        for i in range(V.shape[1]):
+            coef = self._solve(i, self.Phi.T @ (V[:, i] * self.w2[:, i])[:, None])
+            out[:, i] = V[:, i] - (self.Phi @ coef)[:, 0]
+        return out
+
+
+class _Hidden:
+    """Variable projection's linearisation in the hidden layer at one point: the operator
+    ``δ(W, b) ↦ P⊥ J δ`` (``J``: the answers' derivative in ``(W, b)`` at the fitted output
+    layer; ``P⊥``: the weighted projection off the output layer's features) and the neuron
+    block preconditioner, kept across steps (:class:`_Blocks`)."""
+
+    def __init__(self, X: np.ndarray, X1: np.ndarray, mask: np.ndarray, A: np.ndarray,
+                 w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks") -> None:
+        self.X, self.X1, self.mask, self.A, self.w2, self.fit = X, X1, mask, A, w2, fit
+        self.d = X.shape[1]
+        self.inv, self.ridge = blocks.inverse(A)
+
+    def apply(self, dN: np.ndarray) -> np.ndarray:
+        pre = self.X @ dN[:, :self.d].T + dN[:, self.d]
+        return (self.mask * pre) @ self.A.T
+
+    def apply_t(self, S: np.ndarray) -> np.ndarray:
+        G = (S @ self.A) * self.mask
+        return np.concatenate([G.T @ self.X, G.sum(axis=0)[:, None]], axis=1)
+
+    def normal(self, dN: np.ndarray) -> np.ndarray:
+        return (self.apply_t(self.fit.project(self.apply(dN)) * self.w2)
+                + self.ridge[:, None] * dN)
+
+    def solve(self, R: np.ndarray, tol: float, floor: float) -> tuple[np.ndarray, int]:
+        """Preconditioned conjugate gradients for ``Jᵀ Ω P⊥ J δ = Jᵀ Ω R``, stopped when the
+        residual falls to ``tol`` of the right-hand side (preconditioned norms) or when an
+        iteration lowers the linearised misfit by less than ``floor``."""
+        r = self.apply_t(R * self.w2)
+        x = np.zeros_like(r)
+        z = np.einsum("jab,jb->ja", self.inv, r)
+        p = z
+        rz = rz0 = float(np.sum(r * z))
+        it = 0
+        while it < CG_MAX and rz > tol * tol * rz0 and rz > 0:
+            it += 1
+            q = self.normal(p)
+            pq = float(np.sum(p * q))
+            if not pq > 0:
+                break
+            alpha = rz / pq
+            x += alpha * p
+            r -= alpha * q
+            if alpha * rz < floor:  # the misfit it still lowers is far below the noise
+                break
+            z = np.einsum("jab,jb->ja", self.inv, r)
+            rz_new = float(np.sum(r * z))
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        return x, it
+
+
+class _Blocks:
+    """``S_j = Σ_x [w_j·x + b_j > 0] ω_x x̃ x̃ᵀ`` per neuron (``x̃ = (x, 1)``), updated from the
+    rows whose activation changed since the last step; the preconditioner block of neuron
+    ``j`` is ``|a_j|² S_j`` when every row weighs its outputs alike (``ω_x``), rebuilt from
+    every row otherwise."""
+
+    def __init__(self, X1: np.ndarray, w2: np.ndarray, rowwise: bool) -> None:
+        self.X1, self.w2, self.rowwise = X1, w2, rowwise
+        self.mask: np.ndarray | None = None
+        self.S: np.ndarray | None = None
+        self.Kinv = None
+        self.rebuilt = self.updated = 0  # blocks computed from every row / from changes
+
+    def _gram(self, rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        Xa = self.X1[rows] * np.sqrt(weight)[:, None]
+        return Xa.T @ Xa
+
+    def update(self, mask: np.ndarray) -> None:
+        """Move to the activation pattern ``mask`` (rows, k) bool."""
+        if not self.rowwise:
+            self.mask = mask
+            return
+        om = self.w2[:, 0]
+        k = mask.shape[1]
+        d1 = self.X1.shape[1]
+        if self.S is None or self.mask is None or self.mask.shape != mask.shape:
+            self.S = np.empty((k, d1, d1))
+            for j in range(k):
+                act = mask[:, j]
+                self.S[j] = self._gram(act, om[act])
+            self.rebuilt += k
+        else:
+            changed = mask != self.mask
+            for j in np.flatnonzero(changed.any(axis=0)):
+                on = changed[:, j] & mask[:, j]
+                off = changed[:, j] & ~mask[:, j]
+                if on.any():
+                    self.S[j] += self._gram(on, om[on])
+                if off.any():
+                    self.S[j] -= self._gram(off, om[off])
+                self.updated += 1
+        self.mask = mask
+
+    def inverse(self, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inverse preconditioner blocks (k, d+1, d+1) and each block's ridge (k,)."""
+        k = A.shape[1]
+        d1 = self.X1.shape[1]
+        if self.rowwise:
+            if self.Kinv is None:
+                om = self.w2[:, 0]
+                self.Kinv = np.linalg.inv(self._gram(np.ones(om.size, dtype=bool), om))
+            # the output layer's x and 1 absorb the part of a neuron's change that is
+            # linear in x̃ over all rows: its block less that (a Schur complement)
+            S = self.S - self.S @ self.Kinv @ self.S
+            blocks = S * np.sum(A * A, axis=0)[:, None, None]
+        else:
+            coef = self.mask * (self.w2 @ (A * A))
+            blocks = np.empty((k, d1, d1))
+            for j in range(k):
+                act = coef[:, j] > 0
+                blocks[j] = self._gram(act, coef[act, j])
+            self.rebuilt += k
+        ridge = _Normal._ridge(blocks)
+        blocks = blocks + ridge[:, None, None] * np.eye(d1)
+        return np.linalg.inv(blocks), ridge
+
+
+def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
+               sigma: np.ndarray) -> RefineResult:
+    """Variable projection (``method="vp"`` of :func:`refine_network`)."""
+    X, Y, w2 = _validated(X, Y, sigma)
+    n, d = X.shape
+    k, m = model.W.shape[0], Y.shape[1]
+    n_obs = Y.size
+    rowwise = bool(np.all(w2 == w2[:, :1]))
+    X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
+    chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
+
+    def at(W, b, theta):
+        Z = X @ W.T + b
+        fit = _OutputFit(X1, np.maximum(Z, 0.0), Y, w2, rowwise, theta)
+        R = Y - fit.Phi @ fit.theta.T
+        return fit, Z > 0, float(np.sum(R * R * w2)), R
+
+    W, b = model.W.copy(), model.b.copy()
+    theta = np.concatenate([model.A, model.L, model.c[:, None]], axis=1)
+    fit, mask, chi, R = at(W, b, theta)
+    blocks = _Blocks(X1, w2, rowwise)
+    steps = cg_total = 0
+    for _ in range(MAX_STEPS if k else 0):
+        blocks.update(mask)
+        A = fit.theta[:, :k]
+        lin = _Hidden(X, X1, mask.astype(np.float64), A, w2, fit, blocks)
+        dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
+        cg_total += it
+        step = 1.0
+        for _ in range(HALVINGS + 1):
+            cand = (W + step * dN[:, :d], b + step * dN[:, d])
+            new = at(*cand, fit.theta)
+            if new[2] < chi:
+                break
+            step *= 0.5
+        if not new[2] < chi:
+            break
+        gain = (chi - new[2]) / chi
+        logger.debug("refine step %d: %d CG iterations, step %g, chi2/obs %.4g -> %.4g",
+                     steps, it, step, chi / n_obs, new[2] / n_obs)
+        W, b = cand
+        fit, mask, chi, R = new
+        steps += 1
+        if gain < MIN_GAIN or (chi <= NOISE_CHI2 * n_obs and gain < NOISE_GAIN):
+            break
+    theta = fit.theta
+    if not chi < chi_start:  # nothing gained (the ridge's pull can cost a trifle)
+        return RefineResult(model, chi_start / n_obs, chi_start / n_obs, 0, cg_total)
+    refined = ReluNetwork(W, b, theta[:, :k], theta[:, k + d], theta[:, k:k + d],
+                          metadata=dict(model.metadata))
+    logger.debug("refine: preconditioner blocks rebuilt %d, updated %d", blocks.rebuilt,
+                 blocks.updated)
+    return RefineResult(refined, chi_start / n_obs, chi / n_obs, steps, cg_total)
+
+
+def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
+                   method: str = "vp") -> RefineResult:
+    """Gauss-Newton refinement of all of ``model``'s parameters to the answers ``Y`` at ``X``.
+
+    Parameters
+    ----------
+    model : ReluNetwork
+        Starting point (close enough that most activation patterns are right).
+    X : ndarray of shape (n, d)
+    Y : ndarray of shape (n, m)
+        Paid answers.
+    sigma : ndarray of shape (n,) or (n, m)
+        Standard error of each answer (rows or single answers); weights ``1/σ²``.
+    method : {"vp", "joint", "both"}
+        ``"vp"`` (variable projection, the default): the output layer is the exact
+        weighted least-squares solve for the current hidden layer, and Gauss-Newton runs in
+        the hidden layer only; ``"joint"``: Gauss-Newton in every parameter at once;
+        ``"both"``: variable projection, then, when its misfit stays above
+        :data:`FALLBACK_CHI2` per answer (a neuron missing or misplaced), the joint
+        refinement from the same start, and the lower misfit of the two. (The two stop
+        at different local minima when the model lacks a neuron: the joint steps, which
+        move output weights and hyperplanes together, can carry a spare neuron to a
+        missing one.)
+    """
+    if method == "vp":
+        return _refine_vp(model, X, Y, sigma)
+    if method == "joint":
+        return _refine_joint(model, X, Y, sigma)
+    if method == "both":
+        res = _refine_vp(model, X, Y, sigma)
+        if res.chi2 <= FALLBACK_CHI2:
+            return res
+        alt = _refine_joint(model, X, Y, sigma)
+        logger.debug("refine: variable projection ends at chi2 %.3g per answer, the joint "
+                     "refinement at %.3g", res.chi2, alt.chi2)
+        best = alt if alt.chi2 < res.chi2 else res
+        return RefineResult(best.model, res.chi2_start, best.chi2, res.steps + alt.steps,
+                            res.cg_iterations + alt.cg_iterations)
+    raise ValueError(
+        f"refine_network: method must be 'vp', 'joint' or 'both', got {method!r}")
 
 
 __all__ = ["RefineResult", "refine_network", "refine_work"]
