@@ -66,7 +66,7 @@ def test_cover_rows_go_to_far_hyperplanes_only():
     np.testing.assert_allclose(share, [0.4602, 0.00621, 3.17e-5], rtol=1e-3)
     held = rare_side_rows(W, b, rng.standard_normal((1000, d)))
     assert held[0] > 400 and held[1] < 20 and held[2] <= 2
-    want = cover_rows_wanted(held, d, m=1)
+    want = cover_rows_wanted(held, d)
     assert want[0] == 0 and want[1] > 0 and want[2] >= want[1]
     X = cover_points(W, b, want, rng)
     assert X.shape == (want.sum(), d)
@@ -75,6 +75,16 @@ def test_cover_rows_go_to_far_hyperplanes_only():
         z = rows @ W[i] + b[i]
         assert np.abs(np.mean(z)) < COVER_WIDTH and 0.3 < np.mean(z > 0) < 0.7
         assert np.std(z) == pytest.approx(COVER_WIDTH, rel=0.3)
+
+
+def test_cover_rows_count_rows_not_answers():
+    """A neuron needs COVER_OBS·(d + 2) *rows* on its rare side whatever the number of
+    outputs: each row's m answers see its hyperplane at one point. (Counting answers gave a
+    far neuron of a ten-output d=30 network 5 answers' worth, i.e. nothing once 10 rows
+    were held: the m = 10 error floor.)"""
+    d = 30
+    want = cover_rows_wanted(np.array([0, 10, 47, 48, 100]), d)
+    np.testing.assert_array_equal(want, [96, 76, 2, 0, 0])  # 2·(1.5·32 − held), at least 0
 
 
 def _judge(res, net):
@@ -93,6 +103,19 @@ def test_float32_far_hyperplanes_are_recovered():
     assert rep.rel_l2 <= 1e-6, rep
     assert rep.all_matched and rep.spurious_neurons == 0, rep
     assert res.certified and res.report["target_rel_l2"] <= 1e-6
+
+
+def test_float32_ten_outputs_far_hyperplanes_are_recovered():
+    """d16-k32-m10, biases ~ N(0, 4): with cover rows counted in answers (m per row) the far
+    neurons got a tenth of the rows they need and this network ended at rel L2 1.6e-5, 29
+    of 30 live neurons matched, 1 spurious (precision_floor); counted in rows, every neuron
+    is pinned."""
+    net = targets.random_network(16, 32, 10, seed=0, bias_scale=2.0)
+    res = dx.extract(NetworkOracle(net, output="float32"), seed=0)
+    rep = _judge(res, net)
+    assert rep.rel_l2 <= 1e-6, rep
+    assert rep.all_matched and rep.spurious_neurons == 0, rep
+    assert res.certified
 
 
 @pytest.mark.parametrize("seed", [pytest.param(1, marks=pytest.mark.slow), 2])

@@ -112,7 +112,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
         # hyperplanes the rows held rarely cross (far out, or a neuron new since the
         # last refinement) get rows near them (.coverage)
         held = rare_side_rows(ns.W, ns.b, np.concatenate([eng.paid.Xs, Xb]))
-        wanted = cover_rows_wanted(held, d, m)
+        wanted = cover_rows_wanted(held, d)
         # a neuron whose output is at the noise needs none (the prune drops it)
         wanted[np.linalg.norm(ns.a, axis=1) * cfg.input_scale
                < PRUNE_NOISE * st.noise * st.fref] = 0
