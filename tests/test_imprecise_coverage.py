@@ -11,7 +11,7 @@ import distextract as dx
 from distextract import targets
 from distextract._errors import ConfigError
 from distextract._http import HTTPOracle
-from distextract._oracle import NetworkOracle, output_transform
+from distextract._oracle import CountingOracle, NetworkOracle, output_transform
 from distextract.engine.birth import add_missing_neurons, fit_hinge
 from distextract.engine.coverage import (
     COVER_WIDTH,
@@ -20,7 +20,10 @@ from distextract.engine.coverage import (
     rare_side_rows,
     rare_side_share,
 )
-from distextract.engine.refine import refine_network
+from distextract.engine import imprecise
+from distextract.engine.loop import Coordinator
+from distextract.engine.tasks import LocalExecutor
+from distextract.engine.refine import RefineResult, refine_network
 from distextract.fidelity import evaluate_fidelity
 from distextract.serve import launch_server_process
 
@@ -187,3 +190,21 @@ def test_a_missing_weak_neuron_is_added_from_the_refinement_outliers():
     new_w = res2.model.W[-1] / np.linalg.norm(res2.model.W[-1])
     true_w = W[j] / np.linalg.norm(W[j])
     assert abs(new_w @ true_w) > 1 - 1e-8
+
+
+def test_a_refinement_that_validates_as_well_is_kept(monkeypatch):
+    """A refinement whose validation error equals the current one (to rounding) is kept
+    (REFINE_TIE): its misfit is the one the recheck reads, not the previous run's."""
+    net = targets.random_network(8, 12, 2, seed=3, bias_scale=1.0)
+    eng = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))), 8,
+                      dx.ExtractConfig(), 0)
+    eng.run()
+    st = eng.st
+    assert st.refinement is not None
+    model, val = st.model, st.val_rel_l2
+    # a refit that moves nothing, at a misfit of its own
+    monkeypatch.setattr(imprecise, "refine_network",
+                        lambda m, X, Y, sigma, method="vp": RefineResult(m, 0.25, 0.25, 0, 0))
+    imprecise.refine(eng, extra_rows=False, cover=False)
+    assert st.model is model and st.val_rel_l2 == val
+    assert st.refinement["chi2_per_answer"] == 0.25

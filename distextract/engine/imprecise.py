@@ -33,6 +33,7 @@ POLISH_UNCONFIRMED = 5  # a neuron predicted on this many polish lines but never
 POLISH_OUTLIER = 12.0
 POLISH_MIN_SHARE = 0.5
 REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for the refinement
+REFINE_TIE = 16 * np.finfo(float).eps  # validation errors this close (relative) tie: refined kept
 REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
 REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
@@ -151,7 +152,9 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
                 "%d neurons dropped, validation rel L2 %.3g -> %.3g", X.shape[0],
                 res.steps, res.cg_iterations, res.chi2_start, res.chi2,
                 ns.size - keep.size, st.val_rel_l2, err)
-    kept = bool(err < st.val_rel_l2)
+    # an equal validation error (within rounding: a pruned neuron without effect, a refit
+    # that moved nothing) keeps the refined model, fitted to every row held
+    kept = bool(err <= st.val_rel_l2 * (1.0 + REFINE_TIE))
     prev = st.refinement or {}
     st.refinement = {
         "runs": prev.get("runs", 0) + 1, "rows": int(X.shape[0]),
