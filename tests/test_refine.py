@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import distextract as dx
-from distextract.engine import refine, solve
+from distextract.engine import imprecise, refine, solve
 
 
 def _perturbed(net: dx.ReluNetwork, scale: float, seed: int) -> dx.ReluNetwork:
@@ -133,22 +133,31 @@ def test_preconditioner_blocks_updated_from_changed_rows_equal_a_rebuild():
     np.testing.assert_allclose(inc.S, fresh.S, rtol=1e-12, atol=1e-12)
 
 
-def test_both_keeps_the_lower_misfit(monkeypatch):
-    """``method="both"`` runs the joint refinement too when variable projection ends above
-    FALLBACK_CHI2, and returns the lower misfit of the two, with both runs' work counted."""
+def test_fit_answers_tries_the_joint_refinement_above_its_threshold(monkeypatch):
+    """imprecise.fit_answers: variable projection alone at a misfit under
+    REFINE_JOINT_CHI2; above it, the joint refinement from the same start too, and the lower
+    misfit of the two."""
     net, start, X, Y, sigma = _float32_problem(6, 8, 1, 300, seed=5)
     vp = refine.refine_network(start, X, Y, sigma, method="vp")
     joint = refine.refine_network(start, X, Y, sigma, method="joint")
-    assert refine.refine_network(start, X, Y, sigma, method="both").steps == vp.steps
-    monkeypatch.setattr(refine, "FALLBACK_CHI2", -1.0)
-    both = refine.refine_network(start, X, Y, sigma, method="both")
-    assert both.chi2 == min(vp.chi2, joint.chi2)
-    assert both.steps == vp.steps + joint.steps
-    assert both.cg_iterations == vp.cg_iterations + joint.cg_iterations
+    calls = []
+    real = refine.refine_network
+
+    def counted(model, X, Y, sigma, method="vp"):
+        calls.append(method)
+        return real(model, X, Y, sigma, method=method)
+
+    monkeypatch.setattr(imprecise, "refine_network", counted)
+    res, born = imprecise.fit_answers(start, X, Y, sigma)
+    assert calls == ["vp"] and res.chi2 == vp.chi2 and born == 0
+    monkeypatch.setattr(imprecise, "REFINE_JOINT_CHI2", -1.0)
+    res, born = imprecise.fit_answers(start, X, Y, sigma)
+    assert calls[1:] == ["vp", "joint"] and born == 0
+    assert res.chi2 == min(vp.chi2, joint.chi2)
 
 
 def test_refine_rejects_an_unknown_method():
     net = dx.targets.random_network(4, 3, 1, seed=1)
     X = np.ones((10, 4))
-    with pytest.raises(ValueError, match="method must be 'vp', 'joint' or 'both', got 'lm'"):
+    with pytest.raises(ValueError, match="method must be 'vp' or 'joint', got 'lm'"):
         refine.refine_network(net, X, net.predict(X), np.ones(10), method="lm")

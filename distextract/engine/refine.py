@@ -56,9 +56,6 @@ VP_RIDGE = 1e-12
 #: lowers it by less than NOISE_GAIN ends the loop.
 NOISE_CHI2 = 1.0
 NOISE_GAIN = 0.5
-#: ``method="both"``: a variable-projection misfit above this (χ² per answer) also runs
-#: the joint refinement.
-FALLBACK_CHI2 = 100.0
 
 
 @dataclass(frozen=True)
@@ -478,33 +475,17 @@ def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.n
         Paid answers.
     sigma : ndarray of shape (n,) or (n, m)
         Standard error of each answer (rows or single answers); weights ``1/σ²``.
-    method : {"vp", "joint", "both"}
+    method : {"vp", "joint"}
         ``"vp"`` (variable projection, the default): the output layer is the exact
         weighted least-squares solve for the current hidden layer, and Gauss-Newton runs in
-        the hidden layer only; ``"joint"``: Gauss-Newton in every parameter at once;
-        ``"both"``: variable projection, then, when its misfit stays above
-        :data:`FALLBACK_CHI2` per answer (a neuron missing or misplaced), the joint
-        refinement from the same start, and the lower misfit of the two. (The two stop
-        at different local minima when the model lacks a neuron: the joint steps, which
-        move output weights and hyperplanes together, can carry a spare neuron to a
-        missing one.)
+        the hidden layer only; ``"joint"``: Gauss-Newton in every parameter at once.
     """
     if method == "vp":
         return _refine_vp(model, X, Y, sigma)
     if method == "joint":
         return _refine_joint(model, X, Y, sigma)
-    if method == "both":
-        res = _refine_vp(model, X, Y, sigma)
-        if res.chi2 <= FALLBACK_CHI2:
-            return res
-        alt = _refine_joint(model, X, Y, sigma)
-        logger.debug("refine: variable projection ends at chi2 %.3g per answer, the joint "
-                     "refinement at %.3g", res.chi2, alt.chi2)
-        best = alt if alt.chi2 < res.chi2 else res
-        return RefineResult(best.model, res.chi2_start, best.chi2, res.steps + alt.steps,
-                            res.cg_iterations + alt.cg_iterations)
     raise ValueError(
-        f"refine_network: method must be 'vp', 'joint' or 'both', got {method!r}")
+        f"refine_network: method must be 'vp' or 'joint', got {method!r}")
 
 
 __all__ = ["RefineResult", "refine_network", "refine_work"]
