@@ -25,6 +25,31 @@ def test_decimal_quantum_and_float32_detection():
     assert decimal_quantum(f32) is None
 
 
+def test_bfloat16_and_float16_answers_are_not_taken_for_decimals():
+    """bfloat16 values in [1, 2) are multiples of 2^-7, short decimals (7 digits): the
+    decimal step 1e-7 is far finer than their binary rounding (2^-8 relative), so they are
+    binary answers, not ``decimals:7`` (a run that took them for decimals bought 581,500
+    rows and ended at rel L2 4.1)."""
+    from distextract._oracle import _bfloat16
+    from distextract.engine.precision import binary_rounding, measure_precision, probe_points
+
+    rng = np.random.default_rng(4)
+    Y = _bfloat16(1.0 + rng.random((200, 1)))
+    assert np.all(Y == np.round(Y, 7))  # every answer a multiple of 1e-7 ...
+    assert binary_rounding(Y) == 2.0 ** -8
+    assert decimal_quantum(Y) is None  # ... but not decimal-rounded
+    f16 = (10.0 + rng.random((200, 2))).astype(np.float16).astype(np.float64)
+    assert decimal_quantum(f16) is None
+    # coarse decimals that happen to be binary-exact stay decimals (0.5 steps of size ~10)
+    halves = np.round(20.0 * rng.random((200, 1))) / 2
+    assert decimal_quantum(halves) == pytest.approx(0.1)
+    # the probe of a bfloat16 oracle measures a relative rounding of at least 2^-8
+    net = targets.random_network(8, 6, 1, seed=0)
+    X = probe_points(np.random.default_rng(0), 8, 1.0)
+    p = measure_precision(_bfloat16(net.predict(X).reshape(X.shape[0], -1)), 0)
+    assert not p.absolute and p.noise >= 2.0 ** -8
+
+
 def _plane(rng, d):
     w = rng.standard_normal(d)
     w /= np.linalg.norm(w)
