@@ -87,7 +87,8 @@ class Coordinator:
         """The settings in force (:func:`.settings.derive`: config, measured precision, and
         the first line's kinks and stencil rounding)."""
         st = self.st
-        return derive(self.cfg, st.precision, st.first_kinks, st.long_steps)
+        return derive(self.cfg, st.precision, st.first_kinks, st.long_steps, st.d,
+                      self.settings.loop.query_bound_factor)
 
     @property
     def imprecise(self) -> bool:
@@ -215,6 +216,9 @@ class Coordinator:
         try:
             opening.first_request(self)
             self.first_line()
+            # imprecise answers: the rows a run may send, from the first line's kinks
+            # (settings.QUERY_BOUND_FACTOR); reaching it ends the run as "budget"
+            self.session.cap = self.derived.query_bound
             clean = 0
             index = 1
             while True:
@@ -303,4 +307,6 @@ class Coordinator:
                             target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
                             verdict=self.verdict, refinement=st.refinement,
                             finishing=st.finishing, crossing_rate=self.crossing_rate,
-                            derived=self.derived.to_dict(), counters=dict(st.counters))
+                            derived=dict(self.derived.to_dict(),
+                                         query_bound_reached=self.session.cap_reached),
+                            counters=dict(st.counters))

@@ -34,6 +34,10 @@ TARGET_FLOOR = 1e-7  # the derived fidelity target is never below this
 JACOBIAN_TARGET_NOISE = 1e5  # float64: the target is this many times the noise (rounding of
 # intermediate sums limits what the Jacobians reach) ...
 IMPRECISE_TARGET_NOISE = 16.0  # ... imprecise: the Gauss-Newton refinement reaches about 16 × the noise (float32: 9.5e-7)
+QUERY_BOUND_FACTOR = 16.0  # imprecise answers: a run sends at most this many × (kinks on the
+# first line) × (d + 1) rows (the QuerySession's cap; a float32 run needs about 3): answers
+# coarser than the checks assume split search intervals without end (bfloat16 answers taken
+# for decimals:7 once bought 581,500 rows for a 32-neuron network)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Derived:
         Validation error that certifies.
     target_floor : float
         The lowest target a run derives (or the configured one).
+    query_bound : int or None
+        Imprecise answers, once the first line is searched: the most rows the run sends
+        (QUERY_BOUND_FACTOR × first-line kinks × (d + 1)); None for float64 answers.
     """
 
     imprecise: bool
@@ -70,13 +77,15 @@ class Derived:
     match_ceiling: float
     target_rel_l2: float
     target_floor: float
+    query_bound: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
-           long_steps: bool = False) -> Derived:
+           long_steps: bool = False, d: int = 0,
+           bound_factor: float = QUERY_BOUND_FACTOR) -> Derived:
     """The settings of a run with configuration ``cfg`` and measured ``precision``.
 
     Parameters
@@ -88,6 +97,10 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
     long_steps : bool
         Whether the first line's stencil rounding asked for longer steps
         (:func:`.scan.longer_steps`).
+    d : int
+        Input dimension (0: unknown, no query bound).
+    bound_factor : float
+        The query bound's factor (:attr:`LoopSettings.query_bound_factor`).
     """
     imprecise = precision.imprecise
     check = min(cfg.check_factor, IMPRECISE_CHECK_FACTOR) if imprecise else cfg.check_factor
@@ -113,7 +126,9 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         explain_factor=IMPRECISE_EXPLAIN_FACTOR if imprecise else EXPLAIN_FACTOR,
         match_ceiling=float(max(MATCH_CEILING, min(MATCH_CEILING_MAX,
                                                    MATCH_CEILING_NOISE * precision.noise))),
-        target_rel_l2=target, target_floor=floor)
+        target_rel_l2=target, target_floor=floor,
+        query_bound=(int(bound_factor * first_kinks * (d + 1))
+                     if imprecise and first_kinks > 0 and d > 0 else None))
 
 
 
@@ -295,6 +310,9 @@ class LoopSettings:
     imprecise_few_changes: int = 2
     # (or this share of the) neurons ends the searched lines
     imprecise_few_share: float = 0.03
+    # imprecise answers: rows sent at most this many × first-line kinks × (d + 1)
+    # (QUERY_BOUND_FACTOR)
+    query_bound_factor: float = QUERY_BOUND_FACTOR
 
 
 @dataclass(frozen=True)
