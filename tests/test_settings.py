@@ -72,12 +72,15 @@ def test_imprecise_answers_get_a_query_bound_from_the_first_line():
     f64, f32 = Precision(noise=4 * EPS64), Precision(noise=2.0 ** -24)
     assert derive(cfg, f32, first_kinks=40, d=16).query_bound == QUERY_BOUND_FACTOR * 40 * 17
     assert derive(cfg, f32, first_kinks=40, d=16, bound_factor=2).query_bound == 2 * 40 * 17
+    assert derive(cfg, f32, first_kinks=40, d=16, bound_factor=2,
+                  opening=500).query_bound == 500 + 2 * 40 * 17
     assert derive(cfg, f64, first_kinks=40, d=16).query_bound is None  # float64: none
     assert derive(cfg, f32, d=16).query_bound is None  # before the first line
 
 
 def test_a_run_that_reaches_its_query_bound_stops_as_budget():
-    """With the bound at 1 × first-line kinks × (d + 1) (a float32 run needs about 3), the
+    """With the bound at 1 × first-line kinks × (d + 1) after the first line (a float32 run
+    needs about 3), the
     session refuses the request that would pass it: the run ends as "budget", not certified,
     the report names the bound and that it was reached; the bound is the run's own, the
     oracle's budget is untouched."""
@@ -87,10 +90,13 @@ def test_a_run_that_reaches_its_query_bound_stops_as_budget():
     d = 16
     net = dx.targets.random_network(d, 32, 1, seed=1)
     oracle = CountingOracle(NetworkOracle(net, output="float32"), budget=10**6)
-    eng = Coordinator(LocalExecutor(oracle), d, ExtractConfig(), 0,
-                      settings=Settings(loop=LoopSettings(query_bound_factor=1.0))).run()
+    coord = Coordinator(LocalExecutor(oracle), d, ExtractConfig(), 0,
+                        settings=Settings(loop=LoopSettings(query_bound_factor=1.0)))
+    eng = coord.run()
     bound = eng.derived["query_bound"]
-    assert bound == (eng.lines[0].kinks.size) * (d + 1)
+    opening = coord.st.opening_queries  # probe, validation points, first line
+    assert eng.lines[0].queries < opening < eng.lines[0].queries + 29 + 128 + 1
+    assert bound == opening + eng.lines[0].kinks.size * (d + 1)
     assert eng.stop_reason == "budget" and not eng.certified
     assert eng.derived["query_bound_reached"] is True
     # an evaluation is refused before it passes the bound; a line search once the rows
@@ -99,4 +105,5 @@ def test_a_run_that_reaches_its_query_bound_stops_as_budget():
     free = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))),
                        d, ExtractConfig(), 0).run()
     assert free.derived["query_bound_reached"] is False
-    assert free.derived["query_bound"] == QUERY_BOUND_FACTOR * free.lines[0].kinks.size * (d + 1)
+    assert free.derived["query_bound"] - QUERY_BOUND_FACTOR * free.lines[0].kinks.size * (
+        d + 1) == opening

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._errors import BudgetExhausted, TargetMismatch
 from .._model import ReluNetwork
-from . import cleanup, finish, imprecise, opening, update
+from . import certificate, cleanup, finish, imprecise, opening, update
 from ._config import ExtractConfig
 from .assemble import assemble, no_worse
 from .lines import Line, line_reach, make_line
@@ -88,7 +88,7 @@ class Coordinator:
         the first line's kinks and stencil rounding)."""
         st = self.st
         return derive(self.cfg, st.precision, st.first_kinks, st.long_steps, st.d,
-                      self.settings.loop.query_bound_factor)
+                      self.settings.loop.query_bound_factor, st.opening_queries)
 
     @property
     def imprecise(self) -> bool:
@@ -218,6 +218,7 @@ class Coordinator:
             self.first_line()
             # imprecise answers: the rows a run may send, from the first line's kinks
             # (settings.QUERY_BOUND_FACTOR); reaching it ends the run as "budget"
+            st.opening_queries = self.session.queries
             self.session.cap = self.derived.query_bound
             clean = 0
             index = 1
@@ -296,6 +297,13 @@ class Coordinator:
             self.verdict = exc.observation
             if st.model is None:
                 self.fallback_model()
+        check = None
+        if self.imprecise and reason != "target_mismatch":
+            # held-out rows near every hyperplane, always bought on the imprecise path (part
+            # of the cost): a neuron they contradict is uncertain and nothing is certified
+            check = certificate.certify(self)
+            if reason == "certified" and (check["uncertain"] or not check["checked"]):
+                reason = "precision_floor"
         certified = reason == "certified"
         if (not certified and self.verdict is None and reason != "target_mismatch"
                 and st.val_rel_l2 > ls.mismatch_error):
@@ -309,4 +317,4 @@ class Coordinator:
                             finishing=st.finishing, crossing_rate=self.crossing_rate,
                             derived=dict(self.derived.to_dict(),
                                          query_bound_reached=self.session.cap_reached),
-                            counters=dict(st.counters))
+                            counters=dict(st.counters), certificate=check)

@@ -34,8 +34,10 @@ TARGET_FLOOR = 1e-7  # the derived fidelity target is never below this
 JACOBIAN_TARGET_NOISE = 1e5  # float64: the target is this many times the noise (rounding of
 # intermediate sums limits what the Jacobians reach) ...
 IMPRECISE_TARGET_NOISE = 16.0  # ... imprecise: the Gauss-Newton refinement reaches about 16 × the noise (float32: 9.5e-7)
-QUERY_BOUND_FACTOR = 16.0  # imprecise answers: a run sends at most this many × (kinks on the
-# first line) × (d + 1) rows (the QuerySession's cap; a float32 run needs about 3): answers
+QUERY_BOUND_FACTOR = 16.0  # imprecise answers: after the first line a run sends at most this
+# many × (kinks on it) × (d + 1) rows (the QuerySession's cap; a float32 run needs about 3;
+# the probe, validation points and first line, paid before, come on top: on small networks
+# they are most of the cost, d=8, k=9: 13 × k(d+1) in all): answers
 # coarser than the checks assume split search intervals without end (bfloat16 answers taken
 # for decimals:7 once bought 581,500 rows for a 32-neuron network)
 
@@ -65,7 +67,8 @@ class Derived:
         The lowest target a run derives (or the configured one).
     query_bound : int or None
         Imprecise answers, once the first line is searched: the most rows the run sends
-        (QUERY_BOUND_FACTOR × first-line kinks × (d + 1)); None for float64 answers.
+        (the rows sent until then + QUERY_BOUND_FACTOR × first-line kinks × (d + 1)); None
+        for float64 answers.
     """
 
     imprecise: bool
@@ -85,7 +88,7 @@ class Derived:
 
 def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
            long_steps: bool = False, d: int = 0,
-           bound_factor: float = QUERY_BOUND_FACTOR) -> Derived:
+           bound_factor: float = QUERY_BOUND_FACTOR, opening: int = 0) -> Derived:
     """The settings of a run with configuration ``cfg`` and measured ``precision``.
 
     Parameters
@@ -101,6 +104,8 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         Input dimension (0: unknown, no query bound).
     bound_factor : float
         The query bound's factor (:attr:`LoopSettings.query_bound_factor`).
+    opening : int
+        Rows sent up to the end of the first line (added to the query bound).
     """
     imprecise = precision.imprecise
     check = min(cfg.check_factor, IMPRECISE_CHECK_FACTOR) if imprecise else cfg.check_factor
@@ -127,7 +132,7 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         match_ceiling=float(max(MATCH_CEILING, min(MATCH_CEILING_MAX,
                                                    MATCH_CEILING_NOISE * precision.noise))),
         target_rel_l2=target, target_floor=floor,
-        query_bound=(int(bound_factor * first_kinks * (d + 1))
+        query_bound=(int(opening + bound_factor * first_kinks * (d + 1))
                      if imprecise and first_kinks > 0 and d > 0 else None))
 
 
@@ -310,8 +315,8 @@ class LoopSettings:
     imprecise_few_changes: int = 2
     # (or this share of the) neurons ends the searched lines
     imprecise_few_share: float = 0.03
-    # imprecise answers: rows sent at most this many × first-line kinks × (d + 1)
-    # (QUERY_BOUND_FACTOR)
+    # imprecise answers: rows sent after the first line at most this many × its kinks ×
+    # (d + 1) (QUERY_BOUND_FACTOR)
     query_bound_factor: float = QUERY_BOUND_FACTOR
 
 
