@@ -115,3 +115,35 @@ def test_the_check_rows_pass_the_query_bound_not_the_budget():
                      budget=eng.derived["query_bound"])
     assert not res.certified and res.queries <= eng.derived["query_bound"]
     assert res.report["certificate"]["checked"] is False
+
+
+def test_the_affine_map_replaces_a_model_it_beats():
+    """At the end of an imprecise run the best affine map over the Gaussian rows held
+    replaces a model that validates worse (here a model spoiled on purpose: output weights
+    flipped), and report["affine_fallback"] says so; a good model stays."""
+    from distextract._oracle import CountingOracle
+    from distextract.engine._config import ExtractConfig
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.solve import relative_error
+    from distextract.engine.tasks import LocalExecutor
+
+    d = 8
+    net = targets.random_network(d, 8, 1, seed=0)
+    coord = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))),
+                        d, ExtractConfig(), 0)
+    eng = coord.run()
+    assert eng.affine_fallback["taken"] is False
+    assert eng.affine_fallback["affine_rel_l2"] > 100 * eng.val_rel_l2
+    st, paid = coord.st, coord.paid
+    good = st.model
+    st.model = dx.ReluNetwork(good.W, good.b, -3.0 * good.A, good.c, good.L)
+    st.val_rel_l2 = relative_error(st.model, paid.Xv, paid.Yv)[0]
+    out = coord.affine_fallback()
+    assert out["taken"] and out["model_rel_l2"] > out["affine_rel_l2"]
+    assert st.model.hidden_dim == 0 and st.neurons.size == 0
+    assert st.val_rel_l2 == out["affine_rel_l2"] == relative_error(st.model, paid.Xv,
+                                                                    paid.Yv)[0]
+    # the extraction's report: a dict on the imprecise path, None for float64 answers
+    res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
+    assert res.report["affine_fallback"]["taken"] is False
+    assert dx.extract(NetworkOracle(net), input_dim=d, seed=0).report["affine_fallback"] is None

@@ -111,3 +111,5 @@ class EngineResult:
     counters: dict | None = None  # what each mechanism did (state.COUNTERS)
     # imprecise answers: the check rows' verdict (certificate.certify); None for float64
     certificate: dict | None = None
+    # imprecise answers: whether an affine map replaced the model (Coordinator.affine_fallback)
+    affine_fallback: dict | None = None
