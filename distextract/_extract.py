@@ -210,6 +210,13 @@ def extract(oracle: Any, input_dim: int | None = None, *, seed: int = 0,
         "finishing": eng.finishing,
         "derived": eng.derived,
         "counters": eng.counters,
+        # imprecise answers: the held-out check rows near every hyperplane and the neurons
+        # they contradict (engine.certificate); None for float64 answers
+        "certificate": (None if eng.certificate is None else
+                        {k: v for k, v in eng.certificate.items() if k != "uncertain"}),
+        "uncertain": None if eng.certificate is None else eng.certificate["uncertain"],
+        # imprecise answers: whether the best affine map replaced a model it beat
+        "affine_fallback": eng.affine_fallback,
         "lines": len(eng.lines), "rounds": eng.rounds, "wall_seconds": wall,
         "seed": int(seed), "config": cfg.to_dict(),
     }

@@ -11,6 +11,13 @@ Usage::
 Each row is one network (a generator and a seed) extracted from one kind of answer. The
 neuron match uses tolerances suited to the answers' precision (the fidelity report's defaults,
 ``|cos| > 1 − 1e-9`` and bias ``1e-6``, are float64's): :data:`MATCH_TOLERANCES`.
+
+Columns: ``<flr``, live neurons of the true network below the observability floor (their
+whole output contribution, rms over the Gaussian bulk, under 16 relative roundings of the
+answers, :func:`.engine.certificate.below_floor`: the answers cannot show them; they are
+not counted missed); ``unc``, neurons the run's certificate names uncertain
+(``report["uncertain"]``); ``cert``, whether the run certified its model. The summary
+counts false certificates: certified, fidelity target missed.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import numpy as np
 from . import targets
 from ._extract import extract
 from ._model import ReluNetwork
-from .fidelity import evaluate_fidelity
+from .engine.certificate import below_floor
+from .fidelity import evaluate_fidelity, match_neurons
 
 #: Issue 19's targets (worst case over the suite): rel L2 at most this per kind of answer.
 TARGETS = {"float32": 1e-6, "round:6": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
@@ -97,8 +105,19 @@ def run_row(net: ReluNetwork, output: str, seed: int) -> dict:
                             cos_tol=cos_tol, bias_rtol=bias_rtol)
     live = rep.live_neurons or 0
     d = net.input_dim
+    noise = res.report.get("precision", {}).get("relative_noise") or 0.0
+    # live target groups below the observability floor: reported, not counted missed
+    match = match_neurons(res.model, net, cos_tol=cos_tol, bias_rtol=bias_rtol,
+                          reference_scale=rep.target_rms or 1.0)
+    hidden = below_floor(net, noise, rep.target_rms or 1.0)
+    groups = match.target_group
+    floor = np.array([bool(np.all(hidden[groups == g])) for g in range(match.target_live.size)],
+                     dtype=bool)
+    below = int(np.sum(match.target_live & floor))
+    missed = int(np.sum(match.target_live & ~match.target_matched & ~floor))
+    uncertain = res.report.get("uncertain")
     ratio = res.queries / (live * (d + 1)) if live else float("nan")
-    fidelity_met = bool(rep.rel_l2 <= TARGETS[output] and rep.missed_neurons == 0
+    fidelity_met = bool(rep.rel_l2 <= TARGETS[output] and missed == 0
                         and rep.spurious_neurons == 0)
     met = fidelity_met and ratio <= QUERY_FACTOR
     certified = res.stop_reason == "certified"
@@ -106,32 +125,39 @@ def run_row(net: ReluNetwork, output: str, seed: int) -> dict:
             "queries": res.queries, "ratio": ratio, "rel_l2": rep.rel_l2,
             "val_rel_l2": res.report.get("validation", {}).get("rel_l2"),
             "matched": rep.matched_neurons, "live": live, "spurious": rep.spurious_neurons,
-            "missed": rep.missed_neurons, "model_neurons": res.model.hidden_dim,
+            "missed": missed, "below_floor": below,
+            "uncertain": None if uncertain is None else len(uncertain),
+            "model_neurons": res.model.hidden_dim,
             "stop": res.stop_reason, "certified": certified, "met": met,
             # certified although the model misses the fidelity target (the query target is
             # not the certificate's business)
             "false_certificate": certified and not fidelity_met,
-            "noise": res.report.get("precision", {}).get("relative_noise"),
+            "noise": noise,
             "cpu_s": cpu - oracle.cpu, "wall_s": wall}
 
 
 HEADER = (f"{'row':<34} {'answers':<8} {'seed':>4} {'queries':>7} {'q/k(d+1)':>8} "
-          f"{'rel L2':>9} {'match/live/spur':>15} {'stop':>15} {'met':>3} {'cpu s':>6}")
+          f"{'rel L2':>9} {'match/live/spur':>15} {'<flr':>4} {'unc':>4} {'stop':>15} "
+          f"{'cert':>4} {'met':>3} {'cpu s':>6}")
 
 
 def format_row(name: str, r: dict) -> str:
     mls = f"{r['matched']}/{r['live']}/{r['spurious']}"
+    unc = "-" if r["uncertain"] is None else r["uncertain"]
     return (f"{name:<34} {r['output']:<8} {r['seed']:>4} {r['queries']:>7} {r['ratio']:>8.3f} "
-            f"{r['rel_l2']:>9.2e} {mls:>15} {r['stop']:>15} {'yes' if r['met'] else 'NO':>3} "
+            f"{r['rel_l2']:>9.2e} {mls:>15} {r['below_floor']:>4} {unc:>4} {r['stop']:>15} "
+            f"{'yes' if r['certified'] else 'no':>4} {'yes' if r['met'] else 'NO':>3} "
             f"{r['cpu_s']:>6.1f}")
 
 
 def summarize(results: list[tuple[Row, dict]]) -> list[str]:
-    """The worst row per (group, answers): worst rel L2, most missed and spurious neurons,
-    highest q/k(d+1), most extractor CPU; and the false certificates (certified, target
+    """The worst row per (group, answers): worst rel L2, most missed (above the observability
+    floor) and spurious neurons, most live neurons below the floor, highest q/k(d+1), most
+    extractor CPU; the rows certified, and the false certificates (certified, target
     missed), which must be none."""
     lines = [f"{'worst of group':<10} {'answers':<8} {'rows':>4} {'met':>5} {'rel L2 (row)':<40} "
-             f"{'missed':>6} {'spur':>4} {'q/k(d+1)':>8} {'cpu s':>6} {'false cert':>10}"]
+             f"{'missed':>6} {'spur':>4} {'<flr':>4} {'q/k(d+1)':>8} {'cpu s':>6} {'cert':>4} "
+             f"{'false cert':>10}"]
     keys = sorted({(r.group, res["output"]) for r, res in results})
     for group, output in keys:
         sel = [(r, res) for r, res in results if r.group == group and res["output"] == output]
@@ -142,8 +168,10 @@ def summarize(results: list[tuple[Row, dict]]) -> list[str]:
             f"{group:<10} {output:<8} {len(sel):>4} {met:>5} {where:<40} "
             f"{max(res['missed'] or 0 for _, res in sel):>6} "
             f"{max(res['spurious'] for _, res in sel):>4} "
+            f"{max(res['below_floor'] for _, res in sel):>4} "
             f"{max(res['ratio'] for _, res in sel):>8.3f} "
             f"{max(res['cpu_s'] for _, res in sel):>6.1f} "
+            f"{sum(res['certified'] for _, res in sel):>4} "
             f"{sum(res['false_certificate'] for _, res in sel):>10}")
     return lines
 

@@ -25,6 +25,31 @@ def test_decimal_quantum_and_float32_detection():
     assert decimal_quantum(f32) is None
 
 
+def test_bfloat16_and_float16_answers_are_not_taken_for_decimals():
+    """bfloat16 values in [1, 2) are multiples of 2^-7, short decimals (7 digits): the
+    decimal step 1e-7 is far finer than their binary rounding (2^-8 relative), so they are
+    binary answers, not ``decimals:7`` (a run that took them for decimals bought 581,500
+    rows and ended at rel L2 4.1)."""
+    from distextract._oracle import _bfloat16
+    from distextract.engine.precision import binary_rounding, measure_precision, probe_points
+
+    rng = np.random.default_rng(4)
+    Y = _bfloat16(1.0 + rng.random((200, 1)))
+    assert np.all(Y == np.round(Y, 7))  # every answer a multiple of 1e-7 ...
+    assert binary_rounding(Y) == 2.0 ** -8
+    assert decimal_quantum(Y) is None  # ... but not decimal-rounded
+    f16 = (10.0 + rng.random((200, 2))).astype(np.float16).astype(np.float64)
+    assert decimal_quantum(f16) is None
+    # coarse decimals that happen to be binary-exact stay decimals (0.5 steps of size ~10)
+    halves = np.round(20.0 * rng.random((200, 1))) / 2
+    assert decimal_quantum(halves) == pytest.approx(0.1)
+    # the probe of a bfloat16 oracle measures a relative rounding of at least 2^-8
+    net = targets.random_network(8, 6, 1, seed=0)
+    X = probe_points(np.random.default_rng(0), 8, 1.0)
+    p = measure_precision(_bfloat16(net.predict(X).reshape(X.shape[0], -1)), 0)
+    assert not p.absolute and p.noise >= 2.0 ** -8
+
+
 def _plane(rng, d):
     w = rng.standard_normal(d)
     w /= np.linalg.norm(w)
@@ -150,3 +175,40 @@ def test_float32_model_printed_with_shortest_repr():
     rep = dx.evaluate_fidelity(res.model, net, cos_tol=1e-5, bias_rtol=1e-3)
     assert res.certified and rep.rel_l2 <= 1e-6, rep
     assert rep.matched_neurons == 32 and rep.spurious_neurons == 0, rep
+
+
+def test_prune_after_a_refinement_that_could_not_fit_drops_only_what_adds_nothing():
+    """A model missing one true neuron (its fit stays far above the answers' float16
+    errors) with two extra neurons: one whose output is at the noise, one active on no row
+    held (undetermined). Both go; every true neuron the model has stays."""
+    from distextract.engine.imprecise import PRUNE_MAX_CHI2, PRUNE_UNCONVERGED_NOISE, prune
+    from distextract.engine.refine import RefineResult
+
+    d, k = 6, 6
+    net = targets.random_network(d, k, 1, seed=5)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1500, d))
+    Y = NetworkOracle(net, output="float16").query(X).reshape(-1, 1)
+    sigma = 2.0 ** -11 * (np.abs(Y[:, 0]) + 1.0)
+    strong = int(np.argmax(np.abs(net.A[0])))
+    keep_true = [j for j in range(k) if j != strong]  # the strongest neuron missing
+    w_far = np.eye(d)[1]
+    W = np.vstack([net.W[keep_true], np.eye(d)[0], w_far])
+    b = np.concatenate([net.b[keep_true], [0.3, -50.0]])  # the last never active
+    A = np.hstack([net.A[:, keep_true], [[1e-6, 0.5]]])
+    model = dx.ReluNetwork(W, b, A, net.c, net.L)
+    # where a refinement that could not fit would leave it (refinement would turn the spare
+    # neuron into the missing one here)
+    chi2 = float(np.mean(((Y - model.predict(X)) / sigma[:, None]) ** 2))
+    res = RefineResult(model, chi2, chi2, 0, 0)
+    assert res.chi2 > 100 * PRUNE_MAX_CHI2  # unconverged: a neuron is missing
+    new, keep = prune(None, res, X, Y, sigma, np.arange(model.hidden_dim))
+    # the spare and the never-active neuron go; so may a true one adding under 10 answer
+    # errors (rms): here the true neuron 3, 2.2 errors, under the float16 observability floor
+    H = np.maximum(X @ W.T + b, 0.0)
+    contrib = np.sqrt(np.mean(H * H, axis=0)) * np.abs(A[0])
+    noise = float(np.sqrt(np.mean(sigma ** 2)))
+    must_stay = [j for j in range(len(keep_true)) if contrib[j] >= PRUNE_UNCONVERGED_NOISE * noise]
+    assert len(must_stay) >= 4 and set(must_stay) <= set(keep.tolist())
+    assert not {len(keep_true), len(keep_true) + 1} & set(keep.tolist())
+    assert new.model.hidden_dim == keep.size and new.chi2 <= 1.05 * res.chi2

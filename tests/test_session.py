@@ -4,6 +4,7 @@ against a real :class:`~distextract.engine.tasks.LocalExecutor`."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from numpy.testing import assert_allclose
 
 import distextract as dx
@@ -52,3 +53,23 @@ def test_session_cuts_evaluations_by_its_settings():
     s = QuerySession(ex, parallelism=8, settings=SessionSettings(eval_task_rows=300))
     assert_allclose(s.eval(X), net.predict(X), rtol=0, atol=1e-12)
     assert ex.calls == [[300, 300, 100]]
+
+
+def test_session_cap_refuses_what_would_pass_it_and_the_budget_still_holds():
+    net = dx.targets.random_network(4, 8, 1, seed=0)
+    s = QuerySession(LocalExecutor(CountingOracle(as_oracle(net), budget=100)))
+    s.cap = 50
+    s.eval(np.zeros((30, 4)))
+    assert s.remaining == 20 and s.affords(20) and not s.affords(21)
+    with pytest.raises(dx.BudgetExhausted, match=r"budget=50 rows, already sent 30, next "
+                                                 r"request needs 21"):
+        s.eval(np.zeros((21, 4)))
+    assert s.queries == 30 and s.cap_reached  # nothing was sent
+    # rows that must be bought (the certificate's check rows) pass the cap, not the budget
+    s.eval(np.zeros((60, 4)), capped=False)
+    assert s.queries == 90 and s.remaining == 0
+    with pytest.raises(dx.BudgetExhausted, match="budget=100 rows"):
+        s.eval(np.zeros((11, 4)), capped=False)
+    # a search is refused once the rows sent reach the cap
+    with pytest.raises(dx.BudgetExhausted, match="budget=50 rows"):
+        s.map([EvalTask(np.zeros((1, 4)))])

@@ -11,6 +11,7 @@ from distextract.engine.settings import (
     CROSSING_RATE,
     IMPRECISE_LINE_SEGMENTS,
     LINE_SEGMENTS,
+    QUERY_BOUND_FACTOR,
     WIDE_CROSSING_RATE,
     derive,
 )
@@ -64,3 +65,45 @@ def test_a_run_takes_its_stage_settings_as_an_argument():
         sizes[name] = calls[:2]
     assert sizes["default"][0] == 29 + 49  # probe and the first line's segment ends
     assert sizes["apart"] == [29, 128]  # probe, then the validation points
+
+
+def test_imprecise_answers_get_a_query_bound_from_the_first_line():
+    cfg = ExtractConfig()
+    f64, f32 = Precision(noise=4 * EPS64), Precision(noise=2.0 ** -24)
+    assert derive(cfg, f32, first_kinks=40, d=16).query_bound == QUERY_BOUND_FACTOR * 40 * 17
+    assert derive(cfg, f32, first_kinks=40, d=16, bound_factor=2).query_bound == 2 * 40 * 17
+    assert derive(cfg, f32, first_kinks=40, d=16, bound_factor=2,
+                  opening=500).query_bound == 500 + 2 * 40 * 17
+    assert derive(cfg, f64, first_kinks=40, d=16).query_bound is None  # float64: none
+    assert derive(cfg, f32, d=16).query_bound is None  # before the first line
+
+
+def test_a_run_that_reaches_its_query_bound_stops_as_budget():
+    """With the bound at 1 × first-line kinks × (d + 1) after the first line (a float32 run
+    needs about 3), the
+    session refuses the request that would pass it: the run ends as "budget", not certified,
+    the report names the bound and that it was reached; the bound is the run's own, the
+    oracle's budget is untouched."""
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.settings import LoopSettings, Settings
+
+    d = 16
+    net = dx.targets.random_network(d, 32, 1, seed=1)
+    oracle = CountingOracle(NetworkOracle(net, output="float32"), budget=10**6)
+    coord = Coordinator(LocalExecutor(oracle), d, ExtractConfig(), 0,
+                        settings=Settings(loop=LoopSettings(query_bound_factor=1.0)))
+    eng = coord.run()
+    bound = eng.derived["query_bound"]
+    opening = coord.st.opening_queries  # probe, validation points, first line
+    assert eng.lines[0].queries < opening < eng.lines[0].queries + 29 + 128 + 1
+    assert bound == opening + eng.lines[0].kinks.size * (d + 1)
+    assert eng.stop_reason == "budget" and not eng.certified
+    assert eng.derived["query_bound_reached"] is True
+    # an evaluation is refused before it passes the bound; a line search once the rows
+    # sent reach it (its size is not known in advance): one search's rows at most over
+    assert oracle.queries <= bound + max(rec.queries for rec in eng.lines)
+    free = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))),
+                       d, ExtractConfig(), 0).run()
+    assert free.derived["query_bound_reached"] is False
+    assert free.derived["query_bound"] - QUERY_BOUND_FACTOR * free.lines[0].kinks.size * (
+        d + 1) == opening

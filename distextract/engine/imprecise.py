@@ -40,7 +40,12 @@ REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
 PRUNE_CHI2 = 1.05  # ... is dropped if the refit misfit stays within this factor
 PRUNE_SINGLES = 8  # candidates tried one by one when dropping them all fails
-PRUNE_MAX_CHI2 = 1.0  # ... and only from a fit down to about the answers' errors
+PRUNE_MAX_CHI2 = 1.0  # ... only from a fit down to about the answers' errors; from one that
+# could not fit them (a neuron missing or wrong), only a neuron adding less than:
+PRUNE_UNCONVERGED_NOISE = 10.0  # this many answer errors (rms), or an undetermined one:
+PRUNE_MIN_ACTIVE = 1.0  # active on fewer than this × (d + 2) of the rows held (its d + 1
+# hyperplane parameters and output are not pinned by them; its kinks placed it, the rows
+# cannot check it)
 RECHECK_LINES = 4  # residual lines searched after a refinement that could not fit
 REFINE_MAX_WORK = 1e10  # flops of one refinement CG iteration at most (rows are sampled)
 KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
@@ -198,14 +203,23 @@ def prune(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray
     """Drop neurons the refinement left without effect (a spurious neuron's output
     vector goes to about the noise): candidates add less than PRUNE_NOISE answer errors
     (rms) anywhere on the rows; they go, all at once or else one by one, when the
-    refitted misfit stays within PRUNE_CHI2 of the full model's."""
+    refitted misfit stays within PRUNE_CHI2 of the full model's.
+
+    After a fit that could not reach the answers' errors (chi² per answer above
+    PRUNE_MAX_CHI2: a neuron missing or wrong) the candidates are the neurons adding less
+    than PRUNE_UNCONVERGED_NOISE answer errors, and the undetermined ones: active on fewer
+    than PRUNE_MIN_ACTIVE·(d + 2) rows held. The same refit test decides: a neuron the
+    answers need raises the misfit beyond it and stays."""
     model = res.model
     H = np.maximum(X @ model.W.T + model.b, 0.0)
     contrib = np.sqrt(np.mean(H * H, axis=0)) * np.linalg.norm(model.A, axis=0)
     noise = float(np.sqrt(np.mean(sigma * sigma)))
-    weak = np.flatnonzero(contrib < PRUNE_NOISE * noise)
-    # an unconverged fit (a neuron missing) says little about which neurons matter
-    if weak.size == 0 or res.chi2 > PRUNE_MAX_CHI2:
+    if res.chi2 > PRUNE_MAX_CHI2:
+        undetermined = np.sum(H > 0.0, axis=0) < PRUNE_MIN_ACTIVE * (X.shape[1] + 2)
+        weak = np.flatnonzero((contrib < PRUNE_UNCONVERGED_NOISE * noise) | undetermined)
+    else:
+        weak = np.flatnonzero(contrib < PRUNE_NOISE * noise)
+    if weak.size == 0:
         return res, keep
     dof = X.shape[1] + 2 + model.A.shape[0]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._errors import BudgetExhausted, TargetMismatch
 from .._model import ReluNetwork
-from . import cleanup, finish, imprecise, opening, update
+from . import certificate, cleanup, finish, imprecise, opening, update
 from ._config import ExtractConfig
 from .assemble import assemble, no_worse
 from .lines import Line, line_reach, make_line
@@ -35,6 +35,7 @@ from .regions import LineScan
 from .seeds import Streams
 from .session import QuerySession
 from .settings import Derived, Settings, derive
+from .solve import relative_error
 from .state import EngineResult, EngineState, LineRecord, PrecisionLimited
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class Coordinator:
         """The settings in force (:func:`.settings.derive`: config, measured precision, and
         the first line's kinks and stencil rounding)."""
         st = self.st
-        return derive(self.cfg, st.precision, st.first_kinks, st.long_steps)
+        return derive(self.cfg, st.precision, st.first_kinks, st.long_steps, st.d,
+                      self.settings.loop.query_bound_factor, st.opening_queries)
 
     @property
     def imprecise(self) -> bool:
@@ -202,6 +204,36 @@ class Coordinator:
             st.model = ReluNetwork(ns.W, ns.b, ns.a.T if ns.size else np.zeros((m, 0)),
                                    np.zeros(m), np.zeros((m, st.d)))
 
+    def affine_fallback(self) -> dict:
+        """Imprecise answers, at the end: the best affine map (least squares over the
+        Gaussian rows held, else the line rows) replaces the model when it validates better
+        (junk kinks from answers too coarse for the search leave a model worse than no
+        neuron at all). Returns ``report["affine_fallback"]``: ``taken``, the two validation
+        errors and the neurons the model had."""
+        st, paid = self.st, self.paid
+        d, m = st.d, max(st.m, 1)
+        X, Y = paid.Xs, paid.Ys.reshape(-1, m)
+        if X.shape[0] < 2 * (d + 1) and paid.solve_X:
+            X, Y = np.concatenate(paid.solve_X), np.concatenate(paid.solve_Y).reshape(-1, m)
+        k = 0 if st.neurons is None else int(st.neurons.size)
+        out = {"taken": False, "affine_rel_l2": None, "model_rel_l2": float(st.val_rel_l2),
+               "model_neurons": k}
+        if st.model is None or X.shape[0] < d + 2 or paid.Xv.shape[0] == 0:
+            return out
+        Z = np.hstack([X, np.ones((X.shape[0], 1))])
+        coef = np.linalg.lstsq(Z, Y, rcond=None)[0]
+        aff = ReluNetwork(np.zeros((0, d)), np.zeros(0), np.zeros((m, 0)), coef[d],
+                          coef[:d].T)
+        err, mx = relative_error(aff, paid.Xv, paid.Yv.reshape(-1, m))
+        out["affine_rel_l2"] = float(err)
+        if err < st.val_rel_l2:
+            logger.warning("the affine map validates better than the %d-neuron model (relative "
+                           "L2 %.3g < %.3g): returning it", k, err, st.val_rel_l2)
+            out["taken"] = True
+            st.model, st.neurons = aff, NeuronSet.empty(d, m)
+            st.val_rel_l2, st.val_max_abs = float(err), float(mx)
+        return out
+
     # ------------------------------------------------------------------ rounds
     def first_line(self) -> None:
         """The first line's stage (:func:`.opening.first_line`); a test may wrap it."""
@@ -215,6 +247,10 @@ class Coordinator:
         try:
             opening.first_request(self)
             self.first_line()
+            # imprecise answers: the rows a run may send, from the first line's kinks
+            # (settings.QUERY_BOUND_FACTOR); reaching it ends the run as "budget"
+            st.opening_queries = self.session.queries
+            self.session.cap = self.derived.query_bound
             clean = 0
             index = 1
             while True:
@@ -292,6 +328,14 @@ class Coordinator:
             self.verdict = exc.observation
             if st.model is None:
                 self.fallback_model()
+        check = fallback = None
+        if self.imprecise and reason != "target_mismatch":
+            fallback = self.affine_fallback()
+            # held-out rows near every hyperplane, always bought on the imprecise path (part
+            # of the cost): a neuron they contradict is uncertain and nothing is certified
+            check = certificate.certify(self)
+            if reason == "certified" and (check["uncertain"] or not check["checked"]):
+                reason = "precision_floor"
         certified = reason == "certified"
         if (not certified and self.verdict is None and reason != "target_mismatch"
                 and st.val_rel_l2 > ls.mismatch_error):
@@ -303,4 +347,7 @@ class Coordinator:
                             target_rel_l2=self.target, lines=st.lines, rounds=st.rounds,
                             verdict=self.verdict, refinement=st.refinement,
                             finishing=st.finishing, crossing_rate=self.crossing_rate,
-                            derived=self.derived.to_dict(), counters=dict(st.counters))
+                            derived=dict(self.derived.to_dict(),
+                                         query_bound_reached=self.session.cap_reached),
+                            counters=dict(st.counters), certificate=check,
+                            affine_fallback=fallback)

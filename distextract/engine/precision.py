@@ -186,7 +186,12 @@ def binary_rounding(Y: np.ndarray) -> float | None:
 
 def decimal_quantum(Y: np.ndarray) -> float | None:
     """``10**-N`` when every answer is a multiple of it (answers rounded to ``N`` decimals,
-    the smallest such ``N``), else None. Float32 answers are not decimal-rounded."""
+    the smallest such ``N``), else None. Float32 answers are not decimal-rounded, and
+    neither are answers whose decimal step is finer than their binary rounding: bfloat16
+    and float16 values of size about 1 are short decimals (``1.0078125`` is a multiple of
+    ``1e-7``), but what limits them is their 8 or 11 significand bits, a step about 10^5
+    times coarser (taken for ``decimals:7``, every check is 10^5 times too strict and the
+    search splits intervals until the budget runs out)."""
     big = float(np.max(np.abs(Y))) if Y.size else 0.0
     if big == 0.0 or is_float32(Y) and not np.all(Y == np.round(Y, 7)):
         return None
@@ -198,5 +203,12 @@ def decimal_quantum(Y: np.ndarray) -> float | None:
         # "rounded to 0 decimals" (that would set a relative noise of 3e7)
         if (np.all(np.abs(Z - np.round(Z)) <= 1e-6)
                 and not np.any((Z != 0.0) & (np.abs(Z) < 0.5))):
-            return 10.0 ** -n
+            quantum = 10.0 ** -n
+            ulp = binary_rounding(Y)
+            if ulp is not None:
+                # the binary step (twice the half-ulp) at the median answer
+                size = float(np.median(np.abs(Y[Y != 0.0])))
+                if quantum < 2.0 * ulp * size:
+                    return None
+            return quantum
     return None

@@ -25,6 +25,7 @@ REMEASURE_LINE = 8  # (8, neuron)
 ORIENT = 9  # (9, neuron)
 PIN_SHIFT = (10,)
 COVER_ROWS = 11  # (11, lines recorded so far)
+CHECK_ROWS = (12, 0)  # the certificate's held-out rows (no other stream draws from key 12)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class Streams:
         """Rows bought near hyperplanes the rows held rarely cross (.coverage), at a
         refinement after ``lines`` recorded lines."""
         return self._rng(COVER_ROWS, lines)
+
+    def check_rows(self) -> np.random.Generator:
+        """The certificate's held-out check rows near every hyperplane (.certificate)."""
+        return self._rng(*CHECK_ROWS)
 
     def remeasure_line(self, neuron: int) -> np.random.Generator:
         """The seed of the line along ``neuron``'s normal that measures it again."""

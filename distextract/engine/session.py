@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .._errors import BudgetExhausted
 from .kinks import SearchParams, segment_end_points
 from .lines import Line
 from .settings import SessionSettings
@@ -45,6 +46,14 @@ class QuerySession:
         Concurrent task slots of the executor (workers × tasks per worker).
     settings : SessionSettings, optional
         How work is cut into tasks (default: ``SessionSettings()``).
+
+    Attributes
+    ----------
+    cap : int or None
+        The run's own bound on rows sent (:attr:`.settings.Derived.query_bound`), on top of
+        the executor's budget: a request that would go beyond it raises
+        :class:`~distextract.BudgetExhausted` (a search task is refused once the rows sent
+        reach it: its size is not known in advance). None: no bound.
     """
 
     def __init__(self, executor: Any, parallelism: int = 1,
@@ -52,6 +61,8 @@ class QuerySession:
         self.executor = executor
         self.parallelism = max(1, parallelism)
         self.settings = settings or SessionSettings()
+        self.cap: int | None = None
+        self.cap_reached = False  # a request was refused at the cap
 
     @property
     def queries(self) -> int:
@@ -60,8 +71,17 @@ class QuerySession:
 
     @property
     def remaining(self) -> int | None:
-        """Rows left in the budget (None: no budget)."""
-        return self.executor.remaining
+        """Rows left in the budget and under the cap (None: neither)."""
+        left = self.executor.remaining
+        if self.cap is None:
+            return left
+        under = max(0, self.cap - self.queries)
+        return under if left is None else min(left, under)
+
+    def _check_cap(self, rows: int) -> None:
+        if self.cap is not None and self.queries + rows > self.cap:
+            self.cap_reached = True
+            raise BudgetExhausted(self.cap, self.queries, rows)
 
     def affords(self, rows: int) -> bool:
         """Whether the budget holds ``rows`` more rows (always, without a budget): work that
@@ -70,7 +90,8 @@ class QuerySession:
         return left is None or left >= rows
 
     def map(self, tasks: list) -> list:
-        """Run ``tasks``; one result each, in order."""
+        """Run ``tasks``; one result each, in order (refused once the cap is reached)."""
+        self._check_cap(1)
         return self.executor.map(tasks)
 
     @property
@@ -81,8 +102,12 @@ class QuerySession:
         round trip per slot instead of eight in a row."""
         return self.parallelism > 1 and not getattr(self.executor, "request_limited", False)
 
-    def eval(self, X: np.ndarray) -> np.ndarray:
-        """The oracle's answers at ``X`` (n, d), cut into evaluation tasks."""
+    def eval(self, X: np.ndarray, capped: bool = True) -> np.ndarray:
+        """The oracle's answers at ``X`` (n, d), cut into evaluation tasks; beyond the cap
+        only when not ``capped`` (the certificate's check rows: the executor's budget still
+        holds)."""
+        if capped:
+            self._check_cap(X.shape[0])
         rows = self.settings.eval_task_rows
         if self.spread:
             batch = getattr(self.executor, "max_batch", None) or self.settings.eval_min_rows
@@ -97,6 +122,7 @@ class QuerySession:
         answers however it is cut, and fewer tasks send fuller requests); each task is
         handed the answers already paid (``known``) at its segments' ends and slope
         points."""
+        self._check_cap(1)
         # (a worker keeping several requests in flight sends a task's round in one round
         # trip however many rows it has: one task per worker is enough)
         cut = self.settings.search_tasks

@@ -34,6 +34,12 @@ TARGET_FLOOR = 1e-7  # the derived fidelity target is never below this
 JACOBIAN_TARGET_NOISE = 1e5  # float64: the target is this many times the noise (rounding of
 # intermediate sums limits what the Jacobians reach) ...
 IMPRECISE_TARGET_NOISE = 16.0  # ... imprecise: the Gauss-Newton refinement reaches about 16 × the noise (float32: 9.5e-7)
+QUERY_BOUND_FACTOR = 16.0  # imprecise answers: after the first line a run sends at most this
+# many × (kinks on it) × (d + 1) rows (the QuerySession's cap; a float32 run needs about 3;
+# the probe, validation points and first line, paid before, come on top: on small networks
+# they are most of the cost, d=8, k=9: 13 × k(d+1) in all): answers
+# coarser than the checks assume split search intervals without end (bfloat16 answers taken
+# for decimals:7 once bought 581,500 rows for a 32-neuron network)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class Derived:
         Validation error that certifies.
     target_floor : float
         The lowest target a run derives (or the configured one).
+    query_bound : int or None
+        Imprecise answers, once the first line is searched: the most rows the run sends
+        (the rows sent until then + QUERY_BOUND_FACTOR × first-line kinks × (d + 1)); None
+        for float64 answers.
     """
 
     imprecise: bool
@@ -70,13 +80,15 @@ class Derived:
     match_ceiling: float
     target_rel_l2: float
     target_floor: float
+    query_bound: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
-           long_steps: bool = False) -> Derived:
+           long_steps: bool = False, d: int = 0,
+           bound_factor: float = QUERY_BOUND_FACTOR, opening: int = 0) -> Derived:
     """The settings of a run with configuration ``cfg`` and measured ``precision``.
 
     Parameters
@@ -88,6 +100,12 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
     long_steps : bool
         Whether the first line's stencil rounding asked for longer steps
         (:func:`.scan.longer_steps`).
+    d : int
+        Input dimension (0: unknown, no query bound).
+    bound_factor : float
+        The query bound's factor (:attr:`LoopSettings.query_bound_factor`).
+    opening : int
+        Rows sent up to the end of the first line (added to the query bound).
     """
     imprecise = precision.imprecise
     check = min(cfg.check_factor, IMPRECISE_CHECK_FACTOR) if imprecise else cfg.check_factor
@@ -113,7 +131,9 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         explain_factor=IMPRECISE_EXPLAIN_FACTOR if imprecise else EXPLAIN_FACTOR,
         match_ceiling=float(max(MATCH_CEILING, min(MATCH_CEILING_MAX,
                                                    MATCH_CEILING_NOISE * precision.noise))),
-        target_rel_l2=target, target_floor=floor)
+        target_rel_l2=target, target_floor=floor,
+        query_bound=(int(opening + bound_factor * first_kinks * (d + 1))
+                     if imprecise and first_kinks > 0 and d > 0 else None))
 
 
 
@@ -295,6 +315,9 @@ class LoopSettings:
     imprecise_few_changes: int = 2
     # (or this share of the) neurons ends the searched lines
     imprecise_few_share: float = 0.03
+    # imprecise answers: rows sent after the first line at most this many × its kinks ×
+    # (d + 1) (QUERY_BOUND_FACTOR)
+    query_bound_factor: float = QUERY_BOUND_FACTOR
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class EngineState:
     lines: list = field(default_factory=list)
     rounds: list = field(default_factory=list)
     first_kinks: int = 0  # kinks the first line found (about the number of neurons)
+    opening_queries: int = 0  # rows sent up to the end of the first line
     long_steps: bool = False  # stencils take the wide crossing rate (scan.longer_steps)
     # how far a kink located by a full search lay off its neuron's hyperplane (normalised
     # offset), by the neuron's (first line, kink position) (cleanup.note_offsets)
@@ -108,3 +109,7 @@ class EngineResult:
     crossing_rate: float | None = None  # the stencils' (ExtractConfig.stencil_crossing_rate)
     derived: dict | None = None  # the settings in force at the end (settings.derive)
     counters: dict | None = None  # what each mechanism did (state.COUNTERS)
+    # imprecise answers: the check rows' verdict (certificate.certify); None for float64
+    certificate: dict | None = None
+    # imprecise answers: whether an affine map replaced the model (Coordinator.affine_fallback)
+    affine_fallback: dict | None = None

@@ -1,0 +1,172 @@
+"""The certificate's check, imprecise answers only: held-out rows bought after the extraction
+near every neuron's hyperplane, which the model must predict within what its target and the
+answers' rounding allow.
+
+The validation points are Gaussian: a neuron whose hyperplane lies off the bulk, or whose
+active side few of them reach, can be wrong by far more than the target without moving their
+error. So each neuron gets :data:`CHECK_ROWS_PER_NEURON` rows of its own, one on each side of
+its hyperplane (:data:`CHECK_OFFSET` input scales away, at the foot of a Gaussian point on the
+hyperplane), drawn from their own seed stream (:meth:`.seeds.Streams.check_rows`) and never
+used to fit anything. A row whose answer the model misses by more than :data:`CHECK_ERRORS`
+tolerances (the answer's rounding plus the target's share of the output scale) contradicts
+the model there; a neuron with such a row is *uncertain*, and the reason says which side of
+it the answers contradict (the active side alone: its output vector or its offset; both sides:
+its hyperplane, or a neighbour, or a neuron the model lacks). ``certified`` is never true with
+an uncertain neuron (:mod:`.loop`).
+
+A neuron whose whole output contribution (rms over the Gaussian bulk) is below
+:data:`OBSERVABLE_NOISE` relative roundings of the answers cannot be seen in them: the
+benchmark reports such neurons of the true network (its ``<flr`` column) instead of counting
+them missed (:func:`contribution`).
+
+The check rows are bought on the imprecise path only (float64 runs are certified by their
+lines and validation, and their golden traces stay unchanged), beyond the run's query bound
+(they are part of the cost, not of the search) but within the caller's budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._errors import BudgetExhausted
+from .._model import ReluNetwork
+from .tasks import output_scale
+
+if TYPE_CHECKING:
+    from .loop import Coordinator
+
+logger = logging.getLogger(__name__)
+
+CHECK_ROWS_PER_NEURON = 2  # one row each side of a neuron's hyperplane
+CHECK_OFFSET = 0.25  # ... this many input scales from it
+CHECK_ERRORS = 4.0  # a row the model misses by more than this many tolerances contradicts it
+OBSERVABLE_NOISE = 16.0  # a neuron contributing (rms) less than this many relative roundings
+# of the answers cannot be seen in them (the imprecise target is 16 × the noise too)
+
+
+@dataclass(frozen=True)
+class Uncertain:
+    """A neuron the check rows contradict.
+
+    Attributes
+    ----------
+    neuron : int
+        Its index in the model (row of ``W``).
+    reason : str
+        What the check rows showed, in words.
+    ratio : float
+        The largest miss of its check rows, in tolerances.
+    active, inactive : float
+        The miss (in tolerances) of its row on the active side and on the other side.
+    """
+
+    neuron: int
+    reason: str
+    ratio: float
+    active: float
+    inactive: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_points(model: ReluNetwork, rng: np.random.Generator, s: float,
+                 offset: float = CHECK_OFFSET) -> np.ndarray:
+    """The check rows: for every neuron the foot on its hyperplane of a Gaussian point (scale
+    ``s``), moved ``offset·s`` to its active side, and the same foot moved as far to the
+    other side. Shape (2k, d): rows ``0..k-1`` active, ``k..2k-1`` inactive."""
+    norm = np.linalg.norm(model.W, axis=1)
+    norm[norm == 0] = 1.0
+    W, b = model.W / norm[:, None], model.b / norm
+    Z = rng.standard_normal(model.W.shape) * s
+    feet = Z - (np.sum(W * Z, axis=1) + b)[:, None] * W
+    return np.concatenate([feet + offset * s * W, feet - offset * s * W])
+
+
+def judge(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, tol: np.ndarray,
+          errors: float = CHECK_ERRORS) -> tuple[list[Uncertain], np.ndarray]:
+    """The neurons whose check rows ``X`` (:func:`check_points`) the answers ``Y`` (2k, m)
+    contradict: rows missed by more than ``errors`` × ``tol`` (2k,). Returns them (by
+    neuron) and the miss of every row in tolerances.
+
+    A neuron whose active-side row is missed and whose other row is not is wrong itself
+    (the miss switches on across its hyperplane): its output vector, offset or direction.
+    Its error shows on the whole of its active side, so another neuron's missed row that
+    lies there is explained by it and that neuron is not named. A missed row no such neuron
+    explains names the neuron it was placed for: the answers contradict the model there,
+    from its hyperplane, a neighbour's, or a neuron the model lacks."""
+    k = model.hidden_dim
+    miss = np.max(np.abs(Y - model.predict(X)), axis=1) / tol
+    on, off = miss[:k], miss[k:]
+    own = (on > errors) & (off <= errors)
+    active = (X @ model.W.T + model.b) > 0.0  # (2k, k)
+    explained = np.any(active[:, own], axis=1)
+    explained[np.flatnonzero(own)] = False  # a neuron's own row names it
+    bad = (miss > errors) & ~explained
+    out = []
+    for j in np.flatnonzero(bad[:k] | bad[k:]):
+        a, i = float(on[j]), float(off[j])
+        if own[j]:
+            why = (f"its active side missed by {a:.3g} tolerances, the other side within "
+                   f"them: its output vector, offset or direction is off")
+        elif a > errors and i > errors:
+            why = (f"both sides of its hyperplane missed ({a:.3g} and {i:.3g} tolerances): "
+                   f"its hyperplane, a neighbour's, or a neuron the model lacks")
+        else:
+            side = "active" if a > errors else "inactive"
+            why = (f"its {side} side missed by {max(a, i):.3g} tolerances where no neuron "
+                   f"found wrong is active: a neighbour's error, or a neuron the model "
+                   f"lacks there")
+        out.append(Uncertain(int(j), why, float(max(a, i)), a, i))
+    return out, miss
+
+
+def contribution(W: np.ndarray, b: np.ndarray, A: np.ndarray, s: float) -> np.ndarray:
+    """Each neuron's output contribution over the Gaussian bulk: the rms of
+    ``|A[:, j]|_max · relu(W[j]·x + b[j])`` over ``x ~ N(0, s² I)`` (closed form). Shape (k,)."""
+    sig = np.linalg.norm(W, axis=1) * s
+    sig = np.maximum(sig, 1e-300)
+    z = b / sig
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf, otypes=[float])(z / math.sqrt(2.0)))
+    ms = (sig ** 2 + b ** 2) * cdf + b * sig * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
+    return np.sqrt(np.maximum(ms, 0.0)) * np.max(np.abs(A), axis=0)
+
+
+def below_floor(net: ReluNetwork, noise: float, scale: float, s: float = 1.0) -> np.ndarray:
+    """Which neurons of ``net`` contribute (rms, :func:`contribution`) less than
+    OBSERVABLE_NOISE × ``noise`` × ``scale`` (the answers' rms size): the answers cannot show
+    them. Boolean, shape (k,)."""
+    return contribution(net.W, net.b, net.A, s) < OBSERVABLE_NOISE * noise * scale
+
+
+def certify(eng: Coordinator) -> dict:
+    """Buy the check rows of the model in ``eng`` and judge it (imprecise answers). Returns
+    the ``report["certificate"]`` dict: ``rows`` bought, ``checked`` (False when the budget
+    could not hold them), ``tolerance`` (the absolute allowance of the target), ``worst``
+    (largest miss in tolerances), ``uncertain`` (list of :meth:`Uncertain.to_dict`)."""
+    st, cfg = eng.st, eng.cfg
+    model = st.model
+    empty = {"rows": 0, "checked": False, "tolerance": None, "worst": None, "uncertain": []}
+    if model is None or model.hidden_dim == 0:
+        return empty
+    X = check_points(model, eng.streams.check_rows(), cfg.input_scale)
+    try:
+        Y = eng.session.eval(X, capped=False)
+    except BudgetExhausted as exc:
+        logger.warning("%s: the certificate's %d check rows were not bought", exc, X.shape[0])
+        return empty
+    Yv = eng.paid.Yv.reshape(eng.paid.Yv.shape[0], -1)
+    rms = float(np.sqrt(np.mean(Yv * Yv))) if Yv.size else st.fref
+    allowed = eng.target * rms
+    tol = st.noise * output_scale(Y, st.fref, st.absolute) + allowed
+    uncertain, miss = judge(model, X, Y, tol)
+    if uncertain:
+        logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
+                       "tolerances)", len(uncertain), model.hidden_dim, float(np.max(miss)))
+    return {"rows": int(X.shape[0]), "checked": True, "tolerance": float(allowed),
+            "worst": float(np.max(miss)), "uncertain": [u.to_dict() for u in uncertain]}
