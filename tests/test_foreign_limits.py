@@ -321,3 +321,66 @@ def test_stop_ray_stops_every_process_ray_init_started():
     assert proc.returncode == 0, proc.stderr[-3000:]
     # nothing left running; the monitor was killed (SIGKILL: -9), not waited for
     assert "ALIVE [] MONITOR -9" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def _marked_alive(mark: str) -> list[str]:
+    """Live processes (zombies excluded) whose environment holds ``DX_TEST_MARK=mark``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if f"DX_TEST_MARK={mark}".encode() not in fh.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in "ZX":
+            out.append(stat.split(")")[0] + ")")
+    return out
+
+
+def test_cli_ends_without_ray_shutdown_and_leaves_no_process(tmp_path):
+    """The CLI with workers ends right after its run directory is written: Ray's processes are
+    handed to a detached stopper instead of ray.shutdown's waits. The run directory is
+    complete, the exit status 0, and no process the run started (Ray's, its workers', the
+    stopper itself: all carry the environment's mark) is left alive."""
+    import json
+    import subprocess
+    import uuid
+
+    pytest.importorskip("ray")
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc to find the run's processes")
+    net = dx.targets.random_network(16, 24, 2, seed=1)
+    server = ForeignServer(net.W, net.b, net.A, net.c, rate=50, burst=5, retry_after="frac",
+                           latency=0.005, max_batch=16)
+    url = server.start()
+    mark = uuid.uuid4().hex
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "distextract", "-v", "extract", "--url", url,
+             "--input-dim", "16", "--out", str(tmp_path / "run"), "--batch-size", "16",
+             "--workers", "2", "--rate", "50", "--seed", "0"],
+            capture_output=True, text=True, timeout=300, check=False,
+            env=dict(os.environ, DX_TEST_MARK=mark))
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Extracted " in proc.stdout and "certified=True" in proc.stdout, proc.stdout
+    assert "Ray left running until the process exits" in proc.stderr, proc.stderr[-3000:]
+    assert "handed to a detached stopper" in proc.stderr, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["queries"]["paid"] == server.counters()["rows"]
+    model = dx.ReluNetwork.load(str(tmp_path / "run" / "model.arrow"))
+    X = np.random.default_rng(0).standard_normal((200, 16))
+    assert_allclose(model.predict(X), net.predict(X), rtol=1e-6, atol=1e-6)
+    left = _marked_alive(mark)
+    for _ in range(100):  # the stopper kills them once the CLI has ended (milliseconds)
+        if not left:
+            break
+        threading.Event().wait(0.1)
+        left = _marked_alive(mark)
+    assert left == [], left
