@@ -152,8 +152,11 @@ def certify(eng: Coordinator) -> dict:
     st, cfg = eng.st, eng.cfg
     model = st.model
     empty = {"rows": 0, "checked": False, "tolerance": None, "worst": None, "uncertain": []}
-    if model is None or model.hidden_dim == 0:
+    if model is None:
         return empty
+    if model.hidden_dim == 0:
+        # no hyperplane to check near: an affine model is judged by the validation rows
+        return dict(empty, checked=True)
     X = check_points(model, eng.streams.check_rows(), cfg.input_scale)
     try:
         Y = eng.session.eval(X, capped=False)
