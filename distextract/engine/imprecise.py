@@ -35,6 +35,7 @@ POLISH_MIN_SHARE = 0.5
 REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for the refinement
 REFINE_TIE = 16 * np.finfo(float).eps  # validation errors this close (relative) tie: refined kept
 REFINE_JOINT_CHI2 = 100.0  # a misfit above this (per answer) tries the joint refinement too
+REFINE_JOINT_MAX_WORK = 1e7  # ... where its CG iteration costs at most this many flops
 REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
 REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
@@ -181,10 +182,15 @@ def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndar
     the joint refinement (and births) from ``model`` too, and the lower misfit of the two:
     the joint steps, moving output weights and hyperplanes together, can carry a spare
     neuron onto a missing one where variable projection stops (d16-k32-m1 biases N(0, 1)
-    seed 1: 9.0e6 against 2.8e4 per answer, then a false certificate). Returns the
-    refinement and the number of neurons born (the model's last ones)."""
+    seed 1: 9.0e6 against 2.8e4 per answer, then a false certificate). Only where its
+    conjugate-gradient iteration costs at most REFINE_JOINT_MAX_WORK flops: its 6,000
+    exact iterations cost 43 s of a d64-k128-m10 run's 50 s, and helped neither of the two
+    such runs where it was tried.
+    Returns the refinement and the number of neurons born (the model's last ones)."""
     res, born = add_missing_neurons(refine_network(model, X, Y, sigma), X, Y, sigma)
-    if res.chi2 <= REFINE_JOINT_CHI2:
+    k, d = model.W.shape
+    if (res.chi2 <= REFINE_JOINT_CHI2
+            or refine_work(X.shape[0], k, d, Y.shape[1]) > REFINE_JOINT_MAX_WORK):
         return res, born
     alt, alt_born = add_missing_neurons(refine_network(model, X, Y, sigma, method="joint"),
                                         X, Y, sigma)
