@@ -135,8 +135,8 @@ def test_preconditioner_blocks_updated_from_changed_rows_equal_a_rebuild():
 
 def test_fit_answers_tries_the_joint_refinement_above_its_threshold(monkeypatch):
     """imprecise.fit_answers: variable projection alone at a misfit under
-    REFINE_JOINT_CHI2; above it, the joint refinement from the same start too, and the lower
-    misfit of the two."""
+    REFINE_FIT_CHI2; above it, the joint refinement from the same start too (where its
+    iterations cost at most REFINE_JOINT_MAX_WORK), and the lower misfit of the two."""
     net, start, X, Y, sigma = _float32_problem(6, 8, 1, 300, seed=5)
     vp = refine.refine_network(start, X, Y, sigma, method="vp")
     joint = refine.refine_network(start, X, Y, sigma, method="joint")
@@ -150,10 +150,14 @@ def test_fit_answers_tries_the_joint_refinement_above_its_threshold(monkeypatch)
     monkeypatch.setattr(imprecise, "refine_network", counted)
     res, born = imprecise.fit_answers(start, X, Y, sigma)
     assert calls == ["vp"] and res.chi2 == vp.chi2 and born == 0
-    monkeypatch.setattr(imprecise, "REFINE_JOINT_CHI2", -1.0)
+    monkeypatch.setattr(imprecise, "REFINE_FIT_CHI2", -1.0)
     res, born = imprecise.fit_answers(start, X, Y, sigma)
     assert calls[1:] == ["vp", "joint"] and born == 0
     assert res.chi2 == min(vp.chi2, joint.chi2)
+    # ... and only where its conjugate-gradient iteration is cheap enough
+    monkeypatch.setattr(imprecise, "REFINE_JOINT_MAX_WORK", 1e3)
+    res, born = imprecise.fit_answers(start, X, Y, sigma)
+    assert calls[3:] == ["vp"] and res.chi2 == vp.chi2
 
 
 def test_refine_rejects_an_unknown_method():

@@ -248,7 +248,8 @@ class _OutputFit:
     """The output layer ``(A, L, c)`` of hidden layer ``(W, b)``: the weighted linear
     least-squares solve over the features ``φ(x) = (relu(Wx + b), x, 1)``, one per output
     (one for all when every row weighs its outputs alike), with a tiny ridge pulling the
-    directions the rows leave undetermined towards ``theta0`` (the current output layer)."""
+    directions the rows leave undetermined towards ``theta0`` (the current output layer),
+    then one step of iterative refinement without it."""
 
     def __init__(self, X1: np.ndarray, H: np.ndarray, Y: np.ndarray, w2: np.ndarray,
                  rowwise: bool, theta0: np.ndarray) -> None:
@@ -267,8 +268,12 @@ class _OutputFit:
             chol = np.linalg.cholesky(Gs)
             self.factors.append((chol, s))
             cols = slice(None) if rowwise else slice(g, g + 1)
-            rhs = self.Phi.T @ (Y[:, cols] * om[:, None]) + (VP_RIDGE * s * s)[:, None] * theta0[cols].T
-            theta[cols] = self._solve(g, rhs).T
+            pull = (VP_RIDGE * s * s)[:, None] * theta0[cols].T
+            t = self._solve(g, self.Phi.T @ (Y[:, cols] * om[:, None]) + pull)
+            # one step of iterative refinement on the unridged equations: the ridge's pull
+            # (and the normal equations' rounding) leave the determined directions
+            t += self._solve(g, self.Phi.T @ ((Y[:, cols] - self.Phi @ t) * om[:, None]))
+            theta[cols] = t.T
         self.theta = theta
 
     def _solve(self, g: int, rhs: np.ndarray) -> np.ndarray:
