@@ -235,8 +235,8 @@ def _certificate_lines(ext: dict) -> list[str]:
     if not isinstance(cert, dict):
         return out
     if not cert.get("checked"):
-        out.append("Certificate: not checked (no neuron, or the budget could not hold the "
-                   "check rows): not certified")
+        out.append("Certificate: not checked (the budget could not hold the check rows): "
+                   "not certified")
         return out
     unc = ext.get("uncertain") or []
     out.append(f"Certificate: {cert.get('rows', 0):,} held-out check rows near the "

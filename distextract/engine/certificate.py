@@ -147,13 +147,16 @@ def below_floor(net: ReluNetwork, noise: float, scale: float, s: float = 1.0) ->
 def certify(eng: Coordinator) -> dict:
     """Buy the check rows of the model in ``eng`` and judge it (imprecise answers). Returns
     the ``report["certificate"]`` dict: ``rows`` bought, ``checked`` (False when the budget
-    could not hold them), ``tolerance`` (the absolute allowance of the target), ``worst``
+    could not hold them; True with no row for a model without neurons), ``tolerance`` (the absolute allowance of the target), ``worst``
     (largest miss in tolerances), ``uncertain`` (list of :meth:`Uncertain.to_dict`)."""
     st, cfg = eng.st, eng.cfg
     model = st.model
     empty = {"rows": 0, "checked": False, "tolerance": None, "worst": None, "uncertain": []}
-    if model is None or model.hidden_dim == 0:
+    if model is None:
         return empty
+    if model.hidden_dim == 0:
+        # an affine model has no hyperplane to check: the validation alone decides
+        return dict(empty, checked=True)
     X = check_points(model, eng.streams.check_rows(), cfg.input_scale)
     try:
         Y = eng.session.eval(X, capped=False)
