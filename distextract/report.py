@@ -190,6 +190,7 @@ def summarize(data: RunData) -> str:
     if reason is not None:
         out.append(f"Stopped: {reason} (validation relative L2 {_fmt(rel)}, max abs error "
                    f"{_fmt(mx)}, target relative L2 {_fmt(ext.get('target_rel_l2'))})")
+    out += _certificate_lines(ext)
     if data.lines is not None and data.lines.num_rows:
         kinds = data.lines.column("kind").to_pylist()
         n_k = int(np.sum(data.lines.column("kinks").to_numpy()))
@@ -210,6 +211,43 @@ def summarize(data: RunData) -> str:
     if wall is not None:
         out.append(f"Wall time: {wall:.1f} s")
     return "\n".join(out)
+
+
+#: Uncertain neurons listed by name in the summary (the rest counted).
+SUMMARY_UNCERTAIN = 10
+
+
+def _certificate_lines(ext: dict) -> list[str]:
+    """Imprecise answers: the query bound, the affine fallback, the certificate's check rows
+    and the neurons they contradict (``extraction.certificate``, ``extraction.uncertain``)."""
+    out = []
+    der = ext.get("derived") or {}
+    if der.get("query_bound") is not None:
+        out.append(f"Query bound: {der['query_bound']:,} rows"
+                   + (" (reached: the run stopped there)" if der.get("query_bound_reached")
+                      else ""))
+    fb = ext.get("affine_fallback") or {}
+    if fb.get("taken"):
+        out.append(f"Affine fallback: the best affine map replaced the "
+                   f"{fb.get('model_neurons')}-neuron model (validation relative L2 "
+                   f"{_fmt(fb.get('affine_rel_l2'))} against {_fmt(fb.get('model_rel_l2'))})")
+    cert = ext.get("certificate")
+    if not isinstance(cert, dict):
+        return out
+    if not cert.get("checked"):
+        out.append("Certificate: not checked (the budget could not hold the check rows): "
+                   "not certified")
+        return out
+    unc = ext.get("uncertain") or []
+    out.append(f"Certificate: {cert.get('rows', 0):,} held-out check rows near the "
+               f"hyperplanes, worst off by {_fmt(cert.get('worst'))} tolerances; "
+               f"{len(unc)} neuron{'s' if len(unc) != 1 else ''} uncertain")
+    for u in unc[:SUMMARY_UNCERTAIN]:
+        out.append(f"  neuron {u.get('neuron')}: {u.get('reason')}")
+    if len(unc) > SUMMARY_UNCERTAIN:
+        out.append(f"  ... and {len(unc) - SUMMARY_UNCERTAIN} more (report.json "
+                   f"extraction.uncertain)")
+    return out
 
 
 # -------------------------------------------------------------------------- plots

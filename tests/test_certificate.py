@@ -147,3 +147,28 @@ def test_the_affine_map_replaces_a_model_it_beats():
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
     assert res.report["affine_fallback"]["taken"] is False
     assert dx.extract(NetworkOracle(net), input_dim=d, seed=0).report["affine_fallback"] is None
+
+
+def test_the_summary_names_the_uncertain_neurons(tmp_path):
+    """summary.txt (``distextract report``) states the query bound, the check rows and each
+    uncertain neuron with its reason; a taken affine fallback is said too."""
+    from distextract.report import RunData, _certificate_lines, summarize
+    from distextract.rundir import write_run_outputs
+
+    d = 8
+    base = targets.random_network(d, 8, 1, seed=0)
+    net = _with_neuron(base, np.eye(d)[0], -1.0, [1e-5])
+    res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
+    write_run_outputs(tmp_path, res)
+    text = summarize(RunData(tmp_path))
+    assert f"Query bound: {res.report['derived']['query_bound']:,} rows" in text
+    unc = res.report["uncertain"]
+    assert f"Certificate: {2 * res.model.hidden_dim:,} held-out check rows" in text
+    assert f"{len(unc)} neuron" in text
+    for u in unc:
+        assert f"  neuron {u['neuron']}: {u['reason']}" in text
+    lines = _certificate_lines({"affine_fallback": {"taken": True, "model_neurons": 40,
+                                                    "affine_rel_l2": 0.3, "model_rel_l2": 0.5},
+                                "certificate": {"checked": False}})
+    assert lines[0].startswith("Affine fallback: the best affine map replaced the 40-neuron")
+    assert "not checked" in lines[1]

@@ -212,3 +212,31 @@ def test_prune_after_a_refinement_that_could_not_fit_drops_only_what_adds_nothin
     assert len(must_stay) >= 4 and set(must_stay) <= set(keep.tolist())
     assert not {len(keep_true), len(keep_true) + 1} & set(keep.tolist())
     assert new.model.hidden_dim == keep.size and new.chi2 <= 1.05 * res.chi2
+
+
+def test_locate_crossings_skips_zero_width_gaps_without_warnings():
+    """Two predictions at the same point (two neurons whose predicted crossings coincide)
+    leave a gap of zero width: the crossings beside it are skipped, quietly (no division by
+    zero), and the others are still located."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    d, k = 5, 4
+    W = rng.standard_normal((k, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    A = rng.standard_normal((1, k))
+    u, v = rng.standard_normal(d), rng.standard_normal(d)
+    v /= np.linalg.norm(v)
+    t_true = np.array([-3.0, -1.0, 1.0, 3.0])
+    b = -(W @ u + t_true * (W @ v))
+    tp = np.array([-3.0, -1.0, -1.0, 3.0])  # neuron 2 predicted where neuron 1 is
+    anchors = anchor_points(tp, 50.0)
+    X = u[None] + anchors[:, None] * v[None]
+    Y = np.maximum(X @ W.T + b, 0) @ A.T
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = locate_crossings(tp, np.arange(k), anchors, Y, np.full(anchors.size, 1e-15),
+                                 W, A.T.copy(), v, np.full(k, 1e-3))
+    got = {c.neuron: c.t for c in found}
+    assert 1 not in got and 2 not in got  # beside the zero-width gap
+    assert got[0] == pytest.approx(-3.0, abs=1e-9)

@@ -147,7 +147,7 @@ def below_floor(net: ReluNetwork, noise: float, scale: float, s: float = 1.0) ->
 def certify(eng: Coordinator) -> dict:
     """Buy the check rows of the model in ``eng`` and judge it (imprecise answers). Returns
     the ``report["certificate"]`` dict: ``rows`` bought, ``checked`` (False when the budget
-    could not hold them), ``tolerance`` (the absolute allowance of the target), ``worst``
+    could not hold them; True with no row for a model without neurons), ``tolerance`` (the absolute allowance of the target), ``worst``
     (largest miss in tolerances), ``uncertain`` (list of :meth:`Uncertain.to_dict`)."""
     st, cfg = eng.st, eng.cfg
     model = st.model
@@ -155,7 +155,7 @@ def certify(eng: Coordinator) -> dict:
     if model is None:
         return empty
     if model.hidden_dim == 0:
-        # no hyperplane to check near: an affine model is judged by the validation rows
+        # an affine model has no hyperplane to check: the validation alone decides
         return dict(empty, checked=True)
     X = check_points(model, eng.streams.check_rows(), cfg.input_scale)
     try:

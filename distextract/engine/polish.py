@@ -103,6 +103,10 @@ def locate_crossings(tp: np.ndarray, neuron: np.ndarray, anchors: np.ndarray,
     f1, f2 = values[0::2], values[1::2]
     s1, s2 = sigma_f[0::2], sigma_f[1::2]
     span = t2 - t1
+    # two predictions at the same point leave a gap of zero width between them: it has no
+    # slope, and the crossings beside it are skipped (they were, through NaN comparisons)
+    wide = span > 0.0
+    span = np.where(wide, span, 1.0)
     slope = (f2 - f1) / span[:, None]  # (K+1, m)
     # predicted slope change at each crossing: the neuron's output vector × |w·v|
     pred = a[neuron] * np.abs(W[neuron] @ line_v)[:, None]
@@ -111,6 +115,8 @@ def locate_crossings(tp: np.ndarray, neuron: np.ndarray, anchors: np.ndarray,
     out = []
     for i in range(K):
         L, R = i, i + 1
+        if not (wide[L] and wide[R]):
+            continue
         ds = slope[R] - slope[L]  # right minus left
         dd = float(ds @ ds)
         if dd == 0.0:
