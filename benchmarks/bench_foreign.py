@@ -17,9 +17,14 @@ over the whole wall time, % over the time from the first answered request to the
 driver paid while Ray started (report.json), and the pace the shared limiter ended at
 (requests/s; rows/s for the rows/min server with ``--rows-rate``).
 
+With ``--seeds 0,1,2`` each behaviour runs once per seed (the network ``random_network(d, k,
+m, seed=s)`` and the CLI's ``--seed s``); the table is printed again at the end, worst row
+(lowest % of the limit over the whole wall time) first.
+
 Usage::
 
     python benchmarks/bench_foreign.py [--quick] [--only burst5-frac,disc-burst5] [--workers 8]
+        [--seeds 0,1]
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ BEHAVIOURS = {
 }
 
 
-def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
+def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace, seed: int = 0) -> dict:
     server_opts, limit_flags = BEHAVIOURS[name]
     opts = {"rate": RATE, "latency": args.latency, "max_batch": BATCH, **server_opts}
     server = ForeignServer(net.W, net.b, net.A, net.c, **opts)
@@ -70,7 +75,7 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
     out_dir = tempfile.mkdtemp(prefix=f"dx-foreign-{name}-")
     cmd = [sys.executable, "-m", "distextract", "extract", "--url", url,
            "--input-dim", str(net.W.shape[1]), "--out", os.path.join(out_dir, "run"),
-           "--batch-size", str(BATCH), "--workers", str(args.workers), "--seed", "0",
+           "--batch-size", str(BATCH), "--workers", str(args.workers), "--seed", str(seed),
            *limit_flags]
     if args.timeline:
         cmd.insert(3, "-v")
@@ -81,7 +86,8 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
     t1 = time.monotonic()
     server.stop()
     if args.timeline:
-        write_timeline(os.path.join(args.timeline, f"{name}.txt"), server, w0, t1 - t0,
+        suffix = "" if seed == 0 else f"-seed{seed}"
+        write_timeline(os.path.join(args.timeline, f"{name}{suffix}.txt"), server, w0, t1 - t0,
                        proc.stderr)
     if proc.returncode != 0:
         print(f"{name}: CLI failed ({proc.returncode}): {proc.stderr[-2000:]}", file=sys.stderr)
@@ -101,7 +107,7 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace) -> dict:
         discovered = limiter.get("paced_rate")
     except (OSError, KeyError, ValueError):
         discovered = None
-    return {"behaviour": name, "rows": c["rows"], "wall_s": wall,
+    return {"behaviour": name, "seed": seed, "rows": c["rows"], "wall_s": wall,
             "rows_per_s": c["rows"] / wall, "pct_wall": 100 * c["rows"] / (wall * limit),
             "pct_after_first": 100 * c["rows"] / (after_first * limit),
             "429": c["refused"], "pct_429": 100 * c["refused"] / max(1, requests),
@@ -146,39 +152,54 @@ def fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def fmt_row(r: dict) -> str:
+    return "  ".join([r["behaviour"], str(r["seed"]), f"{r['rows']:,}", f"{r['wall_s']:.1f}",
+                      f"{r['rows_per_s']:,.0f}", f"{r['pct_wall']:.1f}",
+                      f"{r['pct_after_first']:.1f}", str(r["429"]), f"{r['pct_429']:.2f}",
+                      fmt(r["first_s"], ".1f"), fmt(r["ray_s"], ".1f"),
+                      fmt(r["ready_s"], ".1f"), fmt(r["driver_rows"], ","),
+                      fmt(r["final_rate"], ".1f"),
+                      f"{r['load']:.1f}", "" if r["rc"] == 0 else f"(exit {r['rc']})"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="d=32, k=128 (smoke run)")
     parser.add_argument("--only", default=",".join(BEHAVIOURS), help="comma-separated names")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds: network and CLI seed of each run")
     parser.add_argument("--timeline", default=None, metavar="DIR",
                         help="write DIR/<behaviour>.txt: rows per 0.5 s and the CLI's log")
     args = parser.parse_args()
     d, k, m = (32, 128, 10) if args.quick else (128, 1024, 10)
-    net = dx.targets.random_network(d, k, m, seed=0)
+    seeds = [int(v) for v in args.seeds.split(",")]
     print(f"foreign server: {RATE:g} requests/s x {BATCH} rows (rows/min runs: "
           f"{RATE * BATCH * 60:,.0f} rows/min), latency {1000 * args.latency:g} ms; network "
-          f"d={d} k={k} m={m}; CLI --workers {args.workers}; load average "
+          f"d={d} k={k} m={m} (seeds {args.seeds}); CLI --workers {args.workers}; load average "
           f"{os.getloadavg()[0]:.2f} at start")
-    header = ["behaviour", "rows", "wall s", "rows/s", "% limit (wall)", "% after 1st",
-              "429s", "% 429", "1st answer s", "ray s", "ready s", "driver rows", "end pace"]
+    header = ["behaviour", "seed", "rows", "wall s", "rows/s", "% limit (wall)", "% after 1st",
+              "429s", "% 429", "1st answer s", "ray s", "ready s", "driver rows", "end pace",
+              "load"]
     print("  ".join(header))
     rows = []
+    nets = {s: dx.targets.random_network(d, k, m, seed=s) for s in seeds}
     for name in args.only.split(","):
-        r = run_one(name.strip(), net, args)
-        rows.append(r)
-        print("  ".join([r["behaviour"], f"{r['rows']:,}", f"{r['wall_s']:.1f}",
-                         f"{r['rows_per_s']:,.0f}", f"{r['pct_wall']:.1f}",
-                         f"{r['pct_after_first']:.1f}", str(r["429"]), f"{r['pct_429']:.2f}",
-                         fmt(r["first_s"], ".1f"), fmt(r["ray_s"], ".1f"),
-                         fmt(r["ready_s"], ".1f"), fmt(r["driver_rows"], ","),
-                         fmt(r["final_rate"], ".1f"),
-                         "" if r["rc"] == 0 else f"(exit {r['rc']})"]), flush=True)
+        for seed in seeds:
+            load0 = os.getloadavg()[0]
+            r = run_one(name.strip(), nets[seed], args, seed)
+            r["load"] = max(load0, os.getloadavg()[0])  # the higher of start and end
+            rows.append(r)
+            print(fmt_row(r), flush=True)
+    if len(rows) > 1:
+        print("worst row first:")
+        for r in sorted(rows, key=lambda r: r["pct_wall"]):
+            print(fmt_row(r))
     worst = min(rows, key=lambda r: r["pct_wall"])
-    print(f"worst: {worst['behaviour']} {worst['pct_wall']:.1f}% of the limit over the whole "
-          f"wall time, {worst['pct_429']:.2f}% 429s; load average {os.getloadavg()[0]:.2f} "
-          f"at end")
+    print(f"worst: {worst['behaviour']} (seed {worst['seed']}) {worst['pct_wall']:.1f}% of the "
+          f"limit over the whole wall time, {worst['pct_429']:.2f}% 429s; load average "
+          f"{os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

@@ -59,9 +59,13 @@ class Pace:
 
     A 429 during the pause of a previous one, or within :attr:`COOLDOWN_S` of the last
     decrease, belongs to the same event (its request was sent before the decrease was known):
-    it pauses but does not lower the pace again. The first 429 of a discovery halves the pace
-    (the slow start overshot by up to one doubling) and remembers :attr:`DECREASE` of the
-    pace it was refused at as the quick-recovery target.
+    it pauses but does not lower the pace again. A 429 in a discovery's slow start halves the
+    pace (the slow start overshot by up to one doubling); it ends the slow start only when it
+    confirms an earlier one, coming at no more than :attr:`CONFIRM` times the pace that one
+    refused (a lone 429 far below the limit, from arrival jitter or requests a stalled
+    process let go together, no longer ends the discovery there); the confirming 429's pace
+    is then the estimate of the server's limit, and :attr:`DECREASE` of it the quick-recovery
+    target.
 
     Not thread-safe: the limiter holding it locks.
 
@@ -83,6 +87,9 @@ class Pace:
     #: Longest stretch of one wait counted as time sent at the pace (a caller alone waiting
     #: for one slow slot must not grow the pace by its whole wait).
     MAX_STEP_S = 0.1
+    #: A slow start's 429 at no more than CONFIRM times the pace of the one before it
+    #: confirms the limit (the slow start doubles past a lone one).
+    CONFIRM = 2.0
 
     def __init__(self, ceiling: float | None = None, start: float | None = None) -> None:
         self.ceiling = ceiling
@@ -94,6 +101,8 @@ class Pace:
         self.scale = self.rate
         self.target = math.inf  # up to here the pace doubles per second (quick recovery)
         self.decreases = 0
+        #: Pace of the slow start's last 429 (None: none yet).
+        self.slow_refused: float | None = None
         self._last_decrease = -math.inf
         self._pause_end = -math.inf
         self._last_grow: float | None = None
@@ -129,10 +138,12 @@ class Pace:
         if same_event:
             return False
         if self.slow_start:
-            self.target = self.DECREASE * self.rate
-            self.scale = self.rate  # the first estimate of the server's limit
+            previous, self.slow_refused = self.slow_refused, self.rate
+            if previous is not None and self.rate <= self.CONFIRM * previous:
+                self.target = self.DECREASE * self.rate
+                self.scale = self.rate  # the first estimate of the server's limit
+                self.slow_start = False
             self.rate *= 0.5
-            self.slow_start = False
         else:
             self.rate *= self.DECREASE
             self.target = self.rate

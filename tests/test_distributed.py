@@ -340,6 +340,35 @@ def test_rate_limited_http_run_matches_in_process(ray_local, net):
     assert sum(h["rows_paid"] for h in dist["http"]) + driver_paid == res.queries
 
 
+def test_hand_over_carries_a_pace_lowered_by_429s_to_the_limiter_actor(ray_local, net):
+    """An overlapped run's driver lowered its configured pace after 429s (a burst-1 server);
+    when the workers are ready, the limiter actor continues at that pace (it started at the
+    ceiling before, and the server refused the first slots it granted)."""
+    from distextract._http import HTTPOracle
+    from distextract.distributed.overlap import OverlappedExecutor
+
+    http = HTTPOracle("http://127.0.0.1:9/", 16, max_batch=8, rate=100.0, max_in_flight=2)
+    try:
+        http.limiter.penalize(0.001)
+        time.sleep(0.3)  # past the cooldown: a second event
+        http.limiter.penalize(0.001)
+        assert http.limiter.pace.rate == pytest.approx(72.25)
+        front = OverlappedExecutor(http, workers=1, tasks_per_worker=2, max_batch=8,
+                                   request_limited=True)
+        ex = RayExecutor(http, 1, seed=0)
+        try:
+            front.provide(ex)
+            assert front.ray() is ex
+            stats = ex.limiter_stats()
+            assert stats["rate"] == 100.0
+            assert stats["paced_rate"] == pytest.approx(72.25)
+            assert stats["pace"] == pytest.approx(0.7225)
+        finally:
+            ex.close()
+    finally:
+        http.close()
+
+
 def test_rate_discovery_is_shared_by_the_workers_through_the_limiter_actor(ray_local, net):
     """No rate given, a server it was not written with (benchmarks/foreign_server.py: token
     bucket of 30 requests/s, burst 5, fractional Retry-After, X-RateLimit-* headers): the

@@ -186,18 +186,47 @@ def test_pace_discovery_slow_start_then_aimd_injected_times():
     for i in range(1, 201):  # 2 s saturated: doubles per second
         p.saturated(0.01 * i)
     assert p.rate == pytest.approx(4 * Pace.START_RATE * 2 ** -0.01, rel=1e-6)
-    refused_at = p.rate
-    assert p.refused(2.0, 0.01)  # first 429: halve, remember DECREASE of the refused pace
+    lone = p.rate
+    assert p.refused(2.0, 0.01)  # a lone 429: halve, keep doubling (not the limit yet)
+    assert p.slow_start and p.rate == pytest.approx(lone / 2)
+    for i in range(1, 101):  # 1 s saturated: back where it was refused
+        p.saturated(2.0 + 0.01 * i)
+    assert p.rate == pytest.approx(lone * 0.5 * 2 ** 0.99, rel=1e-6)
+    refused_at = p.rate  # within CONFIRM x the lone one's pace: the limit is confirmed
+    assert p.refused(3.0, 0.01) and not p.slow_start
     assert p.rate == pytest.approx(refused_at / 2)
     assert p.target == pytest.approx(Pace.DECREASE * refused_at)
     for i in range(1, 201):  # quick recovery to the target, then additive increase
-        p.saturated(2.5 + 0.01 * i)
+        p.saturated(3.5 + 0.01 * i)
     assert p.target < p.rate < p.target * (1 + 2 * Pace.INCREASE)  # < 2 s above the target
     r0 = p.rate
     for i in range(1, 101):  # 1 s more: additive, INCREASE of the first refused pace
-        p.saturated(4.5 + 0.01 * i)
+        p.saturated(5.5 + 0.01 * i)
     assert p.rate == pytest.approx(r0 + Pace.INCREASE * refused_at, rel=1e-9)
-    assert p.refused(5.0, 0.01) and p.target == p.rate
+    assert p.refused(6.0, 0.01) and p.target == p.rate
+
+
+def test_pace_discovery_passes_a_lone_429_far_below_the_limit_injected_times():
+    """A 429 early in a discovery (arrival jitter, requests bunched by a stall) halves the
+    pace but the slow start doubles on past it; a later 429 more than CONFIRM times faster
+    is a lone one again, and the next within CONFIRM times of it ends the slow start there."""
+    p = Pace(None)
+    assert p.refused(0.0, 0.01) and p.slow_start  # at 20/s: a lone one
+    t = 0.0
+    while p.rate < 4.5 * Pace.START_RATE:  # doubles on, far past it
+        t += 0.01
+        p.saturated(t)
+    assert p.slow_start and p.slow_refused == Pace.START_RATE
+    high = p.rate
+    assert p.refused(t, 0.01) and p.slow_start  # > CONFIRM x 20: lone again
+    while p.rate < 0.9 * high:
+        t += 0.01
+        p.saturated(t)
+    confirmed = p.rate
+    assert p.refused(t + 0.01, 0.01) and not p.slow_start
+    assert p.scale == pytest.approx(confirmed) and p.target == pytest.approx(
+        Pace.DECREASE * confirmed)
+    assert p.decreases == 3
 
 
 def test_schedule_is_the_one_gcra_with_pauses_and_holds_injected_times():

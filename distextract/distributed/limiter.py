@@ -89,13 +89,21 @@ class _Limiter:
         self.schedule.continue_after(time.monotonic(), seconds)
 
     def adopt_pace(self, rate: float, target: float, slow_start: bool,
-                   scale: float | None = None) -> None:
-        """Continue a discovery the driver began while the workers started."""
+                   scale: float | None = None, slow_refused: float | None = None) -> None:
+        """Continue the pace the driver's limiter reached while the workers started: a
+        discovery, or a configured rate lowered by 429s (starting again at the ceiling, the
+        actor's first slots met the server that had just refused the driver: a burst-1 server
+        refused 5 to 7 requests at each hand-over)."""
         pace = self.schedule.pace
-        if pace is not None and self.schedule.discover:
-            pace.rate, pace.target, pace.slow_start = float(rate), float(target), bool(slow_start)
-            pace.scale = float(scale) if scale is not None else pace.rate
-            self.schedule._apply_pace()
+        if pace is None:
+            return
+        if pace.ceiling is not None:
+            rate = min(float(rate), pace.ceiling)
+        pace.rate, pace.target, pace.slow_start = float(rate), float(target), bool(slow_start)
+        pace.scale = float(scale) if scale is not None else pace.rate
+        if slow_refused is not None:
+            pace.slow_refused = float(slow_refused)
+        self.schedule._apply_pace()
 
     def stats(self) -> dict:
         out = self.schedule.stats()

@@ -141,9 +141,9 @@ class OverlappedExecutor:
             return
         local = http.limiter
         pace = getattr(local, "pace", None)
-        if pace is not None and getattr(local, "discover", False):
+        if pace is not None:  # a discovery, or a ceiling lowered by 429s
             ray.get(actor.adopt_pace.remote(pace.rate, pace.target, pace.slow_start,
-                                            pace.scale))
+                                            pace.scale, pace.slow_refused))
         # the actor's first slots follow the driver's booked ones: granted from a fresh
         # schedule they doubled the rate for a moment (the demo's server refused 3-4 requests)
         schedule = getattr(local, "schedule", None)

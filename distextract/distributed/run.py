@@ -183,7 +183,8 @@ for item in sys.argv[3:]:
 
 def leave_ray_for_exit(enabled: bool = True) -> None:
     """Let :func:`run_distributed` leave the local Ray instance it starts running when the
-    run ends without error, for :func:`stop_left_ray` to stop as this process exits.
+    run ends without error, for :func:`stop_left_ray` to stop as this process exits (a
+    cluster joined with ``address`` is left as before: ``ray.shutdown`` disconnects).
 
     For a process that ends right after the run (``distextract extract``): its run directory
     is written first, and Ray's processes are then killed without ``ray.shutdown``'s waits
@@ -493,8 +494,8 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
         if executor is not None:
             executor.close()
         t_shut = time.perf_counter()
-        if started and succeeded and _ExitStop.enabled:
-            _ExitStop.left = True  # stopped by stop_left_ray as the process exits
+        if started and succeeded and _ExitStop.enabled and address is None:
+            _ExitStop.left = True  # a local instance: stopped by stop_left_ray at the exit
             logger.info("workers closed in %.2f s; Ray left running until the process exits",
                         t_shut - t_close)
         else:
