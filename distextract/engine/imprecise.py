@@ -34,8 +34,8 @@ POLISH_OUTLIER = 12.0
 POLISH_MIN_SHARE = 0.5
 REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for the refinement
 REFINE_TIE = 16 * np.finfo(float).eps  # validation errors this close (relative) tie: refined kept
-REFINE_FIT_CHI2 = 100.0  # a refined misfit above this (per answer): the fit failed (neurons missing)
-REFINE_JOINT_MAX_WORK = 1e7  # the joint refinement is tried then where its CG iteration costs <= this
+REFINE_FIT_CHI2 = 100.0  # a refined misfit above this per answer: the fit failed (neurons missing)
+REFINE_JOINT_MAX_WORK = 1e7  # ... the joint refinement tried too where a CG iteration costs less
 REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
 REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
