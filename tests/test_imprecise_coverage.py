@@ -192,21 +192,6 @@ def test_a_missing_weak_neuron_is_added_from_the_refinement_outliers():
     assert abs(new_w @ true_w) > 1 - 1e-8
 
 
-@pytest.mark.slow
-def test_recheck_lines_search_against_the_model_before_a_failed_fit():
-    """d64-k128-m10, biases ~ N(0, 1), seed 1: the searched lines miss 4 strong neurons and
-    the refinement cannot fit (chi2 1.2e9 per answer), bending the other neurons (124 of
-    128 within 1e-4 before it, 3 after). Residual lines searched against that refined model
-    added 22 spurious neurons (1.0e-4, 118/128 matched); searched against the model before
-    it they find the missing ones. (slow: ~5 s CPU, 25 s on the loaded 2-core machine)"""
-    net = targets.random_network(64, 128, 10, seed=1, bias_scale=1.0)
-    res = dx.extract(NetworkOracle(net, output="float32"), seed=1)
-    rep = _judge(res, net)
-    assert rep.rel_l2 <= 1e-6, rep
-    assert rep.all_matched and rep.spurious_neurons == 0, rep
-    assert res.certified
-
-
 def test_a_refinement_that_validates_as_well_is_kept(monkeypatch):
     """A refinement whose validation error equals the current one (to rounding) is kept
     (REFINE_TIE): its misfit is the one the recheck reads, not the previous run's."""

@@ -34,8 +34,8 @@ POLISH_OUTLIER = 12.0
 POLISH_MIN_SHARE = 0.5
 REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for the refinement
 REFINE_TIE = 16 * np.finfo(float).eps  # validation errors this close (relative) tie: refined kept
-REFINE_FIT_CHI2 = 100.0  # a refined misfit above this (per answer): the fit failed (neurons missing)
-REFINE_JOINT_MAX_WORK = 1e7  # the joint refinement is tried then where its CG iteration costs <= this
+REFINE_FIT_CHI2 = 100.0  # a refined misfit above this per answer: the fit failed (a neuron missing)
+REFINE_JOINT_MAX_WORK = 1e7  # ... the joint refinement tried too where a CG iteration costs less
 REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
 REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
@@ -175,13 +175,8 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
         "validation_rel_l2_after": float(min(err, st.val_rel_l2)),
         "kept": kept or prev.get("kept", False)}
     if kept:
-        before = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
         st.model, st.val_rel_l2, st.val_max_abs = res.model, err, mx
         st.neurons = _neurons_of(res.model, ns.take(keep))
-        # a fit far above the answers' errors (neurons missing that no birth supplied)
-        # spreads their error over every other neuron: the recheck searches its lines
-        # against the model measured before it (.recheck)
-        st.prerefine = before if res.chi2 > REFINE_FIT_CHI2 else None
     return True
 
 
@@ -259,23 +254,13 @@ def recheck(eng: Coordinator, index: int) -> int:
     """After a refinement that could not fit the answers to their errors (a neuron
     missing or wrong: the Jacobians' imprecision hid it from the earlier lines), search
     residual lines against the refined model, whose residual is now near the noise
-    everywhere but at the culprits, and refine again over the rows held.
-
-    A refinement that stayed far above the noise (REFINE_FIT_CHI2: neurons missing) has
-    bent every neuron towards the missing ones; its lines are searched against the model
-    measured before it instead (``st.prerefine``), whose neurons are each right to the
-    Jacobians' precision (d64-k128-m10 biases N(0, 1) seed 1: 124 of 128 neurons within
-    1e-4 before, 3 after; searched against the refined model the lines added 22 spurious
-    neurons, 1.1e-4 in the end). The best-validating model of either kind is returned."""
+    everywhere but at the culprits, and refine again over the rows held."""
     st = eng.st
     best = (st.val_rel_l2, st.model, st.neurons, st.val_max_abs)
     for _ in range(RECHECK_LINES):
         ref = st.refinement
         if ref is None or ref["chi2_per_answer"] <= PRUNE_MAX_CHI2:
             break
-        if st.prerefine is not None:
-            st.val_rel_l2, st.model, st.neurons, st.val_max_abs = st.prerefine
-            st.prerefine = None
         changes = update.residual_line(eng, index)
         index += 1
         if changes:
@@ -285,7 +270,6 @@ def recheck(eng: Coordinator, index: int) -> int:
     # a line's assemble replaces the refined model even when it validates worse: keep the
     # best one
     st.val_rel_l2, st.model, st.neurons, st.val_max_abs = best
-    st.prerefine = None
     return index
 
 

@@ -9,12 +9,21 @@ to near the answers' own precision. Near the current model the equations are lin
 parameter change (the activation pattern is the current one everywhere but within the
 hyperplane error of a hyperplane), so a few Gauss-Newton steps converge.
 
-Each step solves the weighted linear least-squares problem ``min |Σ⁻¹(J·δ − r)|`` by
-conjugate gradients on the normal equations, matrix-free (``J·δ`` and ``Jᵀ·r`` cost
-``O(rows·k·(d + m))``), preconditioned by the exact diagonal blocks: one ``(d+1)²`` block per
-neuron (its ``w``, ``b``) and one ``(k+d+1)²`` block per output (its ``A`` row, ``L`` row,
-``c``). The rescaling ``(w, b, a) → (αw, αb, a/α)`` leaves the model unchanged; a tiny ridge
-keeps the blocks invertible and the step free of it.
+**Variable projection** (the default): for a fixed hidden layer ``(W, b)`` the output layer
+``(A, L, c)`` is an exact weighted linear least-squares solve over the features
+``(relu(Wx + b), x, 1)``, so Gauss-Newton runs over ``(W, b)`` only. Each step solves
+``Jᵀ Ω P⊥ J δ = Jᵀ Ω r`` (``P⊥``: the weighted projection off the features) by conjugate
+gradients, matrix-free (``O(rows·(k·d + (k + d)·m))`` an iteration) and inexactly (to 1%),
+preconditioned by one ``(d+1)²`` block per neuron: its sum over active rows less what the
+output layer's ``x`` and ``1`` absorb (a Schur complement), updated from the rows whose
+activation changed since the last step. On a d64-k128-m10 float32 problem that is 27
+conjugate-gradient iterations where the joint solver below takes 6,000.
+
+**Joint** (``method="joint"``): every parameter at once, the same matrix-free conjugate
+gradients on the full normal equations, preconditioned by the exact diagonal blocks: one
+``(d+1)²`` block per neuron (its ``w``, ``b``) and one ``(k+d+1)²`` block per output (its
+``A`` row, ``L`` row, ``c``). The rescaling ``(w, b, a) → (αw, αb, a/α)`` leaves the model
+unchanged; a tiny ridge keeps the blocks invertible and the step free of it.
 
 Pure numpy; the coordinator decides which rows to use and pays for them.
 """
@@ -299,9 +308,9 @@ class _Hidden:
     layer; ``P⊥``: the weighted projection off the output layer's features) and the neuron
     block preconditioner, kept across steps (:class:`_Blocks`)."""
 
-    def __init__(self, X: np.ndarray, X1: np.ndarray, mask: np.ndarray, A: np.ndarray,
-                 w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks") -> None:
-        self.X, self.X1, self.mask, self.A, self.w2, self.fit = X, X1, mask, A, w2, fit
+    def __init__(self, X: np.ndarray, mask: np.ndarray, A: np.ndarray, w2: np.ndarray,
+                 fit: _OutputFit, blocks: "_Blocks") -> None:
+        self.X, self.mask, self.A, self.w2, self.fit = X, mask, A, w2, fit
         self.d = X.shape[1]
         self.inv, self.ridge = blocks.inverse(A)
 
@@ -437,7 +446,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     for _ in range(MAX_STEPS if k else 0):
         blocks.update(mask)
         A = fit.theta[:, :k]
-        lin = _Hidden(X, X1, mask.astype(np.float64), A, w2, fit, blocks)
+        lin = _Hidden(X, mask.astype(np.float64), A, w2, fit, blocks)
         dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
         cg_total += it
         step = 1.0

@@ -72,9 +72,6 @@ class EngineState:
     counters: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
     finishing: dict | None = None  # what the float64 finishing pass did (pins, re-measures)
-    # (val_rel_l2, model, neurons, val_max_abs) before a refinement that could not fit the
-    # answers, for the recheck's lines (imprecise.refine, .recheck)
-    prerefine: tuple | None = None
 
     @property
     def noise(self) -> float:
