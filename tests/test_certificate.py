@@ -172,3 +172,26 @@ def test_the_summary_names_the_uncertain_neurons(tmp_path):
                                 "certificate": {"checked": False}})
     assert lines[0].startswith("Affine fallback: the best affine map replaced the 40-neuron")
     assert "not checked" in lines[1]
+
+
+def test_a_model_neuron_under_the_observability_floor_is_uncertain():
+    """A neuron the model holds whose whole contribution is under 16 roundings of the
+    answers cannot be confirmed by them, however well its check rows agree: named, and the
+    other neurons of a good float32 model are not."""
+    from distextract._oracle import CountingOracle
+    from distextract.engine._config import ExtractConfig
+    from distextract.engine.certificate import certify
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.tasks import LocalExecutor
+
+    d = 8
+    net = targets.random_network(d, 8, 1, seed=0)
+    coord = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))),
+                        d, ExtractConfig(), 0)
+    eng = coord.run()
+    assert eng.certified and eng.certificate["uncertain"] == []
+    k = coord.st.model.hidden_dim
+    coord.st.model = _with_neuron(coord.st.model, np.eye(d)[2], 0.2, [1e-9])
+    out = certify(coord)
+    assert [u["neuron"] for u in out["uncertain"]] == [k]
+    assert "observability floor" in out["uncertain"][0]["reason"]

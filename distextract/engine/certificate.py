@@ -15,9 +15,10 @@ its hyperplane, or a neighbour, or a neuron the model lacks). ``certified`` is n
 an uncertain neuron (:mod:`.loop`).
 
 A neuron whose whole output contribution (rms over the Gaussian bulk) is below
-:data:`OBSERVABLE_NOISE` relative roundings of the answers cannot be seen in them: the
-benchmark reports such neurons of the true network (its ``<flr`` column) instead of counting
-them missed (:func:`contribution`).
+:data:`OBSERVABLE_NOISE` relative roundings of the answers cannot be seen in them: a model
+neuron below it is uncertain (the answers cannot confirm it), and the benchmark reports such
+neurons of the true network (its ``<flr`` column) instead of counting them missed
+(:func:`contribution`).
 
 The check rows are bought on the imprecise path only (float64 runs are certified by their
 lines and validation, and their golden traces stay unchanged), beyond the run's query bound
@@ -168,6 +169,20 @@ def certify(eng: Coordinator) -> dict:
     allowed = eng.target * rms
     tol = st.noise * output_scale(Y, st.fref, st.absolute) + allowed
     uncertain, miss = judge(model, X, Y, tol)
+    # a neuron contributing less than the observability floor cannot be confirmed by the
+    # answers, however well its check rows agree
+    k = model.hidden_dim
+    share = contribution(model.W, model.b, model.A, cfg.input_scale) / max(st.noise * rms,
+                                                                           1e-300)
+    named = {u.neuron for u in uncertain}
+    for j in np.flatnonzero(share < OBSERVABLE_NOISE):
+        if int(j) not in named:
+            uncertain.append(Uncertain(
+                int(j), f"contributes {share[j]:.3g} roundings of the answers (rms over the "
+                        f"bulk), under the observability floor of {OBSERVABLE_NOISE:g}: the "
+                        f"answers cannot confirm it", float(max(miss[j], miss[k + j])),
+                float(miss[j]), float(miss[k + j])))
+    uncertain.sort(key=lambda u: u.neuron)
     if uncertain:
         logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
                        "tolerances)", len(uncertain), model.hidden_dim, float(np.max(miss)))
