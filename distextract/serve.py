@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -504,6 +505,11 @@ def serve_forever(network: ReluNetwork | str | os.PathLike, config: ServerConfig
     16 ms instead of 0.2 ms (BENCHMARKS.md, issue 4).
     """
     _one_blas_thread()
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C (SIGINT) stops the server even when this process inherited SIGINT ignored
+        # (a parent that ignores it, e.g. under nohup or beside Ray: Python then installs no
+        # KeyboardInterrupt handler, and ServerProcess.stop() had to kill it after 10 s)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     server = make_server(network, config)
     if on_ready is not None:
         on_ready(server_url(server))

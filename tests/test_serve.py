@@ -198,3 +198,22 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_cli_help_lists_serve():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "serve" in result.output
+
+
+def test_server_process_stops_on_sigint_even_when_started_with_sigint_ignored(net, tmp_path):
+    """A parent that ignores SIGINT (nohup, some test runners beside Ray) passes SIG_IGN on to
+    the server process; it must still stop cleanly on stop()'s SIGINT, not be killed after
+    the timeout with its final counts lost."""
+    import signal
+
+    model = tmp_path / "net.arrow"
+    net.save(model)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with launch_server_process(model, max_batch=4, seed=1) as proc:
+            assert post(proc.url, X[:3]).status_code == 200
+            out = proc.stop(timeout=8.0)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert "rows served: 3" in out
+    assert proc.proc.returncode == 0
