@@ -197,18 +197,7 @@ def _misfit(X, Y, w2, W, b, A, c, L) -> tuple[float, np.ndarray]:
 def _refine_joint(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
                   sigma: np.ndarray) -> RefineResult:
     """Joint Gauss-Newton refinement of all of ``model``'s parameters (``method="joint"`` of
-    :func:`refine_network`).
-
-    Parameters
-    ----------
-    model : ReluNetwork
-        Starting point (close enough that most activation patterns are right).
-    X : ndarray of shape (n, d)
-    Y : ndarray of shape (n, m)
-        Paid answers.
-    sigma : ndarray of shape (n,) or (n, m)
-        Standard error of each answer (rows or single answers); weights ``1/σ²``.
-    """
+    :func:`refine_network`, whose docstring describes the parameters)."""
     X, Y, w2 = _validated(X, Y, sigma)
     W, b, A, c = model.W.copy(), model.b.copy(), model.A.copy(), model.c.copy()
     L = model.L.copy()
