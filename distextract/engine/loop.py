@@ -35,7 +35,7 @@ from .regions import LineScan
 from .seeds import Streams
 from .session import QuerySession
 from .settings import Derived, Settings, derive
-from .solve import relative_error
+from .solve import relative_error, solve_full
 from .state import EngineResult, EngineState, LineRecord, PrecisionLimited
 
 logger = logging.getLogger(__name__)
@@ -220,10 +220,7 @@ class Coordinator:
                "model_neurons": k}
         if st.model is None or X.shape[0] < d + 2 or paid.Xv.shape[0] == 0:
             return out
-        Z = np.hstack([X, np.ones((X.shape[0], 1))])
-        coef = np.linalg.lstsq(Z, Y, rcond=None)[0]
-        aff = ReluNetwork(np.zeros((0, d)), np.zeros(0), np.zeros((m, 0)), coef[d],
-                          coef[:d].T)
+        aff = solve_full(NeuronSet.empty(d, m), X, Y)  # no neuron: the affine fit
         err, mx = relative_error(aff, paid.Xv, paid.Yv.reshape(-1, m))
         out["affine_rel_l2"] = float(err)
         if err < st.val_rel_l2:
