@@ -36,6 +36,7 @@ import numpy as np
 
 from .._errors import BudgetExhausted
 from .._model import ReluNetwork
+from .fuse import close_pairs, wedge_points
 from .tasks import output_scale
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 CHECK_ROWS_PER_NEURON = 2  # one row each side of a neuron's hyperplane
 CHECK_OFFSET = 0.25  # ... this many input scales from it
 CHECK_ERRORS = 4.0  # a row the model misses by more than this many tolerances contradicts it
+WEDGE_ROWS = 2  # rows inside the wedge of each pair of nearly coincident hyperplanes (.fuse)
 OBSERVABLE_NOISE = 16.0  # a neuron contributing (rms) less than this many relative roundings
 # of the answers cannot be seen in them (the imprecise target is 16 × the noise too)
 
@@ -152,18 +154,24 @@ def certify(eng: Coordinator) -> dict:
     (largest miss in tolerances), ``uncertain`` (list of :meth:`Uncertain.to_dict`)."""
     st, cfg = eng.st, eng.cfg
     model = st.model
-    empty = {"rows": 0, "checked": False, "tolerance": None, "worst": None, "uncertain": []}
+    empty = {"rows": 0, "pairs": 0, "checked": False, "tolerance": None, "worst": None, "uncertain": []}
     if model is None:
         return empty
     if model.hidden_dim == 0:
         # an affine model has no hyperplane to check: the validation alone decides
         return dict(empty, checked=True)
     X = check_points(model, eng.streams.check_rows(), cfg.input_scale)
+    pairs = close_pairs(model.W, model.b, cfg.input_scale)
+    Xw = wedge_points(model.W, model.b, pairs, eng.streams.check_wedges(), cfg.input_scale,
+                      per_pair=WEDGE_ROWS)
     try:
-        Y = eng.session.eval(X, capped=False)
+        Yall = eng.session.eval(np.concatenate([X, Xw], axis=0), capped=False)
     except BudgetExhausted as exc:
-        logger.warning("%s: the certificate's %d check rows were not bought", exc, X.shape[0])
+        logger.warning("%s: the certificate's %d check rows were not bought", exc,
+                       X.shape[0] + Xw.shape[0])
         return empty
+    Yall = Yall.reshape(X.shape[0] + Xw.shape[0], -1)
+    Y, Yw = Yall[:X.shape[0]], Yall[X.shape[0]:]
     Yv = eng.paid.Yv.reshape(eng.paid.Yv.shape[0], -1)
     rms = float(np.sqrt(np.mean(Yv * Yv))) if Yv.size else st.fref
     allowed = eng.target * rms
@@ -175,6 +183,24 @@ def certify(eng: Coordinator) -> dict:
     share = contribution(model.W, model.b, model.A, cfg.input_scale) / max(st.noise * rms,
                                                                            1e-300)
     named = {u.neuron for u in uncertain}
+    if Xw.shape[0]:
+        # the wedges of close pairs: one neuron split in two computes the true one everywhere
+        # else
+        tolw = st.noise * output_scale(Yw, st.fref, st.absolute) + allowed
+        wmiss = (np.max(np.abs(Yw - model.predict(Xw)), axis=1) / tolw).reshape(len(pairs), -1)
+        for (i, j, _), row in zip(pairs, wmiss):
+            worst = float(np.max(row))
+            miss = np.append(miss, row)
+            if worst <= CHECK_ERRORS:
+                continue
+            for a, b in ((i, j), (j, i)):
+                if int(a) not in named:
+                    named.add(int(a))
+                    uncertain.append(Uncertain(
+                        int(a), f"the wedge between its hyperplane and neuron {int(b)}'s, "
+                                f"nearly the same, missed by {worst:.3g} tolerances: one "
+                                f"neuron split in two, or the pair placed wrong",
+                        worst, float(miss[a]), float(miss[k + a])))
     for j in np.flatnonzero(share < OBSERVABLE_NOISE):
         if int(j) not in named:
             uncertain.append(Uncertain(
@@ -186,5 +212,5 @@ def certify(eng: Coordinator) -> dict:
     if uncertain:
         logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
                        "tolerances)", len(uncertain), model.hidden_dim, float(np.max(miss)))
-    return {"rows": int(X.shape[0]), "checked": True, "tolerance": float(allowed),
+    return {"rows": int(X.shape[0] + Xw.shape[0]), "pairs": int(len(pairs)), "checked": True, "tolerance": float(allowed),
             "worst": float(np.max(miss)), "uncertain": [u.to_dict() for u in uncertain]}

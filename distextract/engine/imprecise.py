@@ -13,7 +13,9 @@ import numpy as np
 from .._model import ReluNetwork
 from . import update
 from .birth import add_missing_neurons, with_born
+from .._errors import BudgetExhausted
 from .coverage import cover_points, cover_rows_wanted, rare_side_rows
+from .fuse import close_pairs, fuse_pairs, wedge_points
 from .neurons import NeuronSet, crossings_inside, predicted_crossings
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
@@ -152,6 +154,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
         ns = with_born(ns, res.model, born, len(st.lines) - 1, last.u, last.v)
     keep = np.arange(ns.size)
     res, keep = prune(eng, res, X, Y, sigma, keep)
+    res, keep, X = fuse(eng, res, X, Y, sigma, keep)
     err, mx = relative_error(res.model, eng.paid.Xv, eng.paid.Yv)
     logger.info("refine: %d rows, %d steps, %d CG iterations, chi2 %.3g -> %.3g, "
                 "%d neurons dropped, validation rel L2 %.3g -> %.3g", X.shape[0],
@@ -248,6 +251,39 @@ def prune(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray
         return res, keep
     new, idx = without(np.array(drop))
     return (new, keep[idx]) if new is not None else (res, keep)
+
+
+def fuse(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
+         keep: np.ndarray):
+    """Fold neurons split in two back into one (:mod:`.fuse`): for the refined model's
+    close pairs, buy FUSE_ROWS rows inside each wedge (kept with the Gaussian rows), refit
+    over the rows held, and fuse a pair when the refitted misfit stays within the prune's
+    allowance for one neuron fewer. Nothing is bought or fused where the budget refuses the
+    wedge rows. Returns the result, the neurons kept and the rows it was fitted over."""
+    st, cfg = eng.st, eng.cfg
+    model = res.model
+    s = cfg.input_scale
+    pairs = close_pairs(model.W, model.b, s)
+    if len(pairs) == 0:
+        return res, keep, X
+    m = Y.shape[1]
+    Xw = wedge_points(model.W, model.b, pairs, eng.streams.fuse_rows(len(st.lines)), s)
+    try:
+        Yw = eng.session.eval(Xw).reshape(-1, m)
+    except BudgetExhausted as exc:
+        logger.warning("%s: the wedge rows of %d close pairs were not bought", exc, len(pairs))
+        return res, keep, X
+    eng.paid.Xs = np.concatenate([eng.paid.Xs, Xw], axis=0)
+    eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yw], axis=0)
+    X, Y = np.concatenate([X, Xw], axis=0), np.concatenate([Y, Yw], axis=0)
+    sigma = st.noise * output_scale(Y, st.fref, st.absolute)
+    dof = X.shape[1] + 2 + m
+    res = refine_network(model, X, Y, sigma)
+    res, idx = fuse_pairs(res, X, Y, lambda cand: refine_network(cand, X, Y, sigma),
+                          lambda chi2, n: PRUNE_CHI2 * chi2 + 4.0 * dof * n / Y.size, s)
+    if idx.size < model.W.shape[0]:
+        st.counters["neurons_fused"] += int(model.W.shape[0] - idx.size)
+    return res, keep[idx], X
 
 
 def recheck(eng: Coordinator, index: int) -> int:

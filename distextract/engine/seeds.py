@@ -26,6 +26,8 @@ ORIENT = 9  # (9, neuron)
 PIN_SHIFT = (10,)
 COVER_ROWS = 11  # (11, lines recorded so far)
 CHECK_ROWS = (12, 0)  # the certificate's held-out rows (no other stream draws from key 12)
+CHECK_WEDGES = (12, 1)  # ... and its rows in the wedges of close hyperplane pairs
+FUSE_ROWS = 13  # (13, lines recorded so far)
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,18 @@ class Streams:
         refinement after ``lines`` recorded lines."""
         return self._rng(COVER_ROWS, lines)
 
+    def fuse_rows(self, lines: int) -> np.random.Generator:
+        """Rows bought inside the wedges of close hyperplane pairs (.fuse), at a refinement
+        after ``lines`` recorded lines."""
+        return self._rng(FUSE_ROWS, lines)
+
     def check_rows(self) -> np.random.Generator:
         """The certificate's held-out check rows near every hyperplane (.certificate)."""
         return self._rng(*CHECK_ROWS)
+
+    def check_wedges(self) -> np.random.Generator:
+        """The certificate's held-out rows inside the wedges of close pairs (.fuse)."""
+        return self._rng(*CHECK_WEDGES)
 
     def remeasure_line(self, neuron: int) -> np.random.Generator:
         """The seed of the line along ``neuron``'s normal that measures it again."""

@@ -21,6 +21,7 @@ COUNTERS = (
     "unseen_dropped",  # neurons most lines crossing them did not see (cleanup)
     "new_rejected",  # new neurons of a line that made validation worse (cleanup)
     "pins_mirrored",  # pins averaged with a mirrored line through the foot (finish)
+    "neurons_fused",  # close pairs of hyperplanes fused into one neuron (imprecise: .fuse)
 )
 
 
