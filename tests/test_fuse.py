@@ -49,11 +49,11 @@ def test_close_pairs_in_either_orientation_closest_first():
     pairs = close_pairs(W, b, 1.0)
     assert pairs.tolist() == [[1, 6, 1], [4, 7, -1]]
     # an offset farther than the gap, or a turn wider than the angle: no pair
-    assert close_pairs(W[[1, 6]], b[[1, 6]] + [0.0, 0.2 * np.linalg.norm(W[6])], 1.0).size == 0
-    far = np.vstack([W[1], _rotated(W[1], 0.2, rng)])
+    assert close_pairs(W[[1, 6]], b[[1, 6]] + [0.0, 0.4 * np.linalg.norm(W[6])], 1.0).size == 0
+    far = np.vstack([W[1], _rotated(W[1], 0.4, rng)])
     assert close_pairs(far, b[[1, 1]], 1.0).size == 0
     # the gap is in input scales
-    assert len(close_pairs(W[[1, 6]], b[[1, 6]] + [0.0, 0.2 * np.linalg.norm(W[6])], 4.0)) == 1
+    assert len(close_pairs(W[[1, 6]], b[[1, 6]] + [0.0, 0.4 * np.linalg.norm(W[6])], 4.0)) == 1
 
 
 def test_wedge_points_lie_between_the_two_hyperplanes():

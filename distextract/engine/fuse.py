@@ -31,8 +31,8 @@ from .._model import ReluNetwork
 
 logger = logging.getLogger(__name__)
 
-FUSE_ANGLE = 0.1  # rad: two hyperplanes closer than this in direction ...
-FUSE_GAP = 0.1  # ... and in offset (input scales) are a candidate pair
+FUSE_ANGLE = 0.3  # rad: two hyperplanes closer than this in direction ...
+FUSE_GAP = 0.3  # ... and in offset (input scales) are a candidate pair
 FUSE_MAX_PAIRS = 8  # candidate pairs tried at most (closest first)
 FUSE_ROWS = 4  # wedge rows bought per candidate pair
 FUSE_FEET = 8  # Gaussian feet drawn per wedge row: the one with the widest gap is kept
@@ -125,6 +125,7 @@ def fuse_pairs(res, X: np.ndarray, Y: np.ndarray, refit, allowed, s: float,
         i, j, sg = (int(v) for v in pairs[0])
         tried.add((int(idx[i]), int(idx[j])))
         new = refit(fused(res.model, i, j, sg))
+        logger.debug("fuse: neurons %d and %d: chi2 %.3g fused, %.3g allowed", idx[i], idx[j], new.chi2, allowed(res.chi2, 1))
         if new.chi2 <= allowed(res.chi2, 1):
             logger.info("fuse: neurons %d and %d are one (chi2 %.3g -> %.3g per answer)",
                         idx[i], idx[j], res.chi2, new.chi2)
