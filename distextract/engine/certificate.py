@@ -14,6 +14,11 @@ it the answers contradict (the active side alone: its output vector or its offse
 its hyperplane, or a neighbour, or a neuron the model lacks). ``certified`` is never true with
 an uncertain neuron (:mod:`.loop`).
 
+A pair of hyperplanes that nearly coincide (:func:`.fuse.close_pairs`) may be one neuron found
+twice, right everywhere but in the thin wedge between them, which the rows above rarely reach:
+each such pair gets :data:`WEDGE_ROWS` rows inside its wedge (their own stream,
+:meth:`.seeds.Streams.check_wedges`), and a missed one names both neurons.
+
 A neuron whose whole output contribution (rms over the Gaussian bulk) is below
 :data:`OBSERVABLE_NOISE` relative roundings of the answers cannot be seen in them: a model
 neuron below it is uncertain (the answers cannot confirm it), and the benchmark reports such
@@ -149,12 +154,15 @@ def below_floor(net: ReluNetwork, noise: float, scale: float, s: float = 1.0) ->
 
 def certify(eng: Coordinator) -> dict:
     """Buy the check rows of the model in ``eng`` and judge it (imprecise answers). Returns
-    the ``report["certificate"]`` dict: ``rows`` bought, ``checked`` (False when the budget
-    could not hold them; True with no row for a model without neurons), ``tolerance`` (the absolute allowance of the target), ``worst``
-    (largest miss in tolerances), ``uncertain`` (list of :meth:`Uncertain.to_dict`)."""
+    the ``report["certificate"]`` dict: ``rows`` bought, ``pairs`` (close pairs of
+    hyperplanes whose wedges were checked, :mod:`.fuse`), ``checked`` (False when the budget
+    could not hold them; True with no row for a model without neurons), ``tolerance`` (the
+    absolute allowance of the target), ``worst`` (largest miss in tolerances), ``uncertain``
+    (list of :meth:`Uncertain.to_dict`)."""
     st, cfg = eng.st, eng.cfg
     model = st.model
-    empty = {"rows": 0, "pairs": 0, "checked": False, "tolerance": None, "worst": None, "uncertain": []}
+    empty = {"rows": 0, "pairs": 0, "checked": False, "tolerance": None, "worst": None,
+             "uncertain": []}
     if model is None:
         return empty
     if model.hidden_dim == 0:
@@ -212,5 +220,5 @@ def certify(eng: Coordinator) -> dict:
     if uncertain:
         logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
                        "tolerances)", len(uncertain), model.hidden_dim, float(np.max(miss)))
-    return {"rows": int(X.shape[0] + Xw.shape[0]), "pairs": int(len(pairs)), "checked": True, "tolerance": float(allowed),
-            "worst": float(np.max(miss)), "uncertain": [u.to_dict() for u in uncertain]}
+    return {"rows": int(X.shape[0] + Xw.shape[0]), "pairs": int(len(pairs)), "checked": True,
+            "tolerance": float(allowed), "worst": float(np.max(miss)), "uncertain": [u.to_dict() for u in uncertain]}

@@ -125,8 +125,10 @@ def fuse_pairs(res, X: np.ndarray, Y: np.ndarray, refit, allowed, s: float,
         i, j, sg = (int(v) for v in pairs[0])
         tried.add((int(idx[i]), int(idx[j])))
         new = refit(fused(res.model, i, j, sg))
-        logger.debug("fuse: neurons %d and %d: chi2 %.3g fused, %.3g allowed", idx[i], idx[j], new.chi2, allowed(res.chi2, 1))
-        if new.chi2 <= allowed(res.chi2, 1):
+        limit_chi2 = allowed(res.chi2, 1)
+        logger.debug("fuse: neurons %d and %d: chi2 %.3g fused, %.3g allowed", idx[i], idx[j],
+                     new.chi2, limit_chi2)
+        if new.chi2 <= limit_chi2:
             logger.info("fuse: neurons %d and %d are one (chi2 %.3g -> %.3g per answer)",
                         idx[i], idx[j], res.chi2, new.chi2)
             res, idx = new, np.delete(idx, j)
