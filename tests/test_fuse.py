@@ -126,7 +126,7 @@ def test_a_run_whose_search_splits_a_neuron_ends_with_one(monkeypatch):
     assert res.report["counters"]["neurons_fused"] >= 1
     assert rep.rel_l2 < 1e-6 and rep.spurious_neurons == 0 and rep.matched_neurons == 32
     assert res.certified
-    monkeypatch.setattr(imprecise, "close_pairs", lambda W, b, s: np.zeros((0, 3), dtype=int))
+    monkeypatch.setattr(imprecise, "close_pairs", lambda W, b, s, limit=None: np.zeros((0, 3), dtype=int))
     bad = dx.extract(NetworkOracle(net, output="float32"), input_dim=16, seed=24)
     rep = evaluate_fidelity(bad.model, net, n_points=10_000, seed=25, cos_tol=1e-6,
                             bias_rtol=1e-3)

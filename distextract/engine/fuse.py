@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 FUSE_ANGLE = 0.3  # rad: two hyperplanes closer than this in direction ...
 FUSE_GAP = 0.3  # ... and in offset (input scales) are a candidate pair
-FUSE_MAX_PAIRS = 8  # candidate pairs tried at most (closest first)
+FUSE_MAX_PAIRS = 64  # candidate pairs given wedge rows at most (closest first)
+FUSE_MAX_FAILS = 8  # fusing stops after this many pairs the refit kept apart
 FUSE_ROWS = 4  # wedge rows bought per candidate pair
 FUSE_FEET = 8  # Gaussian feet drawn per wedge row: the one with the widest gap is kept
 
@@ -45,10 +46,11 @@ def _unit(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def close_pairs(W: np.ndarray, b: np.ndarray, s: float, angle: float = FUSE_ANGLE,
-                gap: float = FUSE_GAP, limit: int = FUSE_MAX_PAIRS) -> np.ndarray:
+                gap: float = FUSE_GAP, limit: int | None = None) -> np.ndarray:
     """Pairs of hyperplanes ``W x + b = 0`` within ``angle`` radians in direction and ``gap``
     input scales (``s``) in offset, in either orientation, closest first (by
-    ``angle/FUSE_ANGLE + gap/FUSE_GAP``), at most ``limit``. Shape (p, 3): ``i < j`` and
+    ``angle/FUSE_ANGLE + gap/FUSE_GAP``), all of them or the ``limit`` closest. Shape
+    (p, 3): ``i < j`` and
     the sign ``+1`` / ``-1`` that orients ``j`` as ``i``."""
     k = W.shape[0]
     if k < 2:
@@ -109,16 +111,17 @@ def fused(model: ReluNetwork, i: int, j: int, sign: int) -> ReluNetwork:
 
 
 def fuse_pairs(res, X: np.ndarray, Y: np.ndarray, refit, allowed, s: float,
-               limit: int = FUSE_MAX_PAIRS):
+               max_fails: int = FUSE_MAX_FAILS):
     """Fuse close pairs of ``res.model`` (a refinement result over ``X``, ``Y``) while the
     refit (``refit(model)`` → result with ``.model``, ``.chi2``) of the fused model stays
     within ``allowed(chi2, dropped)`` of the current misfit. Closest pair first, each pair
-    tried once, at most ``limit`` tries. Returns the result and the indices of
+    tried once, until ``max_fails`` pairs were kept apart. Returns the result and the indices of
     ``res.model``'s neurons kept (a fused pair keeps its first)."""
     idx = np.arange(res.model.W.shape[0])
     tried: set[tuple[int, int]] = set()
-    for _ in range(limit):
-        pairs = close_pairs(res.model.W, res.model.b, s, limit=limit)
+    fails = 0
+    while fails < max_fails:
+        pairs = close_pairs(res.model.W, res.model.b, s)
         pairs = [p for p in pairs if (int(idx[p[0]]), int(idx[p[1]])) not in tried]
         if not pairs:
             break
@@ -132,6 +135,8 @@ def fuse_pairs(res, X: np.ndarray, Y: np.ndarray, refit, allowed, s: float,
             logger.info("fuse: neurons %d and %d are one (chi2 %.3g -> %.3g per answer)",
                         idx[i], idx[j], res.chi2, new.chi2)
             res, idx = new, np.delete(idx, j)
+        else:
+            fails += 1
     return res, idx
 
 

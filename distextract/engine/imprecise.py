@@ -15,7 +15,7 @@ from . import update
 from .birth import add_missing_neurons, with_born
 from .._errors import BudgetExhausted
 from .coverage import cover_points, cover_rows_wanted, rare_side_rows
-from .fuse import close_pairs, fuse_pairs, wedge_points
+from .fuse import FUSE_MAX_PAIRS, close_pairs, fuse_pairs, wedge_points
 from .neurons import NeuronSet, crossings_inside, predicted_crossings
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
@@ -256,14 +256,14 @@ def prune(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray
 def fuse(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
          keep: np.ndarray):
     """Fold neurons split in two back into one (:mod:`.fuse`): for the refined model's
-    close pairs, buy FUSE_ROWS rows inside each wedge (kept with the Gaussian rows), refit
+    close pairs (the FUSE_MAX_PAIRS closest), buy FUSE_ROWS rows inside each wedge (kept with the Gaussian rows), refit
     over the rows held, and fuse a pair when the refitted misfit stays within the prune's
     allowance for one neuron fewer. Nothing is bought or fused where the budget refuses the
     wedge rows. Returns the result, the neurons kept and the rows it was fitted over."""
     st, cfg = eng.st, eng.cfg
     model = res.model
     s = cfg.input_scale
-    pairs = close_pairs(model.W, model.b, s)
+    pairs = close_pairs(model.W, model.b, s, limit=FUSE_MAX_PAIRS)
     if len(pairs) == 0:
         return res, keep, X
     m = Y.shape[1]
