@@ -258,11 +258,16 @@ def fuse(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
     """Fold neurons split in two back into one (:mod:`.fuse`): for the refined model's
     close pairs (the FUSE_MAX_PAIRS closest), buy FUSE_ROWS rows inside each wedge (kept with the Gaussian rows), refit
     over the rows held, and fuse a pair when the refitted misfit stays within the prune's
-    allowance for one neuron fewer. Nothing is bought or fused where the budget refuses the
-    wedge rows. Returns the result, the neurons kept and the rows it was fitted over."""
+    allowance for one neuron fewer. Nothing is bought or fused after a fit that failed
+    (misfit above REFINE_FIT_CHI2 per answer) or where the budget refuses the wedge rows.
+    Returns the result, the neurons kept and the rows it was fitted over."""
     st, cfg = eng.st, eng.cfg
     model = res.model
     s = cfg.input_scale
+    if res.chi2 > REFINE_FIT_CHI2:
+        # a fit far from the answers' errors (a neuron missing or wrong) cannot tell one
+        # neuron from two: the prune's allowance, relative to its misfit, would pass anything
+        return res, keep, X
     pairs = close_pairs(model.W, model.b, s, limit=FUSE_MAX_PAIRS)
     if len(pairs) == 0:
         return res, keep, X
