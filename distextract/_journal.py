@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ._arrow import to_numpy, vectors
 from ._errors import ConfigError, JournalError
 from ._oracle import Oracle
 
@@ -130,8 +131,8 @@ def read_segment(path: str, input_dim: int) -> tuple[list[tuple[np.ndarray, np.n
                     "(%d rows) (%s); the file is left as it is", path, info["batches"],
                     info["rows"], exc)
                 break
-            X = np.asarray(batch.column("x").flatten(), dtype=np.float64).reshape(-1, d)
-            Y = np.asarray(batch.column("y").flatten(), dtype=np.float64).reshape(-1, m)
+            X = to_numpy(batch.column("x")).reshape(-1, d)
+            Y = to_numpy(batch.column("y")).reshape(-1, m)
             batches.append((X, Y))
             info["batches"] += 1
             info["rows"] += X.shape[0]
@@ -258,11 +259,8 @@ class JournaledOracle(Oracle):
             self._check_output_dim(Y.shape[1], "the oracle's new answer")
             if self._writer is None:
                 self._open_segment(Y.shape[1])
-            d, m = X.shape[1], Y.shape[1]
-            batch = pa.record_batch(
-                [pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), d),
-                 pa.FixedSizeListArray.from_arrays(pa.array(Y.reshape(-1)), m)],
-                schema=self._schema)
+            batch = pa.record_batch([vectors(X, X.shape[1]), vectors(Y, Y.shape[1])],
+                                    schema=self._schema)
             self._writer.write_batch(batch)
             self._sink.flush()
             self.rows_journaled += X.shape[0]
