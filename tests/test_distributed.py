@@ -123,6 +123,29 @@ def test_concurrent_tasks_per_worker_ask_the_same_rows(ray_local, net, reference
     assert X.shape[0] == queries
 
 
+def test_workers_read_only_sealed_journal_segments(ray_local, net, tmp_path):
+    """Workers starting while the driver journals are served the rows of its sealed segment
+    and never read the one it still writes (each worker parsed the driver's live segment,
+    ~115 MB in a foreign-server run, and dropped its half-written last batch)."""
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.normal(size=(30, 16)), rng.normal(size=(50, 16))
+    oracle = JournaledOracle(slow_oracle(net, 0.0), tmp_path / "journal", "main")
+    try:
+        oracle.query(X1)
+        oracle.seal()
+        oracle.query(X2)  # main.0002: held open by the driver while the workers start
+        with RayExecutor(oracle, 2, seed=0) as ex:
+            stats = ex.worker_stats(timeout=30)
+    finally:
+        oracle.close()
+    live = str(tmp_path / "journal" / "main.0002.arrows")
+    for s in stats:
+        assert s is not None
+        assert s["journal"]["rows_loaded"] == 30
+        assert s["journal"]["live_segments"] == [live]
+        assert s["journal"]["torn_segments"] == []
+
+
 def test_tasks_per_worker_default_follows_the_http_client(ray_local):
     """max_in_flight (up to 8) tasks per worker against an HTTP API, rate-limited or not (the
     client coalesces their queries into shared requests); 1 for other oracles."""
