@@ -309,6 +309,20 @@ class _SlowReplies:
         return ref
 
 
+def test_a_proxy_on_the_actors_node_uses_its_slot_times_as_they_are(ray_local):
+    """time.monotonic is one clock per machine: a proxy on the limiter actor's node takes the
+    slots at the actor's times (no offset estimated from round trips, which on a loaded
+    machine were all over CLOCK_RTT_S, so slots counted from each answer's arrival and
+    bunched with other workers' slots)."""
+    actor = ray.remote(_Limiter).options(num_cpus=0).remote(50.0, None)
+    proxy = LeasedLimiter(actor, chunk=1)
+    before = time.monotonic()
+    slot = proxy.acquire(1)
+    assert proxy._same_clock is True
+    assert before <= slot <= time.monotonic()  # the actor's own now: due at once
+    assert ray.get(actor.node_id.remote()) == ray.get_runtime_context().get_node_id()
+
+
 def test_slow_lease_round_trips_do_not_bunch_slots(ray_local):
     """Slots keep the limiter's spacing when one worker's lease answers arrive late (shifted
     by the trip instead, they would overlap the other worker's slots: twice the rate)."""
@@ -386,6 +400,12 @@ def test_hand_over_carries_a_pace_lowered_by_429s_to_the_limiter_actor(ray_local
             assert stats["rate"] == 100.0
             assert stats["paced_rate"] == pytest.approx(72.25)
             assert stats["pace"] == pytest.approx(0.7225)
+            # the server refused the driver: the actor's slots keep their spacing on the wire
+            # (the driver's client and each worker's get it with their leases)
+            assert stats["spacing"]
+            proxy = http.limiter
+            proxy.acquire(8)
+            assert proxy.min_gap(8) == pytest.approx(1 / 72.25)
         finally:
             ex.close()
     finally:
