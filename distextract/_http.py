@@ -231,8 +231,12 @@ class _WirePacer:
         self.spaced = 0  # bodies held back by the gap after the previous one
         self.reslotted = 0  # new slots taken by bodies that reached the wire late
 
-    #: A body later than this share of its gap past its slot takes a new slot (``reslot``).
-    LATE_SHARE = 0.25
+    #: A body later than this share of its gap past its slot takes a new slot (``reslot``):
+    #: the slot it leaves unused is lost, so only for lateness that could meet the next one.
+    LATE_SHARE = 0.5
+    #: A write that returns later than this after it started was stalled (the GIL held by
+    #: ``ray.init``): the next body's gap counts from its end, else from its start.
+    STALLED_WRITE_S = 0.005
     #: New slots one body may take before it is sent late anyway.
     MAX_RESLOTS = 3
 
@@ -271,10 +275,12 @@ class _WirePacer:
             try:
                 stream.write(buffer, timeout)
             finally:
-                # from when the write returned: a thread stalled between the clock and the
-                # socket (ray.init holds the GIL for ~0.5 s) must not let the next body follow
-                # its own late one at once
-                self.last = time.monotonic()
+                # the next gap counts from this write's start (the time after a write also
+                # holds the wait for the GIL back, ~1 ms a body on the busy driver), or from
+                # its end when it stalled (ray.init holds the GIL for ~0.5 s: the next body
+                # must not follow this late one at once)
+                end = time.monotonic()
+                self.last = end if end - now > self.STALLED_WRITE_S else now
 
     def stats(self) -> dict:
         with self._lock:

@@ -698,7 +698,7 @@ def test_wire_pacer_writes_a_body_at_its_slot_and_spaced_after_the_previous():
     # a body whose slot has passed still leaves a gap after the previous one
     pacer.arm(t0, 0.04, 10)
     pacer.write(stream, b"c" * 10, None)
-    assert stream.writes[2][0] - stream.writes[1][0] >= 0.04
+    assert stream.writes[2][0] - stream.writes[1][0] >= 0.04 - 1e-3  # from the start of a write
     assert pacer.stats()["paced"] == 2 and pacer.stats()["spaced"] == 1
 
 
