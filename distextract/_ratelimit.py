@@ -48,7 +48,8 @@ class Pace:
     With a configured ``ceiling`` (the rate the user gave) the pace starts there; without one
     it *discovers* the server's limit: it starts at :attr:`START_RATE` and doubles per second
     of sending at the pace (slow start) until the first 429. Every 429 *event* multiplies the
-    pace by :attr:`DECREASE` (multiplicative decrease) and sets the target it may come back
+    pace by :attr:`DECREASE` (multiplicative decrease; by :attr:`MILD_DECREASE` when it comes
+    more than :attr:`CALM_S` after the previous one: an isolated refusal) and sets the target it may come back
     to quickly; above that target, it grows by :attr:`INCREASE` of the ceiling per second of
     sending at the pace (additive increase, ``3%/s``: from 0.5 of the ceiling back to 0.95 in
     15 s), never above the ceiling; a discovery, which has no ceiling, grows by
@@ -78,6 +79,12 @@ class Pace:
     """
 
     DECREASE = 0.85
+    #: The decrease of a 429 event more than :attr:`CALM_S` after the previous one (an
+    #: isolated refusal: a server that refuses by arrival jitter, burst 1, at a pace it took
+    #: for seconds): a step of safety margin, not a rate above its limit (those come in
+    #: runs, each lowering the pace by :attr:`DECREASE`).
+    MILD_DECREASE = 0.95
+    CALM_S = 5.0
     INCREASE = 0.03
     COOLDOWN_S = 0.25
     START_RATE = 20.0
@@ -145,7 +152,8 @@ class Pace:
                 self.slow_start = False
             self.rate *= 0.5
         else:
-            self.rate *= self.DECREASE
+            calm = self.decreases > 0 and now - self._last_decrease > self.CALM_S
+            self.rate *= self.MILD_DECREASE if calm else self.DECREASE
             self.target = self.rate
         floor = self.MIN_RATE if self.ceiling is None else self.FLOOR * self.ceiling
         self.rate = max(floor, self.rate)

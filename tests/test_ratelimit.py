@@ -364,3 +364,17 @@ def test_token_bucket_lets_go_early_by_the_lead_and_returns_the_slot():
     assert bucket.min_gap(1) == 0.0
     bucket.penalize(0.001)
     assert bucket.min_gap(1) == pytest.approx(1 / (20 * Pace.DECREASE))
+
+
+def test_an_isolated_429_lowers_the_pace_by_a_margin_step_runs_of_them_by_decrease():
+    """A 429 more than CALM_S after the previous decrease (a burst-1 server refusing by arrival
+    jitter at a pace it took for seconds) costs MILD_DECREASE; the first one and those that
+    follow within CALM_S (a rate above the limit) cost DECREASE each."""
+    pace = Pace(100.0)
+    assert pace.refused(0.0, 0.01)
+    assert pace.rate == pytest.approx(100 * Pace.DECREASE)
+    assert pace.refused(1.0, 0.01)  # within CALM_S: a run
+    assert pace.rate == pytest.approx(100 * Pace.DECREASE ** 2)
+    assert pace.refused(1.0 + Pace.CALM_S + 0.5, 0.01)  # isolated
+    assert pace.rate == pytest.approx(100 * Pace.DECREASE ** 2 * Pace.MILD_DECREASE)
+    assert Pace.DECREASE < Pace.MILD_DECREASE < 1
