@@ -241,12 +241,15 @@ class _WirePacer:
     MAX_RESLOTS = 3
 
     def arm(self, slot: float, gap: float, nbytes: int,
-            reslot: Callable[[], float] | None = None) -> None:
+            reslot: Callable[[], float] | None = None,
+            resume_at: Callable[[], float] | None = None) -> None:
         """Pace the next write of ``nbytes`` bytes by this thread: at ``slot``, ``gap`` after
         the previous paced body. ``reslot`` (a limiter shared with other processes) gives a new
         slot for a body that reaches the wire late: sent late, it would arrive just before the
-        next slot's request, sent on time by another process."""
-        self._local.turn = (float(slot), max(0.0, float(gap)), int(nbytes), reslot)
+        next slot's request, sent on time by another process. ``resume_at`` gives the end of
+        the limiter's pause (a 429's or an exhausted quota's, which may come after the body was
+        let go): the body waits for it too."""
+        self._local.turn = (float(slot), max(0.0, float(gap)), int(nbytes), reslot, resume_at)
 
     def disarm(self) -> None:
         self._local.turn = None
@@ -257,16 +260,19 @@ class _WirePacer:
             stream.write(buffer, timeout)
             return
         self._local.turn = None
-        slot, gap, _, reslot = turn
+        slot, gap, _, reslot, resume_at = turn
         tries = 0
         while (reslot is not None and gap > 0 and tries < self.MAX_RESLOTS
                and time.monotonic() > slot + self.LATE_SHARE * gap):
             slot, tries = reslot(), tries + 1
         self.reslotted += tries
         with self._lock:
-            at = max(slot, self.last + gap)
             now = time.monotonic()
-            while now < at:
+            while True:
+                at = max(slot, self.last + gap,
+                         resume_at() if resume_at is not None else -math.inf)
+                if now >= at:
+                    break
                 time.sleep(at - now)
                 now = time.monotonic()
             self.paced += 1
@@ -939,8 +945,10 @@ class HTTPOracle(Oracle):
             if slot is not None and self._pacer is not None:
                 gap = getattr(self.limiter, "min_gap", None)
                 shared = getattr(self.limiter, "shared", False)
+                resume = getattr(self.limiter, "resume_at", None)
                 self._pacer.arm(slot, gap(n) if callable(gap) else 0.0, len(body),
-                                (lambda: self._acquire(n)) if shared else None)
+                                (lambda: self._acquire(n)) if shared else None,
+                                resume if callable(resume) else None)
             try:
                 resp = self._client.post(self.url, content=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

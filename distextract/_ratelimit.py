@@ -528,6 +528,12 @@ class TokenBucket:
         with self._cond:
             return self.schedule.min_gap(rows)
 
+    def resume_at(self) -> float:
+        """End of the current pause (a 429's, a quota hold's; the clock's time, -inf when
+        none began): a request let go early (``lead``) waits for it at the wire."""
+        with self._cond:
+            return self.schedule.paused_until
+
     def penalize(self, seconds: float) -> None:
         """The server answered 429: pause all callers for ``seconds``, lower the pace once per
         event (:class:`Pace`), and restart at the steady pace afterwards.

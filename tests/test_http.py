@@ -733,3 +733,23 @@ def test_paced_requests_go_through_the_wire_pacer_of_httpx_transport(X):
         finally:
             oracle.close()
     assert stats["wire"]["paced"] == stats["requests"] == 5
+
+
+def test_wire_pacer_holds_a_body_let_go_early_until_the_limiters_pause_ends():
+    """A quota hold (X-RateLimit-Remaining: 0) or a 429 that comes after a body was let go
+    early (the lead) still holds it: it would be refused during the pause."""
+    from distextract._http import _WirePacer
+
+    pacer, stream = _WirePacer(), _Stamped()
+    t0 = time.monotonic()
+    pauses = [t0 + 0.03]
+    pacer.arm(t0 + 0.005, 0.0, 4, None, lambda: pauses[-1])
+    pacer.write(stream, b"z" * 4, None)
+    assert stream.writes[0][0] >= t0 + 0.03
+
+
+def test_token_bucket_reports_the_end_of_its_pause():
+    bucket = TokenBucket(rate=50)
+    assert bucket.resume_at() == -np.inf
+    bucket.hold(0.2)
+    assert bucket.resume_at() == pytest.approx(time.monotonic() + 0.2, abs=0.05)

@@ -161,6 +161,7 @@ class LeasedLimiter:
         self._offset = 0.0
         self._gap = 0.0
         self._same_clock: bool | None = None  # known at the first lease
+        self._paused_until = -math.inf  # pauses this process asked for (429s, quota holds)
 
     def min_gap(self, rows: int = 1) -> float:
         """Shortest spacing on the wire the limiter asked for with the last lease."""
@@ -217,16 +218,23 @@ class LeasedLimiter:
         except Exception:  # noqa: BLE001 - an actor without node_id (tests' stand-ins)
             return False
 
+    def resume_at(self) -> float:
+        """End of the last pause this process asked for (``time.monotonic()``; -inf when
+        none): a request let go early (``lead``) waits for it at the wire."""
+        return self._paused_until
+
     def penalize(self, seconds: float) -> None:
         """The server answered 429: pause every worker for ``seconds``."""
         with self._lock:
             self._slots.clear()
+            self._paused_until = max(self._paused_until, time.monotonic() + float(seconds))
         ray.get(self.actor.penalize.remote(float(seconds)))
 
     def hold(self, seconds: float) -> None:
         """The server's quota is spent for ``seconds``: pause every worker (no slowdown)."""
         with self._lock:
             self._slots.clear()
+            self._paused_until = max(self._paused_until, time.monotonic() + float(seconds))
         self.actor.hold.remote(float(seconds))  # no need to wait: later leases come after it
 
     def __getstate__(self) -> dict:
