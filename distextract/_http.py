@@ -21,6 +21,15 @@ each spending a permit, and rows that arrive while a permit is pending join the 
 a rows/s limit the request carries exactly the rows its permit was taken for. Each query gets
 its own rows' answers back; counters and the budget count rows, so they are unchanged.
 
+Pacing at the wire. A paced request's slot is taken ``WIRE_LEAD_S`` before its time; the
+sender then fills and encodes it, and the body's bytes are written to the socket at the slot's
+time by a hook in the connection's network stream (:class:`_WirePacer`), not when the sender
+thread gets the GIL back after encoding: on the CLI's busy driver (64 engine threads) the time
+from a slot to the wire varied by several milliseconds, and a late request followed by one on
+time reached a server that keeps no burst less than an interval apart (it refused it). Once
+the limiter reports a spacing (after the server's first 429, :meth:`TokenBucket.min_gap`), the
+hook also keeps every paced body at least that long after the previous one of this process.
+
 Accounting. ``rows_paid`` counts rows the server may have charged for: requests answered with a
 2xx status, and requests whose answer was lost after they were sent (read timeout, reset,
 disconnect). Rows of requests the server refused with an error status (429, 413, 5xx, other
@@ -66,6 +75,9 @@ logger = logging.getLogger(__name__)
 MESSAGE_CHARS = 300
 #: Seconds an idle sender thread waits for rows before it exits.
 SENDER_IDLE_S = 5.0
+#: Seconds before its slot a paced request is let go to be filled and encoded; its body then
+#: waits at the wire for the slot itself (:class:`_WirePacer`).
+WIRE_LEAD_S = 0.003
 #: Retry kinds counted in :attr:`HTTPOracle.retries`.
 RETRY_KINDS = ("429", "5xx", "timeout", "reset", "connect", "413")
 _SECRET_QUERY = re.compile(r"key|token|secret|sig|auth|pass", re.IGNORECASE)
@@ -197,6 +209,159 @@ class _Transient(Exception):
 
 class _TooLarge(Exception):
     """The server answered 413 (internal)."""
+
+
+class _WirePacer:
+    """Writes each paced request's body to its socket at the request's slot time, and (once
+    spacing is asked for) no sooner than ``gap`` after the previous paced body of this client.
+
+    The sender thread arms it (:meth:`arm`: slot time, gap, body length) just before handing
+    the request to httpx; the network stream's write of that many bytes in the same thread
+    waits for its turn (:meth:`wait`) under one lock, so the paced bodies of all sender
+    threads leave in turn and their spacing is measured where it counts, at the socket.
+    Writes that are not armed (headers, unpaced requests) pass straight through.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.last = -math.inf  # when the previous paced body was written (monotonic)
+        self.paced = 0
+        self.late_s = 0.0  # total lateness of paced bodies past their slot
+        self.spaced = 0  # bodies held back by the gap after the previous one
+        self.reslotted = 0  # new slots taken by bodies that reached the wire late
+
+    #: A body later than this share of its gap past its slot takes a new slot (``reslot``):
+    #: the slot it leaves unused is lost, so only for lateness that could meet the next one.
+    LATE_SHARE = 0.5
+    #: A write that returns later than this after it started was stalled (the GIL held by
+    #: ``ray.init``): the next body's gap counts from its end, else from its start.
+    STALLED_WRITE_S = 0.005
+    #: New slots one body may take before it is sent late anyway.
+    MAX_RESLOTS = 3
+
+    def arm(self, slot: float, gap: float, nbytes: int,
+            reslot: Callable[[], float] | None = None,
+            resume_at: Callable[[], float] | None = None) -> None:
+        """Pace the next write of ``nbytes`` bytes by this thread: at ``slot``, ``gap`` after
+        the previous paced body. ``reslot`` (a limiter shared with other processes) gives a new
+        slot for a body that reaches the wire late: sent late, it would arrive just before the
+        next slot's request, sent on time by another process. ``resume_at`` gives the end of
+        the limiter's pause (a 429's or an exhausted quota's, which may come after the body was
+        let go): the body waits for it too."""
+        self._local.turn = (float(slot), max(0.0, float(gap)), int(nbytes), reslot, resume_at)
+
+    def disarm(self) -> None:
+        self._local.turn = None
+
+    def write(self, stream: Any, buffer: bytes, timeout: float | None) -> None:
+        turn = getattr(self._local, "turn", None)
+        if turn is None or len(buffer) != turn[2]:
+            stream.write(buffer, timeout)
+            return
+        self._local.turn = None
+        slot, gap, _, reslot, resume_at = turn
+        tries = 0
+        while (reslot is not None and gap > 0 and tries < self.MAX_RESLOTS
+               and time.monotonic() > slot + self.LATE_SHARE * gap):
+            slot, tries = reslot(), tries + 1
+        self.reslotted += tries
+        with self._lock:
+            now = time.monotonic()
+            while True:
+                at = max(slot, self.last + gap,
+                         resume_at() if resume_at is not None else -math.inf)
+                if now >= at:
+                    break
+                time.sleep(at - now)
+                now = time.monotonic()
+            self.paced += 1
+            self.late_s += max(0.0, now - slot)
+            self.spaced += at > slot
+            try:
+                stream.write(buffer, timeout)
+            finally:
+                # the next gap counts from this write's start (the time after a write also
+                # holds the wait for the GIL back, ~1 ms a body on the busy driver), or from
+                # its end when it stalled (ray.init holds the GIL for ~0.5 s: the next body
+                # must not follow this late one at once)
+                end = time.monotonic()
+                self.last = end if end - now > self.STALLED_WRITE_S else now
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"paced": self.paced, "late_s": self.late_s, "spaced": self.spaced,
+                    "reslotted": self.reslotted}
+
+
+class _PacedStream:
+    """A network stream whose writes go through a :class:`_WirePacer` (internal)."""
+
+    def __init__(self, inner: Any, pacer: _WirePacer) -> None:
+        self._inner = inner
+        self._pacer = pacer
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._pacer.write(self._inner, buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> _PacedStream:
+        return _PacedStream(self._inner.start_tls(ssl_context, server_hostname, timeout),
+                            self._pacer)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _PacedBackend:
+    """httpcore network backend whose streams are :class:`_PacedStream` (internal)."""
+
+    def __init__(self, inner: Any, pacer: _WirePacer) -> None:
+        self._inner = inner
+        self._pacer = pacer
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> _PacedStream:
+        return _PacedStream(self._inner.connect_tcp(*args, **kwargs), self._pacer)
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> _PacedStream:
+        return _PacedStream(self._inner.connect_unix_socket(*args, **kwargs), self._pacer)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _install_wire_pacer(client: httpx.Client) -> _WirePacer | None:
+    """Route the writes of ``client``'s default transport through a new :class:`_WirePacer`;
+    None where httpx's transport is not the one this was written for (then requests are
+    paced when they are handed to httpx, as before)."""
+    try:
+        import httpcore
+    except ImportError:  # pragma: no cover - httpx depends on it
+        return None
+    transport = getattr(client, "_transport", None)
+    pool = getattr(transport, "_pool", None)
+    if type(transport) is not httpx.HTTPTransport or type(pool) is not httpcore.ConnectionPool \
+            or not hasattr(pool, "_network_backend"):
+        return None
+    pacer = _WirePacer()
+    pool._network_backend = _PacedBackend(pool._network_backend, pacer)
+    return pacer
+
+
+def _takes_lead(limiter: Any) -> bool:
+    """Whether ``limiter.acquire`` takes ``lead`` (let go early, returns the slot's time)."""
+    import inspect
+
+    try:
+        return "lead" in inspect.signature(limiter.acquire).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class _Call:
@@ -362,6 +527,10 @@ class HTTPOracle(Oracle):
                                 max_keepalive_connections=self.max_in_flight),
             transport=transport,
         )
+        # the body of a paced request leaves at its slot's time (module docstring); only on
+        # httpx's own transport (an injected one is left as it is)
+        self._pacer = None if transport is not None else _install_wire_pacer(self._client)
+        self._lead = self._pacer is not None and _takes_lead(limiter)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: collections.deque[_Piece] = collections.deque()
@@ -411,6 +580,7 @@ class HTTPOracle(Oracle):
             return {"rows_paid": self.rows_paid, "rows_answered": self.rows_answered,
                     "rows_refused": self.rows_refused, "requests": self.requests,
                     "requests_shared": self.requests_shared,
+                    "wire": None if self._pacer is None else self._pacer.stats(),
                     "retries": dict(self.retries),
                     "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
                     "max_batch": self.max_batch}
@@ -581,8 +751,9 @@ class HTTPOracle(Oracle):
                     continue
                 self._claimed += claim if self._rows_limited else 1
             error: BaseException | None = None
+            slot = None
             try:
-                self.limiter.acquire(claim)
+                slot = self._acquire(claim)
             except BaseException as exc:  # noqa: BLE001 - handed to the callers
                 error = exc
             with self._cond:
@@ -603,11 +774,20 @@ class HTTPOracle(Oracle):
             X = pieces[0].rows() if len(pieces) == 1 else np.concatenate(
                 [p.rows() for p in pieces], axis=0)
             try:
-                Y = self._send(X, reserved=True)
+                Y = self._send(X, reserved=True, slot=slot)
             except BaseException as exc:  # noqa: BLE001 - handed to the callers
                 self._deliver(pieces, None, exc)
             else:
                 self._deliver(pieces, Y, None)
+
+    def _acquire(self, rows: int) -> float | None:
+        """Take a rate-limit slot for a request of ``rows`` rows; returns its time when the
+        wire pacer is to hold the body until then (let go :data:`WIRE_LEAD_S` early), else
+        None (let go at the slot: the body leaves when it is ready)."""
+        if self._lead:
+            return self.limiter.acquire(rows, lead=WIRE_LEAD_S)
+        self.limiter.acquire(rows)
+        return None
 
     def _take(self, cap: int) -> list[_Piece]:
         """Pop up to ``cap`` queued rows, oldest first, splitting a piece if needed (lock held)."""
@@ -641,11 +821,13 @@ class HTTPOracle(Oracle):
             p.call.inbox.put((rows, error if error is not None else Y[offset:offset + size]))
             offset += size
 
-    def _send(self, X: np.ndarray, reserved: bool = False) -> np.ndarray:
+    def _send(self, X: np.ndarray, reserved: bool = False, slot: float | None = None
+              ) -> np.ndarray:
         """One request, with retries; splits on 413. Runs in a sender thread.
 
         ``reserved``: the first attempt's rows are already reserved against the budget and its
-        rate-limit permit already taken (by the sender loop).
+        rate-limit permit already taken (by the sender loop), for the time ``slot`` when the
+        wire pacer holds its body until then.
         """
         n = X.shape[0]
         body = dumps_rows(self.input_field, X)
@@ -654,7 +836,7 @@ class HTTPOracle(Oracle):
         while True:
             try:
                 held, first = first, False
-                return self._attempt(X, body, held)
+                return self._attempt(X, body, held, slot if held else None)
             except _TooLarge:
                 with self._lock:
                     self.retries["413"] += 1
@@ -746,19 +928,27 @@ class HTTPOracle(Oracle):
             if status is not None:
                 self.statuses[status] += 1
 
-    def _attempt(self, X: np.ndarray, body: bytes, held: bool = False) -> np.ndarray:
+    def _attempt(self, X: np.ndarray, body: bytes, held: bool = False,
+                 slot: float | None = None) -> np.ndarray:
         """Send once. Returns the answer or raises _Transient, _TooLarge or a final error.
 
-        ``held``: rows reserved and permit taken already."""
+        ``held``: rows reserved and permit taken already (at ``slot``, see :meth:`_acquire`)."""
         n = X.shape[0]
         if not held:
             self._reserve(n)
         paid, status = False, None
         try:
             if not held:
-                self.limiter.acquire(n)
+                slot = self._acquire(n)
             with self._lock:
                 self.requests += 1
+            if slot is not None and self._pacer is not None:
+                gap = getattr(self.limiter, "min_gap", None)
+                shared = getattr(self.limiter, "shared", False)
+                resume = getattr(self.limiter, "resume_at", None)
+                self._pacer.arm(slot, gap(n) if callable(gap) else 0.0, len(body),
+                                (lambda: self._acquire(n)) if shared else None,
+                                resume if callable(resume) else None)
             try:
                 resp = self._client.post(self.url, content=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -770,6 +960,9 @@ class HTTPOracle(Oracle):
             except httpx.TransportError as exc:
                 paid = True
                 raise _Transient("reset", f"{type(exc).__name__}: {exc}") from None
+            finally:
+                if self._pacer is not None:
+                    self._pacer.disarm()  # a request that failed before its body was written
             status = resp.status_code
             spent_for = quota_reset_seconds(resp.headers)
             if spent_for and self._hold is not None and status != 429:

@@ -11,6 +11,16 @@ Segment files are named ``<writer_id>.<attempt>.arrows``. A new attempt never ap
 file (a stream appended after a torn tail is unreadable) and nothing is ever deleted: a torn
 tail is skipped when reading, with a warning, and stays on disk.
 
+A segment is *live* while its writer holds it open (an exclusive advisory ``flock`` on the file,
+taken when it is created) and *sealed* once the writer closed it (:meth:`JournaledOracle.seal`,
+:meth:`~JournaledOracle.close`: the stream's end marker written) or died (the kernel drops the
+lock). A reader built with ``sealed_only=True`` -- every Ray worker of a distributed run --
+skips live segments: it never parses a file another process is still appending to (the
+driver's segment held ~115 MB and ended in a half-written batch when each of 8 workers read it
+at start). The driver seals its segment before the distributed coordinator starts, so the rows
+it paid until then (the output probe's, a resumed run's) reach the workers; what it pays later
+goes to its next segment.
+
 A run directory holds ``run.json`` (what the run is: oracle description without secrets,
 input_dim, seed, config) and ``journal/``. :func:`prepare_run_dir` writes it for a new run and,
 on resume, refuses a directory made for another oracle, dimension, seed or config.
@@ -27,9 +37,15 @@ import threading
 import time
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, every segment reads as sealed
+    fcntl = None  # type: ignore[assignment]
+
 import numpy as np
 import pyarrow as pa
 
+from ._arrow import to_numpy, vectors
 from ._errors import ConfigError, JournalError
 from ._oracle import Oracle
 
@@ -67,6 +83,27 @@ def _segments(journal_dir: str) -> list[tuple[str, str, int]]:
         if match:
             out.append((os.path.join(journal_dir, name), match["writer"], int(match["attempt"])))
     return out
+
+
+def segment_is_live(path: str) -> bool:
+    """Whether a writer still holds ``path`` open (its lock; see the module docstring).
+
+    False for a closed segment, for one whose writer died, and where ``fcntl`` is missing."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without flock: no way to tell, read it
+        return False
+    finally:
+        os.close(fd)  # also drops the shared lock taken above
+    return False
 
 
 def read_segment(path: str, input_dim: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
@@ -130,8 +167,8 @@ def read_segment(path: str, input_dim: int) -> tuple[list[tuple[np.ndarray, np.n
                     "(%d rows) (%s); the file is left as it is", path, info["batches"],
                     info["rows"], exc)
                 break
-            X = np.asarray(batch.column("x").flatten(), dtype=np.float64).reshape(-1, d)
-            Y = np.asarray(batch.column("y").flatten(), dtype=np.float64).reshape(-1, m)
+            X = to_numpy(batch.column("x")).reshape(-1, d)
+            Y = to_numpy(batch.column("y")).reshape(-1, m)
             batches.append((X, Y))
             info["batches"] += 1
             info["rows"] += X.shape[0]
@@ -154,6 +191,9 @@ class JournaledOracle(Oracle):
     writer_id : str
         Name of this writer (letters, digits, ``_``, ``-``); each attempt writes a new
         ``<writer_id>.<attempt>.arrows`` file. Concurrent writers need distinct ids.
+    sealed_only : bool
+        Load only sealed segments (module docstring): skip those another writer is still
+        appending to. For a writer that starts while others run (a Ray worker).
 
     Attributes
     ----------
@@ -167,10 +207,13 @@ class JournaledOracle(Oracle):
         Distinct rows found in the journal at construction.
     torn_segments : list of str
         Segments whose torn tail was dropped.
+    live_segments : list of str
+        Segments skipped at construction because their writer still held them
+        (``sealed_only``).
     """
 
-    def __init__(self, inner: Oracle, journal_dir: str | os.PathLike, writer_id: str = "main"
-                 ) -> None:
+    def __init__(self, inner: Oracle, journal_dir: str | os.PathLike, writer_id: str = "main",
+                 *, sealed_only: bool = False) -> None:
         if not isinstance(inner, Oracle):
             raise ConfigError(f"inner must be an Oracle, got {type(inner).__name__}")
         if not isinstance(writer_id, str) or not _WRITER_ID.match(writer_id):
@@ -187,6 +230,8 @@ class JournaledOracle(Oracle):
         self._order: list[bytes] = []
         self._sink: Any = None
         self._writer: Any = None
+        self._lock_fd: int | None = None
+        self.sealed_only = bool(sealed_only)
         self.segment_path: str | None = None
         self.rows_from_journal = 0
         self.rows_sent = 0
@@ -194,6 +239,7 @@ class JournaledOracle(Oracle):
         self.rows_loaded = 0
         self.conflicts = 0
         self.torn_segments: list[str] = []
+        self.live_segments: list[str] = []
         self._load()
 
     @property
@@ -203,6 +249,12 @@ class JournaledOracle(Oracle):
     # ---------------------------------------------------------------- loading
     def _load(self) -> None:
         for path, _, _ in _segments(self.journal_dir):
+            # (an empty file: a writer between creating the segment and locking it, or one
+            # that died before its first batch: nothing to read either way)
+            if self.sealed_only and (os.path.getsize(path) == 0 or segment_is_live(path)):
+                self.live_segments.append(path)
+                logger.debug("journal segment %s is still being written; not read", path)
+                continue
             batches, info = read_segment(path, self.input_dim)
             if info["torn"]:
                 self.torn_segments.append(path)
@@ -243,10 +295,17 @@ class JournaledOracle(Oracle):
             path = os.path.join(self.journal_dir,
                                 f"{self.writer_id}.{attempt:04d}{SEGMENT_SUFFIX}")
             try:
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 break
             except FileExistsError:
                 attempt += 1
+        if fcntl is not None:  # live until closed (segment_is_live)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                logger.debug("journal segment %s: no lock (%s); readers see it sealed", path,
+                             exc)
+        self._lock_fd = fd
         self._sink = pa.OSFile(path, "w")
         self._schema = journal_schema(self.input_dim, m, self.writer_id, attempt)
         self._writer = pa.ipc.new_stream(self._sink, self._schema)
@@ -258,11 +317,8 @@ class JournaledOracle(Oracle):
             self._check_output_dim(Y.shape[1], "the oracle's new answer")
             if self._writer is None:
                 self._open_segment(Y.shape[1])
-            d, m = X.shape[1], Y.shape[1]
-            batch = pa.record_batch(
-                [pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), d),
-                 pa.FixedSizeListArray.from_arrays(pa.array(Y.reshape(-1)), m)],
-                schema=self._schema)
+            batch = pa.record_batch([vectors(X, X.shape[1]), vectors(Y, Y.shape[1])],
+                                    schema=self._schema)
             self._writer.write_batch(batch)
             self._sink.flush()
             self.rows_journaled += X.shape[0]
@@ -337,16 +393,33 @@ class JournaledOracle(Oracle):
         with self._lock:
             return {"rows_from_journal": self.rows_from_journal, "rows_sent": self.rows_sent,
                     "rows_journaled": self.rows_journaled, "rows_loaded": self.rows_loaded,
-                    "torn_segments": list(self.torn_segments), "conflicts": self.conflicts,
+                    "torn_segments": list(self.torn_segments),
+                    "live_segments": list(self.live_segments), "conflicts": self.conflicts,
                     "segment": self.segment_path}
 
-    def close(self) -> None:
-        """Close this attempt's segment (complete batches are already on disk) and ``inner``."""
+    def seal(self) -> str | None:
+        """Close the segment being written (its end marker written, its lock released), so
+        that readers with ``sealed_only`` read it; the next answer opens a new segment.
+
+        Returns
+        -------
+        str or None
+            The segment sealed (None when none was open).
+        """
         with self._lock:
+            path = self.segment_path if self._writer is not None else None
             if self._writer is not None:
                 self._writer.close()
                 self._sink.close()
                 self._writer = self._sink = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+        return path
+
+    def close(self) -> None:
+        """Seal this attempt's segment (complete batches are already on disk), close ``inner``."""
+        self.seal()
         self.inner.close()
 
     def describe(self) -> dict:
@@ -502,5 +575,5 @@ def journal_dir(run_dir: str | os.PathLike) -> str:
 
 
 __all__ = ["JournaledOracle", "journal_dir", "journal_schema", "load_journal",
-           "prepare_run_dir", "read_segment"]
+           "prepare_run_dir", "read_segment", "segment_is_live"]
 

@@ -142,9 +142,11 @@ class ReluNetwork:
         """
         import pyarrow as pa
 
+        from ._arrow import numeric_array, vectors
+
         k, d, m = self.hidden_dim, self.input_dim, self.output_dim
-        w_col = pa.FixedSizeListArray.from_arrays(pa.array(self.W.reshape(-1), pa.float64()), d)
-        a_col = pa.FixedSizeListArray.from_arrays(pa.array(self.A.T.reshape(-1), pa.float64()), m)
+        w_col = vectors(self.W, d)
+        a_col = vectors(self.A.T, m)
         meta = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -159,11 +161,13 @@ class ReluNetwork:
             [("w", pa.list_(pa.float64(), d)), ("b", pa.float64()), ("a", pa.list_(pa.float64(), m))],
             metadata={"distextract": json.dumps(meta)},
         )
-        return pa.Table.from_arrays([w_col, pa.array(self.b, pa.float64()), a_col], schema=schema)
+        return pa.Table.from_arrays([w_col, numeric_array(self.b), a_col], schema=schema)
 
     @classmethod
     def from_arrow(cls, table) -> ReluNetwork:
         """Inverse of :meth:`to_arrow`."""
+        from ._arrow import to_numpy
+
         raw = (table.schema.metadata or {}).get(b"distextract")
         if raw is None:
             raise ConfigError("not a distextract model: the Arrow schema has no 'distextract' metadata")
@@ -172,9 +176,9 @@ class ReluNetwork:
             raise ConfigError(f"not a distextract model: format is {meta.get('format')!r}")
         d, k, m = int(meta["input_dim"]), int(meta["hidden_dim"]), int(meta["output_dim"])
         if k:
-            W = np.asarray(table.column("w").combine_chunks().flatten(), dtype=np.float64).reshape(k, d)
-            a = np.asarray(table.column("a").combine_chunks().flatten(), dtype=np.float64).reshape(k, m)
-            b = np.asarray(table.column("b"), dtype=np.float64)
+            W = to_numpy(table.column("w")).reshape(k, d)
+            a = to_numpy(table.column("a")).reshape(k, m)
+            b = to_numpy(table.column("b"))
         else:
             W, a, b = np.zeros((0, d)), np.zeros((0, m)), np.zeros(0)
         return cls(W, b, a.T, np.array(meta["c"], dtype=np.float64),
@@ -182,12 +186,9 @@ class ReluNetwork:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an Arrow IPC file (Feather v2, uncompressed) to ``path`` atomically."""
-        from pyarrow import feather
+        from ._arrow import write_table
 
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        feather.write_feather(self.to_arrow(), tmp, compression="uncompressed")
-        os.replace(tmp, path)
+        write_table(self.to_arrow(), os.fspath(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReluNetwork:

@@ -48,7 +48,8 @@ class Pace:
     With a configured ``ceiling`` (the rate the user gave) the pace starts there; without one
     it *discovers* the server's limit: it starts at :attr:`START_RATE` and doubles per second
     of sending at the pace (slow start) until the first 429. Every 429 *event* multiplies the
-    pace by :attr:`DECREASE` (multiplicative decrease) and sets the target it may come back
+    pace by :attr:`DECREASE` (multiplicative decrease; by :attr:`MILD_DECREASE` when it comes
+    more than :attr:`CALM_S` after the previous one: an isolated refusal) and sets the target it may come back
     to quickly; above that target, it grows by :attr:`INCREASE` of the ceiling per second of
     sending at the pace (additive increase, ``3%/s``: from 0.5 of the ceiling back to 0.95 in
     15 s), never above the ceiling; a discovery, which has no ceiling, grows by
@@ -78,6 +79,12 @@ class Pace:
     """
 
     DECREASE = 0.85
+    #: The decrease of a 429 event more than :attr:`CALM_S` after the previous one (an
+    #: isolated refusal: a server that refuses by arrival jitter, burst 1, at a pace it took
+    #: for seconds): a step of safety margin, not a rate above its limit (those come in
+    #: runs, each lowering the pace by :attr:`DECREASE`).
+    MILD_DECREASE = 0.95
+    CALM_S = 5.0
     INCREASE = 0.03
     COOLDOWN_S = 0.25
     START_RATE = 20.0
@@ -145,7 +152,8 @@ class Pace:
                 self.slow_start = False
             self.rate *= 0.5
         else:
-            self.rate *= self.DECREASE
+            calm = self.decreases > 0 and now - self._last_decrease > self.CALM_S
+            self.rate *= self.MILD_DECREASE if calm else self.DECREASE
             self.target = self.rate
         floor = self.MIN_RATE if self.ceiling is None else self.FLOOR * self.ceiling
         self.rate = max(floor, self.rate)
@@ -327,6 +335,19 @@ class Schedule:
             gap = max(gap, rows * self._rows.interval)
         self._spaced_until = now + gap
 
+    def min_gap(self, rows: int) -> float:
+        """Shortest time between two requests on the wire, the second of ``rows`` rows: one
+        interval at the pace once the server has refused a request (:attr:`spacing`), else 0
+        (bunched requests are within a burst the server keeps)."""
+        if not self.spacing:
+            return 0.0
+        gap = 0.0
+        if self._requests is not None:
+            gap = self._requests.interval
+        if self._rows is not None:
+            gap = max(gap, rows * self._rows.interval)
+        return gap
+
     def booked_for(self, now: float) -> float:
         """Seconds from ``now`` until the slots already booked are spent (0 when none are)."""
         tats = [b.tat for b in (self._requests, self._rows) if b is not None]
@@ -453,13 +474,23 @@ class TokenBucket:
         """The adaptive pace (None when nothing paces the requests)."""
         return self.schedule.pace
 
-    def acquire(self, rows: int = 1) -> None:
+    def acquire(self, rows: int = 1, lead: float = 0.0) -> float:
         """Block until a request carrying ``rows`` rows may be sent, then account for it.
 
         Parameters
         ----------
         rows : int
             Rows in the request (>= 1).
+        lead : float
+            Let the caller go this many seconds before its slot, to prepare the request; it
+            then holds the request until the returned time itself, spaced by
+            :meth:`min_gap` (the HTTP client's wire pacer), and this limiter leaves the
+            spacing to it.
+
+        Returns
+        -------
+        float
+            The slot's time (the clock's, ``time.monotonic`` by default).
         """
         if rows < 1:
             raise ConfigError(f"rows must be >= 1, got {rows}")
@@ -477,18 +508,31 @@ class TokenBucket:
                 # slot (the buckets were reset), so the caller queues again behind the pause.
                 respaced = False
                 while self._epoch == epoch:
-                    spaced = self.schedule.spaced_until()
+                    spaced = -math.inf if lead > 0 else self.schedule.spaced_until()
                     now = self._clock()
-                    if now >= send_at and now >= spaced:
+                    if now >= send_at - lead and now >= spaced:
                         break
                     respaced = respaced or now >= send_at
-                    self._cond.wait(max(send_at, spaced) - now)
+                    self._cond.wait(max(send_at - lead, spaced) - now)
                 if self._epoch == epoch:
                     break
             now = self._clock()
             self.schedule.let_go(rows, now)
             self.schedule.respaced += respaced
             self.waited_s += now - start
+        return send_at
+
+    def min_gap(self, rows: int = 1) -> float:
+        """Shortest spacing on the wire of a request of ``rows`` rows after the previous one
+        (:meth:`Schedule.min_gap`)."""
+        with self._cond:
+            return self.schedule.min_gap(rows)
+
+    def resume_at(self) -> float:
+        """End of the current pause (a 429's, a quota hold's; the clock's time, -inf when
+        none began): a request let go early (``lead``) waits for it at the wire."""
+        with self._cond:
+            return self.schedule.paused_until
 
     def penalize(self, seconds: float) -> None:
         """The server answered 429: pause all callers for ``seconds``, lower the pace once per

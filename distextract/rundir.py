@@ -85,8 +85,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyarrow import feather
 
+from ._arrow import bool_array, numeric_array, string_array, vectors, write_table
 from ._errors import ConfigError
 from ._journal import _jsonable
 
@@ -97,9 +97,8 @@ MATCH_RTOL = 1e-6
 FILES = ("model.arrow", "neurons.arrow", "kinks.arrow", "lines.arrow", "report.json")
 
 
-def _vectors(M: np.ndarray, width: int) -> pa.FixedSizeListArray:
-    M = np.ascontiguousarray(M, dtype=np.float64).reshape(-1, width)
-    return pa.FixedSizeListArray.from_arrays(pa.array(M.reshape(-1), pa.float64()), width)
+def _table(columns: dict[str, pa.Array]) -> pa.Table:
+    return pa.Table.from_arrays(list(columns.values()), names=list(columns))
 
 
 def _schema_meta(table: str, d: int, m: int) -> dict:
@@ -108,9 +107,7 @@ def _schema_meta(table: str, d: int, m: int) -> dict:
 
 
 def _write(table: pa.Table, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    feather.write_feather(table, tmp, compression="uncompressed")
-    os.replace(tmp, path)
+    write_table(table, path)
 
 
 def match_kinks(W: np.ndarray, b: np.ndarray, u: np.ndarray, v: np.ndarray, t: np.ndarray,
@@ -220,13 +217,13 @@ def write_run_outputs(run_dir: str | os.PathLike, result: Any,
     cat = {key: (np.concatenate(val) if val else np.zeros(0)) for key, val in rows.items()}
     neuron_ids = cat["neuron"].astype(np.int64)
     dist = cat["distance"].astype(np.float64)
-    kinks = pa.table({
-        "line": pa.array(cat["line"].astype(np.int64)),
-        "kink": pa.array(cat["kink"].astype(np.int64)),
-        "t": pa.array(cat["t"].astype(np.float64)),
-        "resolved": pa.array(cat["resolved"].astype(bool)),
-        "neuron": pa.array(neuron_ids, mask=neuron_ids < 0, type=pa.int64()),
-        "distance": pa.array(dist, mask=~np.isfinite(dist), type=pa.float64()),
+    kinks = _table({
+        "line": numeric_array(cat["line"], pa.int64()),
+        "kink": numeric_array(cat["kink"], pa.int64()),
+        "t": numeric_array(cat["t"]),
+        "resolved": bool_array(cat["resolved"]),
+        "neuron": numeric_array(neuron_ids, pa.int64(), mask=neuron_ids < 0),
+        "distance": numeric_array(np.where(np.isfinite(dist), dist, 0.0), mask=~np.isfinite(dist)),
     })
     _write(kinks.replace_schema_metadata(_schema_meta("kinks", d, m)), paths["kinks.arrow"])
 
@@ -235,17 +232,17 @@ def write_run_outputs(run_dir: str | os.PathLike, result: Any,
     if n != k:
         raise ConfigError(f"the engine's neuron set has {n} neurons but the model has {k} "
                           f"hidden units; cannot align neurons.arrow with model.arrow")
-    neurons = pa.table({
-        "index": pa.array(np.arange(k, dtype=np.int64)),
-        "line": pa.array(np.asarray(ns.line, dtype=np.int64)) if k else pa.array([], pa.int64()),
-        "t": pa.array(np.asarray(ns.t, dtype=np.float64)),
-        "err": pa.array(np.asarray(ns.err, dtype=np.float64)),
-        "rank_residual": pa.array(np.asarray(ns.rank_residual, dtype=np.float64)),
-        "count": pa.array(np.asarray(ns.count, dtype=np.int64)),
-        "kinks_matched": pa.array(matched_count),
-        "w": _vectors(model.W, d),
-        "b": pa.array(model.b.astype(np.float64)),
-        "a": _vectors(model.A.T, m),
+    neurons = _table({
+        "index": numeric_array(np.arange(k), pa.int64()),
+        "line": numeric_array(ns.line if k else [], pa.int64()),
+        "t": numeric_array(ns.t),
+        "err": numeric_array(ns.err),
+        "rank_residual": numeric_array(ns.rank_residual),
+        "count": numeric_array(ns.count, pa.int64()),
+        "kinks_matched": numeric_array(matched_count, pa.int64()),
+        "w": vectors(model.W, d),
+        "b": numeric_array(model.b),
+        "a": vectors(model.A.T, m),
     })
     _write(neurons.replace_schema_metadata(_schema_meta("neurons", d, m)),
            paths["neurons.arrow"])
@@ -254,19 +251,19 @@ def write_run_outputs(run_dir: str | os.PathLike, result: Any,
     U = np.array([r.u for r in recs], dtype=np.float64).reshape(-1, d)
     V = np.array([r.v for r in recs], dtype=np.float64).reshape(-1, d)
     counts = np.array(per_line, dtype=np.int64).reshape(-1, 3)
-    lines = pa.table({
-        "index": pa.array([int(r.index) for r in recs], pa.int64()),
-        "kind": pa.array([str(r.kind) for r in recs], pa.string()),
-        "reach": pa.array([float(r.reach) for r in recs], pa.float64()),
-        "u": _vectors(U, d),
-        "v": _vectors(V, d),
-        "kinks": pa.array(counts[:, 0]),
-        "kinks_resolved": pa.array(counts[:, 1]),
-        "kinks_matched": pa.array(counts[:, 2]),
-        "regions_measured": pa.array([int(r.regions_measured) for r in recs], pa.int64()),
-        "regions_failed": pa.array([int(r.regions_failed) for r in recs], pa.int64()),
-        "regions_repaired": pa.array([int(r.regions_repaired) for r in recs], pa.int64()),
-        "queries": pa.array([int(r.queries) for r in recs], pa.int64()),
+    lines = _table({
+        "index": numeric_array([int(r.index) for r in recs], pa.int64()),
+        "kind": string_array([str(r.kind) for r in recs]),
+        "reach": numeric_array([float(r.reach) for r in recs]),
+        "u": vectors(U, d),
+        "v": vectors(V, d),
+        "kinks": numeric_array(counts[:, 0], pa.int64()),
+        "kinks_resolved": numeric_array(counts[:, 1], pa.int64()),
+        "kinks_matched": numeric_array(counts[:, 2], pa.int64()),
+        "regions_measured": numeric_array([int(r.regions_measured) for r in recs], pa.int64()),
+        "regions_failed": numeric_array([int(r.regions_failed) for r in recs], pa.int64()),
+        "regions_repaired": numeric_array([int(r.regions_repaired) for r in recs], pa.int64()),
+        "queries": numeric_array([int(r.queries) for r in recs], pa.int64()),
     })
     _write(lines.replace_schema_metadata(_schema_meta("lines", d, m)), paths["lines.arrow"])
 

@@ -194,3 +194,29 @@ def test_config_knobs_reach_the_engine_and_bind_a_resume(model_path, tmp_path):
             assert "Traceback" not in bad.stderr
         assert served(server) == served_before
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_never_imports_pandas(model_path, tmp_path):
+    """pyarrow's ``array()`` and ``to_numpy()`` import pandas on first use (0.3 s of CPU, in
+    the driver and in every Ray worker that journals): the journal and the run directory build
+    and read their Arrow arrays from numpy buffers instead. ``-X importtime`` lists every
+    module the whole CLI run imported (journal written, run directory written, model read)."""
+    pytest.importorskip("pandas")  # without pandas installed the test proves nothing
+    with launch_server_process(model_path) as server:
+        run = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "distextract", "extract", "--url",
+             server.url, "--input-dim", str(D), "--out", str(tmp_path / "run"), "--seed", "1"],
+            check=False, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in run.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pyarrow" in imported and "distextract._journal" in imported
+    assert not {m for m in imported if m.split(".")[0] == "pandas"}
+    # the model written reads back without pandas too (ReluNetwork.load in a fresh process)
+    load = subprocess.run(
+        [sys.executable, "-c", "import sys, distextract as dx; "
+         f"m = dx.ReluNetwork.load({str(tmp_path / 'run' / 'model.arrow')!r}); "
+         "print(m.hidden_dim, 'pandas' in sys.modules)"],
+        check=False, capture_output=True, text=True, timeout=60)
+    assert load.returncode == 0, load.stderr
+    assert load.stdout.split()[1] == "False" and int(load.stdout.split()[0]) >= 1

@@ -123,6 +123,29 @@ def test_concurrent_tasks_per_worker_ask_the_same_rows(ray_local, net, reference
     assert X.shape[0] == queries
 
 
+def test_workers_read_only_sealed_journal_segments(ray_local, net, tmp_path):
+    """Workers starting while the driver journals are served the rows of its sealed segment
+    and never read the one it still writes (each worker parsed the driver's live segment,
+    ~115 MB in a foreign-server run, and dropped its half-written last batch)."""
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.normal(size=(30, 16)), rng.normal(size=(50, 16))
+    oracle = JournaledOracle(slow_oracle(net, 0.0), tmp_path / "journal", "main")
+    try:
+        oracle.query(X1)
+        oracle.seal()
+        oracle.query(X2)  # main.0002: held open by the driver while the workers start
+        with RayExecutor(oracle, 2, seed=0) as ex:
+            stats = ex.worker_stats(timeout=30)
+    finally:
+        oracle.close()
+    live = str(tmp_path / "journal" / "main.0002.arrows")
+    for s in stats:
+        assert s is not None
+        assert s["journal"]["rows_loaded"] == 30
+        assert s["journal"]["live_segments"] == [live]
+        assert s["journal"]["torn_segments"] == []
+
+
 def test_tasks_per_worker_default_follows_the_http_client(ray_local):
     """max_in_flight (up to 8) tasks per worker against an HTTP API, rate-limited or not (the
     client coalesces their queries into shared requests); 1 for other oracles."""
@@ -286,6 +309,20 @@ class _SlowReplies:
         return ref
 
 
+def test_a_proxy_on_the_actors_node_uses_its_slot_times_as_they_are(ray_local):
+    """time.monotonic is one clock per machine: a proxy on the limiter actor's node takes the
+    slots at the actor's times (no offset estimated from round trips, which on a loaded
+    machine were all over CLOCK_RTT_S, so slots counted from each answer's arrival and
+    bunched with other workers' slots)."""
+    actor = ray.remote(_Limiter).options(num_cpus=0).remote(50.0, None)
+    proxy = LeasedLimiter(actor, chunk=1)
+    before = time.monotonic()
+    slot = proxy.acquire(1)
+    assert proxy._same_clock is True
+    assert before <= slot <= time.monotonic()  # the actor's own now: due at once
+    assert ray.get(actor.node_id.remote()) == ray.get_runtime_context().get_node_id()
+
+
 def test_slow_lease_round_trips_do_not_bunch_slots(ray_local):
     """Slots keep the limiter's spacing when one worker's lease answers arrive late (shifted
     by the trip instead, they would overlap the other worker's slots: twice the rate)."""
@@ -363,6 +400,12 @@ def test_hand_over_carries_a_pace_lowered_by_429s_to_the_limiter_actor(ray_local
             assert stats["rate"] == 100.0
             assert stats["paced_rate"] == pytest.approx(72.25)
             assert stats["pace"] == pytest.approx(0.7225)
+            # the server refused the driver: the actor's slots keep their spacing on the wire
+            # (the driver's client and each worker's get it with their leases)
+            assert stats["spacing"]
+            proxy = http.limiter
+            proxy.acquire(8)
+            assert proxy.min_gap(8) == pytest.approx(1 / 72.25)
         finally:
             ex.close()
     finally:

@@ -676,3 +676,82 @@ def test_oracle_layer_is_exported():
     assert {"HTTPOracle", "JournaledOracle", "RateLimiter", "TokenBucket",
             "prepare_run_dir"} <= set(dx.__all__)
     assert dx.HTTPOracle is HTTPOracle
+
+
+class _Stamped:
+    """A network stream that records when each write reached it (the pacer's collaborator)."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, int]] = []
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.writes.append((time.monotonic(), len(buffer)))
+
+
+def test_wire_pacer_writes_a_body_at_its_slot_and_spaced_after_the_previous():
+    from distextract._http import _WirePacer
+
+    pacer, stream = _WirePacer(), _Stamped()
+    t0 = time.monotonic()
+    pacer.arm(t0 + 0.05, 0.0, 100)
+    pacer.write(stream, b"h" * 30, None)  # the headers: not armed for their length, at once
+    pacer.write(stream, b"b" * 100, None)  # the body: held until its slot
+    assert stream.writes[0][0] - t0 < 0.04 <= stream.writes[1][0] - t0
+    # a body whose slot has passed still leaves a gap after the previous one
+    pacer.arm(t0, 0.04, 10)
+    pacer.write(stream, b"c" * 10, None)
+    assert stream.writes[2][0] - stream.writes[1][0] >= 0.04 - 1e-3  # from the start of a write
+    assert pacer.stats()["paced"] == 2 and pacer.stats()["spaced"] == 1
+
+
+def test_wire_pacer_takes_a_new_slot_for_a_late_body_of_a_shared_limiter():
+    from distextract._http import _WirePacer
+
+    pacer, stream = _WirePacer(), _Stamped()
+    new_slots = []
+
+    def reslot() -> float:
+        new_slots.append(time.monotonic() + 0.02)
+        return new_slots[-1]
+
+    pacer.arm(time.monotonic() - 0.1, 0.01, 5, reslot)  # 100 ms late, 10 ms gap
+    pacer.write(stream, b"x" * 5, None)
+    assert len(new_slots) == 1 and stream.writes[0][0] >= new_slots[0]
+    pacer.arm(time.monotonic() + 0.001, 0.01, 5, reslot)  # on time: its own slot
+    pacer.write(stream, b"y" * 5, None)
+    assert len(new_slots) == 1 and pacer.stats()["reslotted"] == 1
+
+
+def test_paced_requests_go_through_the_wire_pacer_of_httpx_transport(X):
+    """On httpx's own transport every paced body is written by the wire pacer (a test that
+    fails if another httpx no longer lets the client hook its connections' writes)."""
+    net = dx.targets.random_network(3, 5, 2, seed=0)
+    X = np.vstack([X, X])[:20]
+    with start_server(net) as server:
+        oracle = HTTPOracle(server.url, 3, max_batch=4, rate=200, max_in_flight=2)
+        try:
+            assert_allclose(oracle.query(X), net.predict(X), rtol=1e-12)
+            stats = oracle.stats()
+        finally:
+            oracle.close()
+    assert stats["wire"]["paced"] == stats["requests"] == 5
+
+
+def test_wire_pacer_holds_a_body_let_go_early_until_the_limiters_pause_ends():
+    """A quota hold (X-RateLimit-Remaining: 0) or a 429 that comes after a body was let go
+    early (the lead) still holds it: it would be refused during the pause."""
+    from distextract._http import _WirePacer
+
+    pacer, stream = _WirePacer(), _Stamped()
+    t0 = time.monotonic()
+    pauses = [t0 + 0.03]
+    pacer.arm(t0 + 0.005, 0.0, 4, None, lambda: pauses[-1])
+    pacer.write(stream, b"z" * 4, None)
+    assert stream.writes[0][0] >= t0 + 0.03
+
+
+def test_token_bucket_reports_the_end_of_its_pause():
+    bucket = TokenBucket(rate=50)
+    assert bucket.resume_at() == -np.inf
+    bucket.hold(0.2)
+    assert bucket.resume_at() == pytest.approx(time.monotonic() + 0.2, abs=0.05)

@@ -25,6 +25,7 @@ from distextract._journal import (
     load_journal,
     prepare_run_dir,
     read_segment,
+    segment_is_live,
 )
 
 
@@ -118,6 +119,36 @@ def test_empty_segment_is_skipped(net, tmp_path, caplog):
     jo.query(batches(0, 1)[0])
     jo.close()
     assert (tmp_path / "w0.0002.arrows").exists()
+
+
+def test_sealed_only_readers_skip_the_segment_a_writer_still_holds(net, tmp_path):
+    """A Ray worker starting mid-run reads only sealed segments: never the one the driver is
+    still appending to (it parsed ~115 MB of it and hit a half-written batch before). The
+    writer seals its segment (end marker, lock released) and goes on in a new one."""
+    X1, X2 = batches(3, 2)
+    driver = JournaledOracle(counted(net), tmp_path, "main")
+    driver.query(X1)
+    first = driver.segment_path
+    assert segment_is_live(first)
+    assert driver.seal() == first and not segment_is_live(first)
+    driver.query(X2)  # goes to the next segment, live
+    assert driver.segment_path != first and segment_is_live(driver.segment_path)
+    assert sorted(os.listdir(tmp_path)) == ["main.0001.arrows", "main.0002.arrows"]
+    inner = counted(net)
+    worker = JournaledOracle(inner, tmp_path, "w0", sealed_only=True)
+    assert worker.rows_loaded == 20 and worker.torn_segments == []
+    assert worker.live_segments == [str(tmp_path / "main.0002.arrows")]
+    assert_array_equal(worker.query(X1), net.predict(X1))
+    assert inner.queries == 0  # the sealed segment's rows are served
+    worker.query(X2)
+    assert inner.queries == 20  # the live segment's are not known to it
+    worker.close()
+    # a reader that is not sealed_only (a resumed driver) reads everything, as before
+    everything = JournaledOracle(counted(net), tmp_path, "main")
+    assert everything.rows_loaded == 40
+    driver.close()
+    assert not segment_is_live(str(tmp_path / "main.0002.arrows"))
+    assert JournaledOracle(counted(net), tmp_path, "w9", sealed_only=True).rows_loaded == 40
 
 
 def test_corrupt_header_is_refused(net, tmp_path):
@@ -274,9 +305,11 @@ def test_kill_9_while_journaling_loses_at_most_the_batch_in_flight(net, tmp_path
     X, Y = load_journal(journal, 5)
     assert X.shape[0] >= done * 200
     assert_array_equal(Y, net.predict(X))
-    # Replaying the same seeded decisions pays only for what the crash lost.
+    # Replaying the same seeded decisions pays only for what the crash lost; the killed
+    # writer's lock died with it, so a sealed_only reader (a restarted worker) reads it too.
+    assert not segment_is_live(str(journal / "w0.0001.arrows"))
     inner = counted(net)
-    jo = JournaledOracle(inner, journal, "w0")
+    jo = JournaledOracle(inner, journal, "w0", sealed_only=True)
     rng = np.random.default_rng(5)
     for _ in range(X.shape[0] // 200 + 1):
         Xb = rng.normal(size=(200, 5))

@@ -270,7 +270,7 @@ def test_limiter_actor_leases_slower_after_a_429():
     lim = _Limiter(100.0, None)
     lim.penalize(0.05)
     assert lim.stats()["slowdowns"] == 1
-    delays, _, _ = lim.lease(10, 64)
+    delays, _, _, _ = lim.lease(10, 64)
     gaps = [b - a for a, b in itertools.pairwise(delays)]
     assert gaps[0] == pytest.approx(1 / (100 * Pace.DECREASE), rel=1e-6)
     # leased slots are time sent at the pace: it grows by at most INCREASE per second
@@ -335,3 +335,46 @@ def test_token_bucket_spaces_callers_let_go_late_once_the_server_refused_one():
     assert all(g >= interval - 0.002 for g in gaps), (interval, gaps)
     stats = bucket.stats()
     assert stats["spacing"] and stats["respaced"] >= 2
+
+
+def test_limiter_actor_leases_ahead_once_spacing_is_on():
+    """After a 429 (spacing on) no slot is leased due now: one due when its lease leaves
+    reaches its process late and is sent right before another process's next slot."""
+    from distextract.distributed import _Limiter
+    from distextract.distributed.limiter import SPACED_AHEAD_S
+
+    lim = _Limiter(100.0, None)
+    delays, _, _, gap = lim.lease(1, 64)
+    assert delays[0] == 0.0 and gap == 0.0  # no spacing yet: due now, no wire gap
+    lim.penalize(0.001)
+    time.sleep(0.01)  # past the pause: the schedule is free again
+    delays, _, _, gap = lim.lease(1, 64)
+    assert delays[0] >= SPACED_AHEAD_S - 1e-9
+    assert gap == pytest.approx(1 / (100 * Pace.DECREASE))
+
+
+def test_token_bucket_lets_go_early_by_the_lead_and_returns_the_slot():
+    bucket = TokenBucket(rate=20)
+    first = bucket.acquire(1, lead=0.03)
+    t0 = time.monotonic()
+    slot = bucket.acquire(1, lead=0.03)
+    let_go = time.monotonic()
+    assert slot == pytest.approx(first + 0.05, abs=1e-9)  # the slot itself is 1/20 s on
+    assert let_go <= slot - 0.02 and let_go >= t0  # let go ~30 ms before it
+    assert bucket.min_gap(1) == 0.0
+    bucket.penalize(0.001)
+    assert bucket.min_gap(1) == pytest.approx(1 / (20 * Pace.DECREASE))
+
+
+def test_an_isolated_429_lowers_the_pace_by_a_margin_step_runs_of_them_by_decrease():
+    """A 429 more than CALM_S after the previous decrease (a burst-1 server refusing by arrival
+    jitter at a pace it took for seconds) costs MILD_DECREASE; the first one and those that
+    follow within CALM_S (a rate above the limit) cost DECREASE each."""
+    pace = Pace(100.0)
+    assert pace.refused(0.0, 0.01)
+    assert pace.rate == pytest.approx(100 * Pace.DECREASE)
+    assert pace.refused(1.0, 0.01)  # within CALM_S: a run
+    assert pace.rate == pytest.approx(100 * Pace.DECREASE ** 2)
+    assert pace.refused(1.0 + Pace.CALM_S + 0.5, 0.01)  # isolated
+    assert pace.rate == pytest.approx(100 * Pace.DECREASE ** 2 * Pace.MILD_DECREASE)
+    assert Pace.DECREASE < Pace.MILD_DECREASE < 1

@@ -216,7 +216,9 @@ class _Worker:
         if journal_dir is not None:
             from .._journal import JournaledOracle
 
-            self.journal = JournaledOracle(self.metered, journal_dir, f"w{index}")
+            # only sealed segments: never the driver's (or another worker's) live one
+            self.journal = JournaledOracle(self.metered, journal_dir, f"w{index}",
+                                           sealed_only=True)
             self.oracle = self.journal
         if softmax:
             from .._oracle import SoftmaxLogitOracle

@@ -47,7 +47,10 @@ class RayExecutor:
     oracle : Oracle
         The oracle to query (shipped to each worker as a spec, see :func:`oracle_spec`). A
         :class:`~distextract._journal.JournaledOracle` makes every worker journal its rows in
-        the same journal directory (segments ``w<i>.<attempt>.arrows``).
+        the same journal directory (segments ``w<i>.<attempt>.arrows``); a worker, as it
+        starts, is served the rows of the *sealed* segments there, never those of a segment
+        still being written (:func:`~.run.run_distributed` seals the driver's first: call
+        ``seal()`` on the journaled oracle when building the executor yourself).
     workers : int
         Number of worker actors.
     budget : int, optional

@@ -21,6 +21,10 @@ LEASE_HORIZON_S = 0.1
 STALE_SLOT_S = 0.05
 #: A lease round trip at most this long maps the limiter's clock onto a worker's.
 CLOCK_RTT_S = 0.01
+#: Once the server refused a request for coming early (spacing on), no slot is leased less
+#: than this far ahead: a slot due when the lease leaves reaches its process late, which then
+#: sends it right before another process's next slot (a burst-1 server refused them).
+SPACED_AHEAD_S = 0.005
 
 
 class _Limiter:
@@ -50,7 +54,7 @@ class _Limiter:
         self.leases = 0
         self.t0 = time.monotonic()
 
-    def lease(self, n: int, rows: int) -> tuple[list[float], int, float]:
+    def lease(self, n: int, rows: int) -> tuple[list[float], int, float, float]:
         """Reserve ``n`` slots of one request of ``rows`` rows each.
 
         Returns
@@ -63,11 +67,14 @@ class _Limiter:
             This actor's ``time.monotonic()`` the delays count from (a worker maps the slots
             onto its own clock with it; shifting them by its round trip instead would let
             slow trips bunch different workers' slots into bursts).
+        gap : float
+            Shortest spacing of these requests on the wire (``Schedule.min_gap``).
         """
         now = time.monotonic()
-        delays = [self.schedule.reserve(rows, now) - now for _ in range(n)]
+        earliest = now + (SPACED_AHEAD_S if self.schedule.spacing else 0.0)
+        delays = [self.schedule.reserve(rows, earliest) - now for _ in range(n)]
         self.leases += 1
-        return delays, self.generation, now
+        return delays, self.generation, now, self.schedule.min_gap(rows)
 
     def penalize(self, seconds: float) -> int:
         """A 429: pause every slot not yet granted for ``seconds`` and lower the pace once per
@@ -84,9 +91,14 @@ class _Limiter:
             self.generation += 1
         return self.generation
 
-    def continue_after(self, seconds: float) -> None:
-        """Continue the driver's schedule, whose booked slots run ``seconds`` from now."""
+    def continue_after(self, seconds: float, spacing: bool = False) -> None:
+        """Continue the driver's schedule, whose booked slots run ``seconds`` from now (with
+        its spacing on when the server had refused one of the driver's requests: at the
+        ceiling with no spacing, the first slots of the hand-over met a burst-1 server that
+        had refused the driver already, and 4 were refused within 5 ms)."""
         self.schedule.continue_after(time.monotonic(), seconds)
+        if spacing:
+            self.schedule.spacing = True
 
     def adopt_pace(self, rate: float, target: float, slow_start: bool,
                    scale: float | None = None, slow_refused: float | None = None) -> None:
@@ -104,6 +116,10 @@ class _Limiter:
         if slow_refused is not None:
             pace.slow_refused = float(slow_refused)
         self.schedule._apply_pace()
+
+    def node_id(self) -> str:
+        """The node this actor runs on (a proxy on the same node shares its clock)."""
+        return ray.get_runtime_context().get_node_id()
 
     def stats(self) -> dict:
         out = self.schedule.stats()
@@ -129,6 +145,10 @@ class LeasedLimiter:
         up to its ``max_batch`` after taking a slot).
     """
 
+    #: Its slots are shared with other processes (the HTTP client's wire pacer takes a new
+    #: one for a request that reaches the wire late, rather than bunch it with theirs).
+    shared = True
+
     def __init__(self, actor: Any, chunk: int = 1, rows_rate: float | None = None) -> None:
         self.actor = actor
         self.chunk = check_positive_int("chunk", chunk)
@@ -139,9 +159,17 @@ class LeasedLimiter:
         self.round_trips = 0
         self._best_rtt = math.inf
         self._offset = 0.0
+        self._gap = 0.0
+        self._same_clock: bool | None = None  # known at the first lease
+        self._paused_until = -math.inf  # pauses this process asked for (429s, quota holds)
 
-    def acquire(self, rows: int = 1) -> float:
-        """Block until one request of ``rows`` rows may be sent; the slot's time (this
+    def min_gap(self, rows: int = 1) -> float:
+        """Shortest spacing on the wire the limiter asked for with the last lease."""
+        return self._gap
+
+    def acquire(self, rows: int = 1, lead: float = 0.0) -> float:
+        """Block until one request of ``rows`` rows may be sent (``lead`` seconds before
+        that: the caller holds the request until the slot itself); the slot's time (this
         process's ``time.monotonic()``) is returned."""
         if rows < 1:
             raise ConfigError(f"rows must be >= 1, got {rows}")
@@ -152,40 +180,61 @@ class LeasedLimiter:
                 if allowance >= rows and at > start - STALE_SLOT_S:
                     break
             else:
+                if self._same_clock is None:
+                    self._same_clock = self._on_actor_node()
                 sent = time.monotonic()
-                delays, _, actor_now = ray.get(self.actor.lease.remote(self.chunk, rows))
+                delays, _, actor_now, self._gap = ray.get(
+                    self.actor.lease.remote(self.chunk, rows))
                 got = time.monotonic()
                 self.round_trips += 1
-                # The actor's clock minus ours, from the quickest round trip so far (its
+                # The actor's clock minus ours: none on the actor's node (time.monotonic is
+                # the machine's one clock); else from the quickest round trip so far (its
                 # error is at most half that trip): slots keep the actor's spacing whatever
                 # each trip's delay. Until one trip was quick, slots count from the answer.
                 rtt = got - sent
                 if rtt < self._best_rtt:
                     self._best_rtt = rtt
                     self._offset = actor_now - 0.5 * (sent + got)
-                if self._best_rtt <= CLOCK_RTT_S:
+                if self._same_clock:
+                    base = actor_now
+                elif self._best_rtt <= CLOCK_RTT_S:
                     base = max(actor_now - self._offset, sent)
                 else:
                     base = got
                 self._slots.extend((base + d, rows) for d in delays[1:])
                 at = base + delays[0]
-        wait = at - time.monotonic()
+        wait = at - lead - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         with self._lock:
             self.waited_s += time.monotonic() - start
         return at
 
+    def _on_actor_node(self) -> bool:
+        """Whether this process runs on the limiter actor's node (False when unknown)."""
+        try:
+            here = ray.get_runtime_context().get_node_id()
+            return here is not None and ray.get(self.actor.node_id.remote()) == here
+        except Exception:  # noqa: BLE001 - an actor without node_id (tests' stand-ins)
+            return False
+
+    def resume_at(self) -> float:
+        """End of the last pause this process asked for (``time.monotonic()``; -inf when
+        none): a request let go early (``lead``) waits for it at the wire."""
+        return self._paused_until
+
     def penalize(self, seconds: float) -> None:
         """The server answered 429: pause every worker for ``seconds``."""
         with self._lock:
             self._slots.clear()
+            self._paused_until = max(self._paused_until, time.monotonic() + float(seconds))
         ray.get(self.actor.penalize.remote(float(seconds)))
 
     def hold(self, seconds: float) -> None:
         """The server's quota is spent for ``seconds``: pause every worker (no slowdown)."""
         with self._lock:
             self._slots.clear()
+            self._paused_until = max(self._paused_until, time.monotonic() + float(seconds))
         self.actor.hold.remote(float(seconds))  # no need to wait: later leases come after it
 
     def __getstate__(self) -> dict:

@@ -148,7 +148,8 @@ class OverlappedExecutor:
         # schedule they doubled the rate for a moment (the demo's server refused 3-4 requests)
         schedule = getattr(local, "schedule", None)
         if schedule is not None:
-            ray.get(actor.continue_after.remote(schedule.booked_for(time.monotonic())))
+            ray.get(actor.continue_after.remote(schedule.booked_for(time.monotonic()),
+                                                bool(getattr(schedule, "spacing", False))))
         proxy = LeasedLimiter(actor, 1, self._ray.rows_rate)
         http.limiter = proxy
         http._hold = proxy.hold

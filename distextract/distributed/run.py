@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._oracle import Oracle
 from .._ratelimit import limit_rows_per_s
 from .._validation import check_positive_int
-from .overlap import OverlappedExecutor, WorkersNotNeeded
+from .overlap import OverlappedExecutor, WorkersNotNeeded, _find
 from .progress import ProgressDisplay
 from .specs import executor_plan
 
@@ -361,6 +361,14 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
     from ..engine.loop import Coordinator
 
     workers = check_positive_int("workers", workers)
+    # The workers read only sealed journal segments: seal the driver's now, so the rows it
+    # paid so far (the output probe's) reach them; what it pays from here (an overlapped
+    # start) goes to its next segment, which they never read while it is written.
+    journal = _find(oracle, "seal")
+    if journal is not None:
+        sealed = journal.seal()
+        if sealed is not None:
+            logger.info("journal segment %s sealed before the workers start", sealed)
     # overlap only while Ray itself starts (an initialised Ray builds the workers in ~1 s)
     overlap = (bool(executor_options.pop("overlap_start", False)) and budget is None
                and not _ray_initialized())
