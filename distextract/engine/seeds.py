@@ -26,6 +26,7 @@ ORIENT = 9  # (9, neuron)
 PIN_SHIFT = (10,)
 COVER_ROWS = 11  # (11, lines recorded so far)
 CHECK_ROWS = (12, 0)  # the certificate's held-out rows (no other stream draws from key 12)
+REFIT_ROWS = 13  # (13, lines recorded so far)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class Streams:
         """Rows bought near hyperplanes the rows held rarely cross (.coverage), at a
         refinement after ``lines`` recorded lines."""
         return self._rng(COVER_ROWS, lines)
+
+    def refit_rows(self, lines: int) -> np.random.Generator:
+        """The line rows held that a refinement retried over every row held samples
+        (:func:`.imprecise.refine`), after ``lines`` recorded lines."""
+        return self._rng(REFIT_ROWS, lines)
 
     def check_rows(self) -> np.random.Generator:
         """The certificate's held-out check rows near every hyperplane (.certificate)."""
