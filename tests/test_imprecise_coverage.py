@@ -236,9 +236,9 @@ def test_line_row_retry_only_after_a_fit_that_failed(monkeypatch):
     rows = []
     real = imprecise.fit_answers
 
-    def counted(model, X, Y, sigma):
+    def counted(model, X, Y, sigma, **kw):
         rows.append(X.shape[0])
-        return real(model, X, Y, sigma)
+        return real(model, X, Y, sigma, **kw)
 
     monkeypatch.setattr(imprecise, "fit_answers", counted)
     before = eng.st.refinement.get("line_row_retries", 0)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._model import ReluNetwork
 from . import update
-from .birth import add_missing_neurons, with_born
+from .birth import ROBUST_ROUNDS, add_missing_neurons, with_born
 from .coverage import cover_points, cover_rows_wanted, rare_side_rows
 from .neurons import NeuronSet, crossings_inside, predicted_crossings
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
@@ -36,7 +36,9 @@ REFINE_OBS = 2.5  # Gaussian answers (rows × outputs) per unknown bought for th
 REFINE_TIE = 16 * np.finfo(float).eps  # validation errors this close (relative) tie: refined kept
 REFINE_FIT_CHI2 = 100.0  # a refined misfit above this per answer: the fit failed (a neuron missing)
 REFINE_JOINT_MAX_WORK = 1e7  # ... the joint refinement tried too where a CG iteration costs less
-REFINE_LINE_ROWS = 0.5  # ... then retried over this many line rows per Gaussian row too
+REFINE_LINE_ROWS = 0.5  # ... then retried over this many line rows per Gaussian row too,
+REFINE_LINE_ROUNDS = 2  # its births' robust refits this many rounds at most (CPU: the line
+# rows are ill-conditioned, ~4x the CG iterations of Gaussian rows)
 REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
 REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
@@ -217,7 +219,8 @@ def _refit_over_line_rows(eng: Coordinator, X: np.ndarray, Y: np.ndarray, sigma:
     Xl, Yl = paid.sample(cap, m, eng.streams.refit_rows(len(st.lines)))
     Xa, Ya = np.concatenate([X, Xl]), np.concatenate([Y, Yl.reshape(-1, m)])
     wide, born_w = fit_answers(st.model, Xa, Ya,
-                               st.noise * output_scale(Ya, st.fref, st.absolute))
+                               st.noise * output_scale(Ya, st.fref, st.absolute),
+                               rounds=REFINE_LINE_ROUNDS)
     back, born_b = fit_answers(wide.model, X, Y, sigma)
     logger.info("refine: over the Gaussian rows chi2 %.3g per answer; over %d line rows too "
                 "%.3g, then over the Gaussian rows again %.3g (%d + %d neurons born)",
@@ -227,7 +230,8 @@ def _refit_over_line_rows(eng: Coordinator, X: np.ndarray, Y: np.ndarray, sigma:
     return res, born, False
 
 
-def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray):
+def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
+                rounds: int = ROBUST_ROUNDS):
     """Refine ``model`` over the rows by variable projection (:mod:`.refine`); while the
     misfit stays far above the noise (a neuron missing), fit neurons to the outliers
     (:mod:`.birth`). Where that still leaves the misfit above REFINE_FIT_CHI2 per answer,
@@ -239,13 +243,13 @@ def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndar
     exact iterations cost 43 s of a d64-k128-m10 run's 50 s, and helped neither of the two
     such runs where it was tried.
     Returns the refinement and the number of neurons born (the model's last ones)."""
-    res, born = add_missing_neurons(refine_network(model, X, Y, sigma), X, Y, sigma)
+    res, born = add_missing_neurons(refine_network(model, X, Y, sigma), X, Y, sigma, rounds)
     k, d = model.W.shape
     if (res.chi2 <= REFINE_FIT_CHI2
             or refine_work(X.shape[0], k, d, Y.shape[1]) > REFINE_JOINT_MAX_WORK):
         return res, born
     alt, alt_born = add_missing_neurons(refine_network(model, X, Y, sigma, method="joint"),
-                                        X, Y, sigma)
+                                        X, Y, sigma, rounds)
     logger.info("refine: variable projection ends at chi2 %.3g per answer, the joint "
                 "refinement at %.3g", res.chi2, alt.chi2)
     return (alt, alt_born) if alt.chi2 < res.chi2 else (res, born)
