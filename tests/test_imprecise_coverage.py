@@ -208,3 +208,57 @@ def test_a_refinement_that_validates_as_well_is_kept(monkeypatch):
     imprecise.refine(eng, extra_rows=False, cover=False)
     assert st.model is model and st.val_rel_l2 == val
     assert st.refinement["chi2_per_answer"] == 0.25
+
+
+def test_float32_stuck_refinement_is_retried_over_the_line_rows():
+    """d16-k32-m1, biases ~ N(0, 0.25), seed 6: the refinement over the Gaussian rows stops
+    at χ² 8.6e6 per answer, a neuron misplaced; it used to end at rel L2 4.7e-4 with 12 of
+    32 neurons matched and 18 spurious (precision_floor). Refitted over the line rows held
+    too, then over the Gaussian rows again, it reaches the answers' errors."""
+    net = targets.random_network(16, 32, 1, seed=6, bias_scale=0.5)
+    res = dx.extract(NetworkOracle(net, output="float32"), seed=6)
+    rep = _judge(res, net)
+    assert rep.rel_l2 <= 1e-6, rep
+    assert rep.all_matched and rep.spurious_neurons == 0, rep
+    assert res.report["refinement"]["line_row_retries_kept"] >= 1, res.report["refinement"]
+
+
+def test_line_row_retry_only_after_a_fit_that_failed(monkeypatch):
+    """imprecise.refine: a fit over the Gaussian rows at most REFINE_FIT_CHI2 per answer is
+    not retried; above it, the retry fits the Gaussian rows plus at most REFINE_LINE_ROWS
+    line rows per Gaussian row, then the Gaussian rows again (real fits, counted)."""
+    net = targets.random_network(8, 12, 1, seed=3, bias_scale=1.0)
+    eng = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))), 8,
+                      dx.ExtractConfig(), 0)
+    eng.run()
+    n_gauss, n_line = eng.paid.Xs.shape[0], eng.paid.total
+    assert n_gauss > 0 and n_line > 0
+    rows = []
+    real = imprecise.fit_answers
+
+    def counted(model, X, Y, sigma, **kw):
+        rows.append(X.shape[0])
+        return real(model, X, Y, sigma, **kw)
+
+    monkeypatch.setattr(imprecise, "fit_answers", counted)
+    before = eng.st.refinement.get("line_row_retries", 0)
+    monkeypatch.setattr(imprecise, "REFINE_FIT_CHI2", np.inf)
+    imprecise.refine(eng, extra_rows=False, cover=False)
+    assert rows == [n_gauss]
+    assert eng.st.refinement["line_row_retries"] == before
+    monkeypatch.setattr(imprecise, "REFINE_FIT_CHI2", -1.0)
+    imprecise.refine(eng, extra_rows=False, cover=False)
+    wide = n_gauss + min(int(imprecise.REFINE_LINE_ROWS * n_gauss), n_line)
+    assert rows[1:] == [n_gauss, wide, n_gauss]
+    assert eng.st.refinement["line_row_retries"] == before + 1
+    # a retry that does not take the misfit below REFINE_LINE_GAIN of the first fit's is
+    # futile; after REFINE_LINE_FUTILE of them the run retries no more
+    monkeypatch.setattr(imprecise, "REFINE_LINE_GAIN", 0.0)
+    futile = eng.st.refinement["line_row_retries_futile"]
+    while eng.st.refinement["line_row_retries_futile"] < imprecise.REFINE_LINE_FUTILE:
+        imprecise.refine(eng, extra_rows=False, cover=False)
+        assert eng.st.refinement["line_row_retries_futile"] == futile + 1
+        futile += 1
+    del rows[:]
+    imprecise.refine(eng, extra_rows=False, cover=False)
+    assert rows == [n_gauss]

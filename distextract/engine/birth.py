@@ -58,8 +58,8 @@ def _row_z(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarray) ->
     return np.sqrt(np.mean(Z * Z, axis=1))
 
 
-def robust_refit(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarray
-                 ) -> tuple[ReluNetwork, np.ndarray]:
+def robust_refit(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarray,
+                 rounds: int = ROBUST_ROUNDS) -> tuple[ReluNetwork, np.ndarray]:
     """Refine ``model`` with outlying rows rejected, repeatedly (see the module docstring).
 
     Returns
@@ -68,7 +68,7 @@ def robust_refit(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarr
         The model fitted to the kept rows, and the rejected rows.
     """
     out = np.zeros(X.shape[0], dtype=bool)
-    for _ in range(ROBUST_ROUNDS):
+    for _ in range(rounds):
         z = _row_z(model, X, Y, sig)
         scale = 1.4826 * float(np.median(z))
         new = z > REJECT_MADS * scale
@@ -121,8 +121,8 @@ def fit_hinge(X: np.ndarray, R: np.ndarray, start: np.ndarray
     return p[:d] / norm, float(p[d] / norm), sign * norm * e
 
 
-def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray
-                        ) -> tuple[RefineResult, int]:
+def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
+                        rounds: int = ROBUST_ROUNDS) -> tuple[RefineResult, int]:
     """While the refined misfit stays above :data:`BIRTH_CHI2`, add a neuron fitted to the
     rows a robust refit rejects, and keep it when the misfit falls by :data:`BIRTH_GAIN`.
 
@@ -148,7 +148,7 @@ def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: 
     for _ in range(BIRTH_MAX):
         if not res.chi2 > BIRTH_CHI2:
             break
-        clean, out = robust_refit(res.model, X, Y, sig)
+        clean, out = robust_refit(res.model, X, Y, sig, rounds)
         hinge = fit_hinge(X, Y - clean.predict(X), out)
         if hinge is None:
             break

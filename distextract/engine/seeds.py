@@ -27,7 +27,8 @@ PIN_SHIFT = (10,)
 COVER_ROWS = 11  # (11, lines recorded so far)
 CHECK_ROWS = (12, 0)  # the certificate's held-out rows (no other stream draws from key 12)
 CHECK_WEDGES = (12, 1)  # ... and its rows in the wedges of close hyperplane pairs
-FUSE_ROWS = 13  # (13, lines recorded so far)
+REFIT_ROWS = 13  # (13, lines recorded so far)
+FUSE_ROWS = 14  # (14, lines recorded so far)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class Streams:
         """Rows bought inside the wedges of close hyperplane pairs (.fuse), at a refinement
         after ``lines`` recorded lines."""
         return self._rng(FUSE_ROWS, lines)
+
+    def refit_rows(self, lines: int) -> np.random.Generator:
+        """The line rows held that a refinement retried over every row held samples
+        (:func:`.imprecise.refine`), after ``lines`` recorded lines."""
+        return self._rng(REFIT_ROWS, lines)
 
     def check_rows(self) -> np.random.Generator:
         """The certificate's held-out check rows near every hyperplane (.certificate)."""
