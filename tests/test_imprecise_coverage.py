@@ -251,6 +251,12 @@ def test_line_row_retry_only_after_a_fit_that_failed(monkeypatch):
     wide = n_gauss + min(int(imprecise.REFINE_LINE_ROWS * n_gauss), n_line)
     assert rows[1:] == [n_gauss, wide, n_gauss]
     assert eng.st.refinement["line_row_retries"] == before + 1
+    # none where a CG iteration over the Gaussian rows costs more than REFINE_LINE_MAX_WORK
+    monkeypatch.setattr(imprecise, "REFINE_LINE_MAX_WORK", 0.0)
+    del rows[:]
+    imprecise.refine(eng, extra_rows=False, cover=False)
+    assert rows == [n_gauss] and eng.st.refinement["line_row_retries"] == before + 1
+    monkeypatch.setattr(imprecise, "REFINE_LINE_MAX_WORK", np.inf)
     # a retry that does not take the misfit below REFINE_LINE_GAIN of the first fit's is
     # futile; after REFINE_LINE_FUTILE of them the run retries no more
     monkeypatch.setattr(imprecise, "REFINE_LINE_GAIN", 0.0)

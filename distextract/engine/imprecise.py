@@ -43,6 +43,9 @@ REFINE_LINE_ROUNDS = 2  # its births' robust refits this many rounds at most (CP
 # rows are ill-conditioned, ~4x the CG iterations of Gaussian rows)
 REFINE_LINE_GAIN = 0.5  # a retry whose misfit stays above this share of the first fit's ...
 REFINE_LINE_FUTILE = 2  # ... is futile; after this many futile ones a run retries no more
+REFINE_LINE_MAX_WORK = 6e7  # ... and retries only where a CG iteration over the Gaussian rows
+# costs at most this (d64-k128-m10 float32 seed 1: 1.2e8, the retry took its extractor CPU
+# from 10 to 19 s against the issue's 10 s; the d32-k64-m1 runs it fixes are at 4e7 to 5e7)
 REFINE_MIN_OBS = 1.5  # fewer held than this: the refinement is not tried
 REFINE_CHUNK = 2048  # Gaussian rows bought per batch of tasks
 PRUNE_NOISE = 100.0  # a refined neuron adding less (rms) than this many answer errors ...
@@ -157,7 +160,8 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True) -> boo
     retried = retry_kept = futile = False
     prev = st.refinement or {}
     if (res.chi2 > REFINE_FIT_CHI2 and eng.paid.total
-            and prev.get("line_row_retries_futile", 0) < REFINE_LINE_FUTILE):
+            and prev.get("line_row_retries_futile", 0) < REFINE_LINE_FUTILE
+            and refine_work(X.shape[0], k, d, m) <= REFINE_LINE_MAX_WORK):
         retried = True
         chi2 = res.chi2
         res, born, retry_kept = _refit_over_line_rows(eng, X, Y, sigma, res, born)
