@@ -130,11 +130,12 @@ def test_a_kink_missed_inside_a_jump_does_not_spread_along_the_chain():
 
 def _with_and_without_joint_jumps(net, monkeypatch, n_points):
     """rel L2 of the extraction of ``net`` with joint jumps and with two-region jumps only
-    (asserting that both asked the same rows)."""
+    (asserting that both asked nearly the same rows: the estimates feed later choices, such
+    as a pin's window, so the count may move by a few rows with the BLAS's thread count)."""
     res = dx.extract(net, seed=0)
     monkeypatch.setattr(neurons, "joint_jumps", lambda by, two: {})
     alone = dx.extract(net, seed=0)
-    assert res.queries == alone.queries
+    assert abs(res.queries - alone.queries) <= 0.002 * alone.queries
     return tuple(dx.evaluate_fidelity(r.model, net, n_points=n_points, seed=1).rel_l2
                  for r in (res, alone))
 
