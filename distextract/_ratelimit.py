@@ -361,14 +361,19 @@ class Schedule:
     def wire_gap(self, rows: int) -> tuple[float, float]:
         """The wire's own rate for a request of ``rows`` rows: one interval at the pace (0
         when nothing paces the requests) and the bodies that may leave back to back,
-        :data:`WIRE_BURST`, or 1 once the server has refused a request (:attr:`spacing`):
+        :data:`WIRE_BURST` (or as many of these rows as the rows bucket holds, when more: a
+        rows/min server kept 1 s of burst and lost 2-3 points to a catch-up of 3), or 1 once
+        the server has refused a request (:attr:`spacing`):
         the HTTP client's wire pacer holds its bodies to it (a GCRA of its own)."""
         gap = 0.0
+        burst = float(WIRE_BURST)
         if self._requests is not None:
             gap = self._requests.interval
         if self._rows is not None:
             gap = max(gap, rows * self._rows.interval)
-        return gap, (1.0 if self.spacing else float(WIRE_BURST))
+            # no fewer than the rows bucket itself lets go back to back after an idle spell
+            burst = max(burst, self._rows.burst / max(1, rows))
+        return gap, (1.0 if self.spacing else burst)
 
     def booked_for(self, now: float) -> float:
         """Seconds from ``now`` until the slots already booked are spent (0 when none are)."""

@@ -371,9 +371,10 @@ def test_token_bucket_lets_go_early_by_the_lead_and_returns_the_slot():
 
 
 def test_wire_gap_of_a_rows_limit_is_the_rows_interval_of_the_request():
-    bucket = TokenBucket(rows_rate=6400)
-    assert bucket.wire_gap(64) == (pytest.approx(0.01), WIRE_BURST)
-    assert bucket.wire_gap(32) == (pytest.approx(0.005), WIRE_BURST)
+    bucket = TokenBucket(rows_rate=6400)  # rows_burst 640: ten bodies of 64 rows
+    assert bucket.wire_gap(64) == (pytest.approx(0.01), pytest.approx(10.0))
+    assert bucket.wire_gap(32) == (pytest.approx(0.005), pytest.approx(20.0))
+    assert TokenBucket(rows_rate=100).wire_gap(64) == (pytest.approx(0.64), WIRE_BURST)
     assert TokenBucket().wire_gap(64) == (0.0, WIRE_BURST)  # nothing paces: no wire rate
 
 
