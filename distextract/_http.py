@@ -26,9 +26,11 @@ sender then fills and encodes it, and the body's bytes are written to the socket
 time by a hook in the connection's network stream (:class:`_WirePacer`), not when the sender
 thread gets the GIL back after encoding: on the CLI's busy driver (64 engine threads) the time
 from a slot to the wire varied by several milliseconds, and a late request followed by one on
-time reached a server that keeps no burst less than an interval apart (it refused it). Once
-the limiter reports a spacing (after the server's first 429, :meth:`TokenBucket.min_gap`), the
-hook also keeps every paced body at least that long after the previous one of this process.
+time reached a server that keeps no burst less than an interval apart (it refused it). The
+hook also holds the paced bodies of this process to the limiter's rate at the wire
+(:meth:`TokenBucket.wire_gap`): a process that woke late for its slots catches up at most
+``WIRE_BURST`` (3) bodies back to back, and once the server has refused a request (the
+limiter's spacing) it keeps every body at least an interval after the previous one.
 
 Accounting. ``rows_paid`` counts rows the server may have charged for: requests answered with a
 2xx status, and requests whose answer was lost after they were sent (read timeout, reset,
@@ -212,8 +214,14 @@ class _TooLarge(Exception):
 
 
 class _WirePacer:
-    """Writes each paced request's body to its socket at the request's slot time, and (once
-    spacing is asked for) no sooner than ``gap`` after the previous paced body of this client.
+    """Writes each paced request's body to its socket at the request's slot time, and holds
+    the paced bodies of this client to a rate of their own at the wire: one ``gap`` (the
+    limiter's interval) per body with at most ``burst`` back to back (a GCRA: a body of gap
+    ``gap`` leaves no sooner than ``last + gap - (burst - 1) * gap``, where ``last`` is the
+    previous body's virtual time, the later of its write and ``last + gap``). With ``burst`` 1 (the limiter's spacing, once the
+    server refused a request) no body leaves less than ``gap`` after the previous one; before
+    that (:data:`~distextract._ratelimit.WIRE_BURST`) the bodies of a process that woke late
+    for their slots catch up at most that many at once instead of all together.
 
     The sender thread arms it (:meth:`arm`: slot time, gap, body length) just before handing
     the request to httpx; the network stream's write of that many bytes in the same thread
@@ -225,10 +233,10 @@ class _WirePacer:
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.last = -math.inf  # when the previous paced body was written (monotonic)
+        self.last = -math.inf  # the previous paced body's virtual time (GCRA, monotonic)
         self.paced = 0
         self.late_s = 0.0  # total lateness of paced bodies past their slot
-        self.spaced = 0  # bodies held back by the gap after the previous one
+        self.spaced = 0  # bodies held back by the wire's rate (the gap after the previous one)
         self.reslotted = 0  # new slots taken by bodies that reached the wire late
 
     #: A body later than this share of its gap past its slot takes a new slot (``reslot``):
@@ -242,14 +250,17 @@ class _WirePacer:
 
     def arm(self, slot: float, gap: float, nbytes: int,
             reslot: Callable[[], float] | None = None,
-            resume_at: Callable[[], float] | None = None) -> None:
-        """Pace the next write of ``nbytes`` bytes by this thread: at ``slot``, ``gap`` after
-        the previous paced body. ``reslot`` (a limiter shared with other processes) gives a new
-        slot for a body that reaches the wire late: sent late, it would arrive just before the
-        next slot's request, sent on time by another process. ``resume_at`` gives the end of
-        the limiter's pause (a 429's or an exhausted quota's, which may come after the body was
-        let go): the body waits for it too."""
-        self._local.turn = (float(slot), max(0.0, float(gap)), int(nbytes), reslot, resume_at)
+            resume_at: Callable[[], float] | None = None, burst: float = 1.0) -> None:
+        """Pace the next write of ``nbytes`` bytes by this thread: at ``slot``, within the
+        wire's rate of one ``gap`` per body and ``burst`` bodies back to back (``burst`` 1:
+        ``gap`` after the previous paced body). ``reslot`` (a limiter shared with other
+        processes) gives a new slot for a body that reaches the wire later than
+        ``max(LATE_SHARE, burst - 1)`` gaps past its slot: sent late, it would arrive just
+        before the next slots' requests, sent on time by other processes. ``resume_at`` gives
+        the end of the limiter's pause (a 429's or an exhausted quota's, which may come after
+        the body was let go): the body waits for it too."""
+        self._local.turn = (float(slot), max(0.0, float(gap)), int(nbytes), reslot, resume_at,
+                            max(1.0, float(burst)))
 
     def disarm(self) -> None:
         self._local.turn = None
@@ -260,24 +271,25 @@ class _WirePacer:
             stream.write(buffer, timeout)
             return
         self._local.turn = None
-        slot, gap, _, reslot, resume_at = turn
+        slot, gap, _, reslot, resume_at, burst = turn
         tries = 0
+        late = max(self.LATE_SHARE, burst - 1.0) * gap
         while (reslot is not None and gap > 0 and tries < self.MAX_RESLOTS
-               and time.monotonic() > slot + self.LATE_SHARE * gap):
+               and time.monotonic() > slot + late):
             slot, tries = reslot(), tries + 1
         self.reslotted += tries
         with self._lock:
-            now = time.monotonic()
+            now = entered = time.monotonic()
             while True:
-                at = max(slot, self.last + gap,
-                         resume_at() if resume_at is not None else -math.inf)
+                wire = self.last + (2.0 - burst) * gap
+                at = max(slot, wire, resume_at() if resume_at is not None else -math.inf)
                 if now >= at:
                     break
                 time.sleep(at - now)
                 now = time.monotonic()
             self.paced += 1
             self.late_s += max(0.0, now - slot)
-            self.spaced += at > slot
+            self.spaced += wire > max(slot, entered)  # held back by the wire's rate
             try:
                 stream.write(buffer, timeout)
             finally:
@@ -286,7 +298,8 @@ class _WirePacer:
                 # its end when it stalled (ray.init holds the GIL for ~0.5 s: the next body
                 # must not follow this late one at once)
                 end = time.monotonic()
-                self.last = end if end - now > self.STALLED_WRITE_S else now
+                sent = end if end - now > self.STALLED_WRITE_S else now
+                self.last = max(self.last + gap, sent)
 
     def stats(self) -> dict:
         with self._lock:
@@ -789,6 +802,17 @@ class HTTPOracle(Oracle):
         self.limiter.acquire(rows)
         return None
 
+    def _wire_gap(self, rows: int) -> tuple[float, float]:
+        """The wire's interval and burst for a request of ``rows`` rows (the limiter's
+        ``wire_gap``; from a limiter with only ``min_gap``: that spacing, one body at a time;
+        from one with neither: no pacing but the slot)."""
+        wire = getattr(self.limiter, "wire_gap", None)
+        if callable(wire):
+            gap, burst = wire(rows)
+            return float(gap), float(burst)
+        gap = getattr(self.limiter, "min_gap", None)
+        return (float(gap(rows)) if callable(gap) else 0.0), 1.0
+
     def _take(self, cap: int) -> list[_Piece]:
         """Pop up to ``cap`` queued rows, oldest first, splitting a piece if needed (lock held)."""
         out: list[_Piece] = []
@@ -943,12 +967,12 @@ class HTTPOracle(Oracle):
             with self._lock:
                 self.requests += 1
             if slot is not None and self._pacer is not None:
-                gap = getattr(self.limiter, "min_gap", None)
+                gap, burst = self._wire_gap(n)
                 shared = getattr(self.limiter, "shared", False)
                 resume = getattr(self.limiter, "resume_at", None)
-                self._pacer.arm(slot, gap(n) if callable(gap) else 0.0, len(body),
+                self._pacer.arm(slot, gap, len(body),
                                 (lambda: self._acquire(n)) if shared else None,
-                                resume if callable(resume) else None)
+                                resume if callable(resume) else None, burst)
             try:
                 resp = self._client.post(self.url, content=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:

@@ -219,6 +219,16 @@ PACED_SWITCH_INTERVAL_S = 0.001
 #: A quota hold ending later than the next free slot by more than this lowers the pace.
 HOLD_SLACK_S = 0.001
 
+#: Paced bodies one process may write back to back at the wire (catching up on slots it
+#: reached late) before the server has refused a request; 1 once it has (:attr:`Schedule.
+#: spacing`). A busy process (the CLI's driver while Ray starts, a Ray worker at nice 15) wakes
+#: late for its slots, and its late bodies then left together: five at once met a server
+#: keeping a burst of 5 requests with its bucket empty (a 429, whose whole-second Retry-After
+#: stopped every sender for a second and turned spacing on for the rest of the run). A server
+#: keeping a burst of at least this many never refuses the catch-up; one keeping less refuses
+#: the first, as it would refuse any jitter.
+WIRE_BURST = 3
+
 
 class Schedule:
     """The one rate-limit algorithm: send times of requests under a requests/s and a rows/s
@@ -347,6 +357,23 @@ class Schedule:
         if self._rows is not None:
             gap = max(gap, rows * self._rows.interval)
         return gap
+
+    def wire_gap(self, rows: int) -> tuple[float, float]:
+        """The wire's own rate for a request of ``rows`` rows: one interval at the pace (0
+        when nothing paces the requests) and the bodies that may leave back to back,
+        :data:`WIRE_BURST` (or as many of these rows as the rows bucket holds, when more: a
+        rows/min server kept 1 s of burst and lost 2-3 points to a catch-up of 3), or 1 once
+        the server has refused a request (:attr:`spacing`):
+        the HTTP client's wire pacer holds its bodies to it (a GCRA of its own)."""
+        gap = 0.0
+        burst = float(WIRE_BURST)
+        if self._requests is not None:
+            gap = self._requests.interval
+        if self._rows is not None:
+            gap = max(gap, rows * self._rows.interval)
+            # no fewer than the rows bucket itself lets go back to back after an idle spell
+            burst = max(burst, self._rows.burst / max(1, rows))
+        return gap, (1.0 if self.spacing else burst)
 
     def booked_for(self, now: float) -> float:
         """Seconds from ``now`` until the slots already booked are spent (0 when none are)."""
@@ -528,6 +555,12 @@ class TokenBucket:
         with self._cond:
             return self.schedule.min_gap(rows)
 
+    def wire_gap(self, rows: int = 1) -> tuple[float, float]:
+        """The wire's rate and burst for a request of ``rows`` rows
+        (:meth:`Schedule.wire_gap`)."""
+        with self._cond:
+            return self.schedule.wire_gap(rows)
+
     def resume_at(self) -> float:
         """End of the current pause (a 429's, a quota hold's; the clock's time, -inf when
         none began): a request let go early (``lead``) waits for it at the wire."""
@@ -575,4 +608,5 @@ class TokenBucket:
                 f"discover={self.discover})")
 
 
-__all__ = ["PACED_SWITCH_INTERVAL_S", "Pace", "RateLimiter", "Schedule", "TokenBucket", "limit_rows_per_s"]
+__all__ = ["PACED_SWITCH_INTERVAL_S", "WIRE_BURST", "Pace", "RateLimiter", "Schedule", "TokenBucket",
+           "limit_rows_per_s"]

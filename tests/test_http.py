@@ -722,6 +722,24 @@ def test_wire_pacer_takes_a_new_slot_for_a_late_body_of_a_shared_limiter():
     assert len(new_slots) == 1 and pacer.stats()["reslotted"] == 1
 
 
+def test_wire_pacer_lets_late_bodies_catch_up_at_most_burst_at_once():
+    """Bodies whose slots passed while their process stalled leave ``burst`` back to back,
+    then one gap apart (a GCRA at the wire); all at once, five met a server keeping a burst
+    of 5 with its bucket empty."""
+    from distextract._http import _WirePacer
+
+    pacer, stream = _WirePacer(), _Stamped()
+    late = time.monotonic() - 0.2  # every slot 200 ms past
+    for i in range(6):
+        pacer.arm(late + 0.01 * i, 0.02, 7, None, None, 3)
+        pacer.write(stream, b"w" * 7, None)
+    t = [w[0] - stream.writes[0][0] for w in stream.writes]
+    assert t[2] < 0.01  # three back to back
+    for i in range(3, 6):  # then one 20 ms gap each
+        assert t[i] >= 0.02 * (i - 2) - 1e-3, (i, t)
+    assert pacer.stats()["spaced"] == 3
+
+
 def test_paced_requests_go_through_the_wire_pacer_of_httpx_transport(X):
     """On httpx's own transport every paced body is written by the wire pacer (a test that
     fails if another httpx no longer lets the client hook its connections' writes)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import distextract as dx
-from distextract._ratelimit import Pace, RateLimiter, Schedule, TokenBucket
+from distextract._ratelimit import WIRE_BURST, Pace, RateLimiter, Schedule, TokenBucket
 
 
 def _run_threads(n_threads: int, per_thread: int, fn) -> list[float]:
@@ -270,7 +270,7 @@ def test_limiter_actor_leases_slower_after_a_429():
     lim = _Limiter(100.0, None)
     lim.penalize(0.05)
     assert lim.stats()["slowdowns"] == 1
-    delays, _, _, _ = lim.lease(10, 64)
+    delays, *_ = lim.lease(10, 64)
     gaps = [b - a for a, b in itertools.pairwise(delays)]
     assert gaps[0] == pytest.approx(1 / (100 * Pace.DECREASE), rel=1e-6)
     # leased slots are time sent at the pace: it grows by at most INCREASE per second
@@ -344,13 +344,15 @@ def test_limiter_actor_leases_ahead_once_spacing_is_on():
     from distextract.distributed.limiter import SPACED_AHEAD_S
 
     lim = _Limiter(100.0, None)
-    delays, _, _, gap = lim.lease(1, 64)
+    delays, _, _, gap, wire = lim.lease(1, 64)
     assert delays[0] == 0.0 and gap == 0.0  # no spacing yet: due now, no wire gap
+    assert wire == (pytest.approx(0.01), WIRE_BURST)  # the wire's catch-up is bounded
     lim.penalize(0.001)
     time.sleep(0.01)  # past the pause: the schedule is free again
-    delays, _, _, gap = lim.lease(1, 64)
+    delays, _, _, gap, wire = lim.lease(1, 64)
     assert delays[0] >= SPACED_AHEAD_S - 1e-9
     assert gap == pytest.approx(1 / (100 * Pace.DECREASE))
+    assert wire == (pytest.approx(gap), 1.0)  # spacing: one body at a time
 
 
 def test_token_bucket_lets_go_early_by_the_lead_and_returns_the_slot():
@@ -362,8 +364,18 @@ def test_token_bucket_lets_go_early_by_the_lead_and_returns_the_slot():
     assert slot == pytest.approx(first + 0.05, abs=1e-9)  # the slot itself is 1/20 s on
     assert let_go <= slot - 0.02 and let_go >= t0  # let go ~30 ms before it
     assert bucket.min_gap(1) == 0.0
+    assert bucket.wire_gap(1) == (pytest.approx(1 / 20), WIRE_BURST)
     bucket.penalize(0.001)
     assert bucket.min_gap(1) == pytest.approx(1 / (20 * Pace.DECREASE))
+    assert bucket.wire_gap(1) == (pytest.approx(1 / (20 * Pace.DECREASE)), 1.0)
+
+
+def test_wire_gap_of_a_rows_limit_is_the_rows_interval_of_the_request():
+    bucket = TokenBucket(rows_rate=6400)  # rows_burst 640: ten bodies of 64 rows
+    assert bucket.wire_gap(64) == (pytest.approx(0.01), pytest.approx(10.0))
+    assert bucket.wire_gap(32) == (pytest.approx(0.005), pytest.approx(20.0))
+    assert TokenBucket(rows_rate=100).wire_gap(64) == (pytest.approx(0.64), WIRE_BURST)
+    assert TokenBucket().wire_gap(64) == (0.0, WIRE_BURST)  # nothing paces: no wire rate
 
 
 def test_an_isolated_429_lowers_the_pace_by_a_margin_step_runs_of_them_by_decrease():

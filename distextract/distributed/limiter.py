@@ -54,7 +54,7 @@ class _Limiter:
         self.leases = 0
         self.t0 = time.monotonic()
 
-    def lease(self, n: int, rows: int) -> tuple[list[float], int, float, float]:
+    def lease(self, n: int, rows: int) -> tuple[list[float], int, float, float, float]:
         """Reserve ``n`` slots of one request of ``rows`` rows each.
 
         Returns
@@ -69,12 +69,15 @@ class _Limiter:
             slow trips bunch different workers' slots into bursts).
         gap : float
             Shortest spacing of these requests on the wire (``Schedule.min_gap``).
+        wire : tuple of float
+            The wire's interval and burst for them (``Schedule.wire_gap``).
         """
         now = time.monotonic()
         earliest = now + (SPACED_AHEAD_S if self.schedule.spacing else 0.0)
         delays = [self.schedule.reserve(rows, earliest) - now for _ in range(n)]
         self.leases += 1
-        return delays, self.generation, now, self.schedule.min_gap(rows)
+        return (delays, self.generation, now, self.schedule.min_gap(rows),
+                self.schedule.wire_gap(rows))
 
     def penalize(self, seconds: float) -> int:
         """A 429: pause every slot not yet granted for ``seconds`` and lower the pace once per
@@ -160,12 +163,18 @@ class LeasedLimiter:
         self._best_rtt = math.inf
         self._offset = 0.0
         self._gap = 0.0
+        self._wire = (0.0, 1.0)
         self._same_clock: bool | None = None  # known at the first lease
         self._paused_until = -math.inf  # pauses this process asked for (429s, quota holds)
 
     def min_gap(self, rows: int = 1) -> float:
         """Shortest spacing on the wire the limiter asked for with the last lease."""
         return self._gap
+
+    def wire_gap(self, rows: int = 1) -> tuple[float, float]:
+        """The wire's interval and burst the limiter gave with the last lease
+        (:meth:`~distextract._ratelimit.Schedule.wire_gap`)."""
+        return self._wire
 
     def acquire(self, rows: int = 1, lead: float = 0.0) -> float:
         """Block until one request of ``rows`` rows may be sent (``lead`` seconds before
@@ -183,8 +192,9 @@ class LeasedLimiter:
                 if self._same_clock is None:
                     self._same_clock = self._on_actor_node()
                 sent = time.monotonic()
-                delays, _, actor_now, self._gap = ray.get(
+                delays, _, actor_now, self._gap, wire = ray.get(
                     self.actor.lease.remote(self.chunk, rows))
+                self._wire = (float(wire[0]), float(wire[1]))
                 got = time.monotonic()
                 self.round_trips += 1
                 # The actor's clock minus ours: none on the actor's node (time.monotonic is
