@@ -275,7 +275,7 @@ def refine_in_rounds(eng: Coordinator) -> bool:
     # 27 of 32 matched, 32 of 32 with it)
     st.refinement["line_row_retries_futile"] = futile
     refine(eng, extra_rows=rest > 0, obs=max(rest, 0.0), start=n_first + n_check)
-    st.refinement["rounds"] = 2
+    st.refinement.update(rounds=2, heldout_rows=n_check, heldout_chi2_per_answer=chi2)
     return True
 
 
