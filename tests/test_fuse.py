@@ -122,6 +122,8 @@ def test_a_run_whose_search_splits_a_neuron_ends_with_one(monkeypatch):
     # the path that splits it: the refit over the line rows held (imprecise.refine's
     # retry) takes another one on this seed
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
+    # ... and so do the refinement's rounds (refine_in_rounds): all its rows at once
+    monkeypatch.setattr(imprecise, "REFINE_FIRST_OBS", imprecise.REFINE_OBS)
     net = targets.random_network(16, 32, 1, seed=24, bias_scale=0.5)
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=16, seed=24)
     rep = evaluate_fidelity(res.model, net, n_points=10_000, seed=25, cos_tol=1e-6,
