@@ -192,6 +192,33 @@ def test_a_missing_weak_neuron_is_added_from_the_refinement_outliers():
     assert abs(new_w @ true_w) > 1 - 1e-8
 
 
+def test_births_of_several_missing_neurons_are_judged_two_at_a_time():
+    """Five equal weak neurons missing (far out, ~3% active each), float32 answers: the
+    first birth takes the misfit 3.5e11 -> 1.2e11 per answer, the second only to 6.3e10
+    (above BIRTH_GAIN, below BIRTH_HOLD): held, the third from it brings the two below
+    BIRTH_GAIN² (2.4e10) and all three are kept, each near a missing neuron (refused alone,
+    the run kept one birth)."""
+    net = targets.random_network(8, 14, 1, seed=5)
+    W, b, A = net.W.copy(), net.b.copy(), net.A.copy()
+    miss = [3, 7, 11, 1, 5]
+    for j in miss:
+        b[j] = -1.9 * np.linalg.norm(W[j])
+        A[:, j] *= 0.05 / np.abs(A[:, j]).max() / np.linalg.norm(W[j])
+    target = dx.ReluNetwork(W, b, A, net.c, net.L)
+    X = np.random.default_rng(0).standard_normal((900, 8))
+    Y = output_transform("float32")(target.predict(X))
+    sigma = 2.0 ** -24 * np.maximum(np.abs(Y), np.median(np.abs(Y)))
+    keep = np.setdiff1d(np.arange(14), miss)
+    start = dx.ReluNetwork(W[keep], b[keep], A[:, keep], net.c, net.L)
+    res = refine_network(start, X, Y, sigma)
+    res2, born = add_missing_neurons(res, X, Y, sigma)
+    assert born == 3 and res2.chi2 < 0.1 * res.chi2
+    U = W / np.linalg.norm(W, axis=1)[:, None]
+    new = res2.model.W[-3:] / np.linalg.norm(res2.model.W[-3:], axis=1)[:, None]
+    # two neurons still missing bend them: within 0.08 rad (random directions: ~1.3)
+    assert np.all(np.max(np.abs(new @ U[miss].T), axis=1) > 0.99)
+
+
 def test_a_refinement_that_validates_as_well_is_kept(monkeypatch):
     """A refinement whose validation error equals the current one (to rounding) is kept
     (REFINE_TIE): its misfit is the one the recheck reads, not the previous run's."""
