@@ -43,8 +43,6 @@ REFINE_ROUNDS_MAX_OUTPUTS = 3  # rounds only up to this many outputs: with more,
 # answers several and REFINE_OBS costs at most ~0.5·k(d+1) rows; buying it whole keeps the
 # neurons exact to float64 match tolerance (round:6, d32-k64-m5 seed 3 with rounds: 56 of 64
 # within cos 1e-9, test_imprecise.test_extract_imprecise_oracle)
-REFINE_FIT_LINE_ROWS = 0.0  # line rows held fitted with the Gaussian rows, per Gaussian row
-# (0: Gaussian rows only), within REFINE_LINE_MAX_WORK
 REFINE_TIE = 16 * np.finfo(float).eps  # validation errors this close (relative) tie: refined kept
 REFINE_FIT_CHI2 = 100.0  # a refined misfit above this per answer: the fit failed (a neuron missing)
 REFINE_JOINT_MAX_WORK = 1e7  # ... the joint refinement tried too where a CG iteration costs less
@@ -169,7 +167,6 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
     min_obs = min(REFINE_MIN_OBS, obs) if extra_rows else REFINE_MIN_OBS
     if X.shape[0] * m < min_obs * unknowns or not refine_rows(eng, X.shape[0]):
         return n_new > 0
-    X, Y = with_line_rows(eng, X, Y)
     sigma = st.noise * output_scale(Y, st.fref, st.absolute)
     res, born = fit_answers(st.model, X, Y, sigma)
     retried = retry_kept = futile = False
@@ -215,23 +212,6 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
         st.model, st.val_rel_l2, st.val_max_abs = res.model, err, mx
         st.neurons = _neurons_of(res.model, ns.take(keep))
     return True
-
-
-def with_line_rows(eng: Coordinator, X: np.ndarray, Y: np.ndarray):
-    """The Gaussian rows ``X``, ``Y`` and a random sample of the line rows held (stencil
-    rows, polish anchors), REFINE_FIT_LINE_ROWS per Gaussian row, as many as a CG iteration
-    over all of them within REFINE_LINE_MAX_WORK allows."""
-    st = eng.st
-    m = st.m
-    if REFINE_FIT_LINE_ROWS <= 0 or not eng.paid.total:
-        return X, Y
-    k, d = st.model.W.shape
-    cap = int(REFINE_FIT_LINE_ROWS * X.shape[0])
-    cap = min(cap, int(REFINE_LINE_MAX_WORK / refine_work(1, k, d, m)) - X.shape[0])
-    if cap <= 0:
-        return X, Y
-    Xl, Yl = eng.paid.sample(cap, m, eng.streams.refit_rows(len(st.lines)))
-    return np.concatenate([X, Xl]), np.concatenate([Y, Yl.reshape(-1, m)])
 
 
 def gaussian_rows(eng: Coordinator, start: int, n: int) -> np.ndarray:
