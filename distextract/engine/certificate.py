@@ -159,25 +159,33 @@ def certify(eng: Coordinator) -> dict:
     could not hold them; True with no row for a model without neurons), ``tolerance`` (the
     absolute allowance of the target), ``worst`` (largest miss in tolerances), ``uncertain``
     (list of :meth:`Uncertain.to_dict`)."""
+    return check(eng)[0]
+
+
+def check(eng: Coordinator, round: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    """:func:`certify` with round ``round``'s rows (each repair round, :mod:`.repair`, checks
+    with rows of its own); also returns the rows bought and their answers, shapes (n, d) and
+    (n, m) (none when nothing was bought)."""
     st, cfg = eng.st, eng.cfg
+    none = (np.empty((0, st.d)), np.empty((0, max(st.m, 1))))
     model = st.model
     empty = {"rows": 0, "pairs": 0, "checked": False, "tolerance": None, "worst": None,
              "uncertain": []}
     if model is None:
-        return empty
+        return (empty, *none)
     if model.hidden_dim == 0:
         # an affine model has no hyperplane to check: the validation alone decides
-        return dict(empty, checked=True)
-    X = check_points(model, eng.streams.check_rows(), cfg.input_scale)
+        return (dict(empty, checked=True), *none)
+    X = check_points(model, eng.streams.check_rows(round), cfg.input_scale)
     pairs = close_pairs(model.W, model.b, cfg.input_scale)
-    Xw = wedge_points(model.W, model.b, pairs, eng.streams.check_wedges(), cfg.input_scale,
+    Xw = wedge_points(model.W, model.b, pairs, eng.streams.check_wedges(round), cfg.input_scale,
                       per_pair=WEDGE_ROWS)
     try:
         Yall = eng.session.eval(np.concatenate([X, Xw], axis=0), capped=False)
     except BudgetExhausted as exc:
         logger.warning("%s: the certificate's %d check rows were not bought", exc,
                        X.shape[0] + Xw.shape[0])
-        return empty
+        return (empty, *none)
     Yall = Yall.reshape(X.shape[0] + Xw.shape[0], -1)
     Y, Yw = Yall[:X.shape[0]], Yall[X.shape[0]:]
     Yv = eng.paid.Yv.reshape(eng.paid.Yv.shape[0], -1)
@@ -220,5 +228,7 @@ def certify(eng: Coordinator) -> dict:
     if uncertain:
         logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
                        "tolerances)", len(uncertain), model.hidden_dim, float(np.max(miss)))
-    return {"rows": int(X.shape[0] + Xw.shape[0]), "pairs": int(len(pairs)), "checked": True,
-            "tolerance": float(allowed), "worst": float(np.max(miss)), "uncertain": [u.to_dict() for u in uncertain]}
+    out = {"rows": int(X.shape[0] + Xw.shape[0]), "pairs": int(len(pairs)), "checked": True,
+           "tolerance": float(allowed), "worst": float(np.max(miss)),
+           "uncertain": [u.to_dict() for u in uncertain]}
+    return out, np.concatenate([X, Xw], axis=0), Yall

@@ -121,14 +121,15 @@ def refine_rows(eng: Coordinator, rows: int) -> bool:
 
 
 def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
-           obs: float | None = None, start: int = 0) -> bool:
+           obs: float | None = None, start: int = 0, keep_within: float = 0.0) -> bool:
     """Gauss-Newton refinement of every parameter over the paid answers
     (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
     REFINE_OBS answers per unknown), and with ``cover`` rows near hyperplanes the rows
     held rarely cross (:mod:`.coverage`). Keeps the refined model
     when it validates better. Returns False (nothing bought or changed) when the size
     gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
-    parameter."""
+    parameter. A refined model validating within ``keep_within`` (relative L2) is kept even
+    when it validates worse (:mod:`.repair`: its check rows judge it instead)."""
     st, cfg = eng.st, eng.cfg
     ns = st.neurons
     k, d, m = ns.size, st.d, st.m
@@ -191,7 +192,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
                 ns.size - keep.size, st.val_rel_l2, err)
     # an equal validation error (within rounding: a pruned neuron without effect, a refit
     # that moved nothing) keeps the refined model, fitted to every row held
-    kept = bool(err <= st.val_rel_l2 * (1.0 + REFINE_TIE))
+    kept = bool(err <= max(st.val_rel_l2 * (1.0 + REFINE_TIE), keep_within))
     st.refinement = {
         "runs": prev.get("runs", 0) + 1, "rows": int(X.shape[0]),
         "rows_bought": prev.get("rows_bought", 0) + int(n_new),

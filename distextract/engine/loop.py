@@ -24,7 +24,7 @@ import numpy as np
 
 from .._errors import BudgetExhausted, TargetMismatch
 from .._model import ReluNetwork
-from . import certificate, cleanup, finish, imprecise, opening, update
+from . import certificate, cleanup, finish, imprecise, opening, repair, update
 from ._config import ExtractConfig
 from .assemble import assemble, no_worse
 from .lines import Line, line_reach, make_line
@@ -330,7 +330,11 @@ class Coordinator:
             fallback = self.affine_fallback()
             # held-out rows near every hyperplane, always bought on the imprecise path (part
             # of the cost): a neuron they contradict is uncertain and nothing is certified
-            check = certificate.certify(self)
+            check, Xc, Yc = certificate.check(self)
+            if check["uncertain"] and reason in ("certified", "precision_floor"):
+                # the rows that contradicted the model, and rows near the neurons they name,
+                # join the rows held; a refit is checked again with fresh rows
+                check = repair.repair(self, check, Xc, Yc)
             if reason == "certified" and (check["uncertain"] or not check["checked"]):
                 reason = "precision_floor"
         certified = reason == "certified"

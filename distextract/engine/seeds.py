@@ -29,6 +29,8 @@ CHECK_ROWS = (12, 0)  # the certificate's held-out rows (no other stream draws f
 CHECK_WEDGES = (12, 1)  # ... and its rows in the wedges of close hyperplane pairs
 REFIT_ROWS = 13  # (13, lines recorded so far)
 FUSE_ROWS = 14  # (14, lines recorded so far)
+REPAIR_ROWS = 15  # (15, repair round): rows near the hyperplanes a certificate contradicted
+REPAIR_LINES = 16  # (16, repair round): the seeds of its lines through the contradicted rows
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,22 @@ class Streams:
         (:func:`.imprecise.refine`), after ``lines`` recorded lines."""
         return self._rng(REFIT_ROWS, lines)
 
-    def check_rows(self) -> np.random.Generator:
-        """The certificate's held-out check rows near every hyperplane (.certificate)."""
-        return self._rng(*CHECK_ROWS)
+    def check_rows(self, round: int = 0) -> np.random.Generator:
+        """The certificate's held-out check rows near every hyperplane (.certificate); each
+        repair round (.repair) checks the repaired model with rows of its own."""
+        return self._rng(CHECK_ROWS[0], CHECK_ROWS[1] + 2 * round)
 
-    def check_wedges(self) -> np.random.Generator:
+    def check_wedges(self, round: int = 0) -> np.random.Generator:
         """The certificate's held-out rows inside the wedges of close pairs (.fuse)."""
-        return self._rng(*CHECK_WEDGES)
+        return self._rng(CHECK_WEDGES[0], CHECK_WEDGES[1] + 2 * round)
+
+    def repair_rows(self, round: int) -> np.random.Generator:
+        """Rows near the hyperplanes of the neurons a certificate contradicted (.repair)."""
+        return self._rng(REPAIR_ROWS, round)
+
+    def repair_lines(self, round: int) -> np.random.Generator:
+        """The seeds of the lines a repair round searches (.repair)."""
+        return self._rng(REPAIR_LINES, round)
 
     def remeasure_line(self, neuron: int) -> np.random.Generator:
         """The seed of the line along ``neuron``'s normal that measures it again."""

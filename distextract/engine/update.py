@@ -22,6 +22,7 @@ from .neurons import (
     jumps_to_neurons,
     predicted_crossings,
 )
+from .lines import Line
 from .regions import kink_jumps, region_edges
 from .scan import guided, measure, residual, search
 from .state import PrecisionLimited
@@ -30,15 +31,17 @@ if TYPE_CHECKING:
     from .loop import Coordinator
 
 
-def residual_line(eng: Coordinator, index: int, sensitive: bool = False) -> int:
-    """Search a further line for kinks of ``F``; kinks that no known hyperplane explains
-    are new neurons (their two regions are measured), known hyperplanes that should cross
-    the line but show no kink are spurious and are removed. Returns the number of
-    changes (new + removed); 0 means the line confirmed the model."""
+def residual_line(eng: Coordinator, index: int, sensitive: bool = False,
+                  line: Line | None = None) -> int:
+    """Search a further line (``line``, or line ``index`` of the run) for kinks of ``F``;
+    kinks that no known hyperplane explains are new neurons (their two regions are
+    measured), known hyperplanes that should cross the line but show no kink are spurious
+    and are removed. Returns the number of changes (new + removed); 0 means the line
+    confirmed the model."""
     rs = eng.settings.rules
     cfg, st = eng.cfg, eng.st
     q0 = eng.session.queries
-    line = eng.line(index)
+    line = eng.line(index) if line is None else line
     reach = line.reach
     ns = st.neurons
     tp, ptol, wv = predicted_crossings(line, ns)

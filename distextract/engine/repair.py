@@ -1,0 +1,153 @@
+"""Repair after a failed certificate (imprecise answers only): the rows that contradicted the
+model join the rows held, rows near the contradicted neurons' hyperplanes are bought, the
+model is refined over all of them, and fresh check rows judge the result.
+
+A neuron whose hyperplane lies far off the Gaussian bulk (``|b|/||w||`` of 3 or more input
+scales: a hundredth of the Gaussian rows or fewer reach its rare side) is placed by the few rows
+that do. One born late in the refinement (:mod:`.birth`), or moved by it after its cover rows
+(:mod:`.coverage`) were bought, can be fitted to every row held and still be ``1 - cos`` 0.26
+off: d16-k32-m1 with biases N(0, 4), seed 34, float32, ended at rel L2 1.4e-4 with such a
+neuron, validated at 2.6e-8, and only the certificate's rows, 0.25 input scales either side
+of each hyperplane, showed it (5,080 tolerances). Those rows are answers paid for: they and
+rows near the model's hyperplane of each neuron they contradict are what the refinement
+lacked.
+
+Each round's certificate draws rows of its own (:meth:`.seeds.Streams.check_rows`), never
+used to fit the model it judges. A round whose refit its own check rows do not judge better,
+or whose rows the budget cannot hold, ends the repair with the model and the certificate it
+had (the rows paid stay held). The rows are
+bought beyond the run's query bound, like the certificate's (they check what the search
+found), but within the caller's budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._errors import BudgetExhausted, TargetMismatch
+from . import certificate, imprecise, update
+from .coverage import COVER_OBS, cover_points, cover_rows_wanted, rare_side_rows
+from .lines import Line, line_reach
+from .state import PrecisionLimited
+
+if TYPE_CHECKING:
+    from .loop import Coordinator
+
+logger = logging.getLogger(__name__)
+
+#: Repair rounds at most after a failed certificate.
+REPAIR_ROUNDS = 2
+#: Lines searched per round at most, each through the worst-missed check row of a contradicted
+#: neuron, along its normal.
+REPAIR_LINES = 8
+#: Rows bought near the hyperplane of each neuron the check rows contradicted, per parameter
+#: of it (its d + 1 hyperplane parameters and its output weight): half land on each side.
+REPAIR_OBS = 2.0 * COVER_OBS
+
+
+def contradicted(check: dict) -> np.ndarray:
+    """Model neurons whose check rows the answers missed (by more than
+    :data:`.certificate.CHECK_ERRORS` tolerances); those named only for lying under the
+    observability floor are not: more rows cannot show them."""
+    return np.array(sorted({u["neuron"] for u in check["uncertain"]
+                            if u["ratio"] > certificate.CHECK_ERRORS}), dtype=int)
+
+
+def search_lines(eng: Coordinator, check: dict, X: np.ndarray, bad: np.ndarray, r: int) -> int:
+    """Residual lines (:func:`.update.residual_line`) through the worst-missed check row of
+    each contradicted neuron (at most REPAIR_LINES, worst first), along the neuron's normal:
+    a neuron the model lacks, or holds far off (a birth fitted to rows that barely reach its
+    rare side), shows there as a kink no hyperplane of the model explains, and is measured
+    from the line; a hyperplane the line crosses without a kink goes. Returns the changes."""
+    st, cfg = eng.st, eng.cfg
+    model = st.model
+    k = model.hidden_dim
+    by = {u["neuron"]: u for u in check["uncertain"]}
+    worst = sorted(bad, key=lambda j: -by[int(j)]["ratio"])[:REPAIR_LINES]
+    reach = line_reach(st.d, cfg.line_reach, cfg.input_scale)
+    rng = eng.streams.repair_lines(r)
+    lines = []
+    for j in worst:
+        u = by[int(j)]
+        x = X[j] if u["active"] >= u["inactive"] else X[k + j]
+        v = model.W[j] / max(float(np.linalg.norm(model.W[j])), 1e-300)
+        lines.append((x, v, int(rng.integers(2**63 - 1))))
+    changes = 0
+    for x, v, seed in lines:
+        index = len(st.lines)
+        changes += update.residual_line(eng, index, line=Line(index=index, u=x, v=v,
+                                                               reach=float(reach), seed=seed))
+    return changes
+
+
+def better(new: dict, old: dict) -> bool:
+    """Whether certificate ``new`` contradicts fewer neurons than ``old``, or as many by less
+    (its worst row, in tolerances)."""
+    n, o = contradicted(new).size, contradicted(old).size
+    return n < o or (n == o and (new["worst"] or 0.0) < (old["worst"] or 0.0))
+
+
+def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
+    """Repair rounds after the certificate ``check`` (rows ``X`` with answers ``Y``, from
+    :func:`.certificate.check`). Returns the certificate of the final model, with
+    ``repairs``: one entry per round (``uncertain`` and ``contradicted`` neurons before it,
+    ``rows`` it added, ``kept``).
+
+    A round's refit is kept while it validates within the target (the validation points
+    rarely reach the neurons a repair is for) and its own check rows contradict fewer
+    neurons, or as many by less; otherwise the model before it and its certificate stand (the
+    rows of that certificate fitted only the refit it refuses)."""
+    st, cfg = eng.st, eng.cfg
+    rounds: list[dict] = []
+    for r in range(1, REPAIR_ROUNDS + 1):
+        bad = contradicted(check)
+        if not check["checked"] or bad.size == 0 or st.neurons is None or st.neurons.size == 0:
+            break
+        before = (st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement)
+        ns, d, m = st.neurons, st.d, st.m
+        # the check rows join the rows held; then rows near every hyperplane the rows now
+        # held rarely cross, and more near the contradicted ones
+        Xs = np.concatenate([eng.paid.Xs, X], axis=0)
+        wanted = cover_rows_wanted(rare_side_rows(ns.W, ns.b, Xs), d)
+        wanted[bad] = np.maximum(wanted[bad], int(np.ceil(2.0 * REPAIR_OBS * (d + 2))))
+        Xc = cover_points(ns.W, ns.b, wanted, eng.streams.repair_rows(r), cfg.input_scale)
+        entry = {"uncertain": int(len(check["uncertain"])), "contradicted": int(bad.size),
+                 "rows": int(X.shape[0] + Xc.shape[0]), "kept": False}
+        rounds.append(entry)
+        try:
+            entry["lines"] = len(st.lines)
+            entry["line_changes"] = search_lines(eng, check, X, bad, r)
+            entry["lines"] = len(st.lines) - entry["lines"]
+            Yc = eng.session.eval(Xc, capped=False).reshape(Xc.shape[0], m)
+            eng.paid.Xs = np.concatenate([Xs, Xc], axis=0)
+            eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Y.reshape(-1, m), Yc],
+                                         axis=0)
+            imprecise.refine(eng, extra_rows=False, cover=False,
+                             keep_within=max(eng.target, st.val_rel_l2))
+            if st.model is before[0]:
+                break  # nothing kept: the certificate already bought judges the same model
+            new, X, Y = certificate.check(eng, round=r)
+        except (BudgetExhausted, PrecisionLimited, TargetMismatch) as exc:
+            logger.warning("%s: repair round %d stopped; the model the certificate judged is "
+                           "kept", exc, r)
+            st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
+            break
+        entry["rows"] += int(new["rows"])
+        logger.info("repair round %d: %d neurons contradicted, %d rows; after it %d "
+                    "contradicted (worst %.3g tolerances, before %.3g)", r, bad.size,
+                    entry["rows"], contradicted(new).size if new["checked"] else -1,
+                    new["worst"] or 0.0, check["worst"] or 0.0)
+        if not new["checked"] or not better(new, check):
+            st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
+            break
+        entry["kept"] = True
+        check = dict(new, rows=int(check["rows"] + new["rows"]))
+    if rounds:
+        check = dict(check, repairs=rounds)
+    return check
+
+
+__all__ = ["REPAIR_OBS", "REPAIR_ROUNDS", "better", "contradicted", "repair"]
