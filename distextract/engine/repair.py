@@ -94,7 +94,8 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
     """Repair rounds after the certificate ``check`` (rows ``X`` with answers ``Y``, from
     :func:`.certificate.check`). Returns the certificate of the final model, with
     ``repairs``: one entry per round (``uncertain`` and ``contradicted`` neurons before it,
-    ``rows`` it added, ``kept``).
+    ``lines`` searched and their ``line_changes``, ``rows`` it bought, its fresh check rows
+    included, ``kept``).
 
     A round's refit is kept while it validates within the target (the validation points
     rarely reach the neurons a repair is for) and its own check rows contradict fewer
@@ -115,8 +116,9 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
         wanted[bad] = np.maximum(wanted[bad], int(np.ceil(2.0 * REPAIR_OBS * (d + 2))))
         Xc = cover_points(ns.W, ns.b, wanted, eng.streams.repair_rows(r), cfg.input_scale)
         entry = {"uncertain": int(len(check["uncertain"])), "contradicted": int(bad.size),
-                 "rows": int(X.shape[0] + Xc.shape[0]), "kept": False}
+                 "rows": 0, "kept": False}
         rounds.append(entry)
+        q0 = eng.session.queries
         try:
             entry["lines"] = len(st.lines)
             entry["line_changes"] = search_lines(eng, check, X, bad, r)
@@ -135,7 +137,8 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
                            "kept", exc, r)
             st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
             break
-        entry["rows"] += int(new["rows"])
+        finally:
+            entry["rows"] = int(eng.session.queries - q0)
         logger.info("repair round %d: %d neurons contradicted, %d rows; after it %d "
                     "contradicted (worst %.3g tolerances, before %.3g)", r, bad.size,
                     entry["rows"], contradicted(new).size if new["checked"] else -1,
@@ -150,4 +153,5 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
     return check
 
 
-__all__ = ["REPAIR_OBS", "REPAIR_ROUNDS", "better", "contradicted", "repair"]
+__all__ = ["REPAIR_LINES", "REPAIR_OBS", "REPAIR_ROUNDS", "better", "contradicted", "repair",
+           "search_lines"]
