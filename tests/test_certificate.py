@@ -16,7 +16,7 @@ from distextract.engine.certificate import (
     contribution,
     judge,
 )
-from distextract.engine import imprecise
+from distextract.engine import imprecise, repair
 from distextract.engine.seeds import Streams
 from distextract.engine.tasks import output_scale
 
@@ -82,8 +82,10 @@ def test_a_neuron_the_answers_cannot_determine_is_not_certified_and_neurons_are_
     net = _with_neuron(base, np.eye(d)[0], -1.0, [1e-5])
     # the refinement's retry over the line rows finds this neuron (rel L2 4.7e-8, direction
     # 9e-3 rad off, bias 0.8% off: unmatched at the benchmark's tolerances, and certified);
-    # without it the model lacks the neuron, which is what this test checks
+    # without it the model lacks the neuron, which is what this test checks; so does the
+    # repair after the certificate (tests/test_repair.py), off here
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
+    monkeypatch.setattr(repair, "REPAIR_ROUNDS", 0)
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
     assert not res.certified and res.stop_reason != "certified"
     cert, unc = res.report["certificate"], res.report["uncertain"]
@@ -166,8 +168,10 @@ def test_the_summary_names_the_uncertain_neurons(tmp_path, monkeypatch):
     net = _with_neuron(base, np.eye(d)[0], -1.0, [1e-5])
     # the refinement's retry over the line rows finds this neuron (rel L2 4.7e-8, direction
     # 9e-3 rad off, bias 0.8% off: unmatched at the benchmark's tolerances, and certified);
-    # without it the model lacks the neuron, which is what this test checks
+    # without it the model lacks the neuron, which is what this test checks; so does the
+    # repair after the certificate (tests/test_repair.py), off here
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
+    monkeypatch.setattr(repair, "REPAIR_ROUNDS", 0)
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
     write_run_outputs(tmp_path, res)
     text = summarize(RunData(tmp_path))

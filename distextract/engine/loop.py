@@ -241,6 +241,7 @@ class Coordinator:
         rs = self.settings.rules
         cfg, st = self.cfg, self.st
         reason = "certified"
+        judged = False  # the reason is the validation's verdict after the refinement
         try:
             opening.first_request(self)
             self.first_line()
@@ -293,6 +294,7 @@ class Coordinator:
                 index = imprecise.polish(self, index)
                 index = imprecise.recheck(self, index)
                 reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
+                judged = True
             else:
                 # (clean lines that a spurious neuron kept from certifying do once it goes)
                 if (st.val_rel_l2 > self.target and cleanup.drop_unseen(self)
@@ -335,6 +337,9 @@ class Coordinator:
                 # the rows that contradicted the model, and rows near the neurons they name,
                 # join the rows held; a refit is checked again with fresh rows
                 check = repair.repair(self, check, Xc, Yc)
+                if judged and any(r["kept"] for r in check.get("repairs", [])):
+                    # the repaired model is judged as the refined one was
+                    reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
             if reason == "certified" and (check["uncertain"] or not check["checked"]):
                 reason = "precision_floor"
         certified = reason == "certified"
