@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 REPAIR_ROUNDS = 2
 #: Lines searched per round at most, each through the worst-missed check row of a contradicted
 #: neuron, along its normal.
-REPAIR_LINES = 8
+REPAIR_LINES = 3
 #: Rows bought near the hyperplane of each neuron the check rows contradicted, per parameter
 #: of it (its d + 1 hyperplane parameters and its output weight): half land on each side.
 REPAIR_OBS = 2.0 * COVER_OBS
