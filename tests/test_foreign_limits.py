@@ -224,6 +224,52 @@ def test_overlapped_executor_hands_tasks_not_started_to_the_workers_in_order():
     assert front.map([EvalTask(Xs[0])])[0].shape == (3, 2) and len(workers.seen) == 13 - local
 
 
+class _Concurrency(_SlowOracle):
+    """Records how many queries run at once, and in which threads."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.now = self.most = 0
+        self.threads: set = set()
+
+    def _query(self, X):
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.threads.add(threading.get_ident())
+        try:
+            return super()._query(X)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+def test_overlapped_executor_runs_at_most_driver_tasks_at_once_on_threads_started_once():
+    """8 workers x 8 slots: the coordinator cuts 64 tasks, the driver runs 8 at a time (its
+    HTTP client sends 8 requests at a time; 64 threads' CPU kept its senders from the GIL),
+    on the same threads map after map, started before the first map."""
+    from distextract.distributed.overlap import DRIVER_TASKS, OverlappedExecutor
+    from distextract.engine.tasks import EvalTask
+
+    oracle = _Concurrency(0.01)
+    before = threading.active_count()
+    front = OverlappedExecutor(oracle, workers=8, tasks_per_worker=8, max_batch=None,
+                               request_limited=True)
+    try:
+        assert front.parallelism == 64 and DRIVER_TASKS == 8
+        assert threading.active_count() == before + DRIVER_TASKS  # started with the executor
+        Xs = [np.random.default_rng(i).normal(size=(2, 4)) for i in range(64)]
+        for _ in range(2):
+            out = front.map([EvalTask(X) for X in Xs])
+            for X, Y in zip(Xs, out, strict=True):
+                assert_allclose(Y, NET.predict(X), rtol=1e-12)
+            assert threading.active_count() == before + DRIVER_TASKS  # none started per map
+        assert oracle.most == DRIVER_TASKS  # 8 at once (64 before), and all 8 were used
+        assert len(oracle.threads) == DRIVER_TASKS and front.local_tasks == 128
+    finally:
+        front.close_local()
+
+
 def test_blas_is_held_to_one_thread_while_ray_init_forks_and_given_back_at_the_next_map():
     """The overlapped ray.init holds every BLAS pool to one thread (a fork during a
     multithreaded OpenBLAS call can hang it); the coordinator's next map gives them back."""

@@ -494,6 +494,7 @@ def run_distributed(oracle: Oracle, d: int, cfg: Any, seed: int, budget: int | N
             display.close()
         if front is not None:
             front.run_deferred()  # BLAS threads back (the coordinator has stopped)
+            front.close_local()
         if restore_blas is not None:
             restore_blas()  # also when ray.init failed (nothing deferred then); idempotent
         if front is not None and executor is None:
