@@ -37,16 +37,17 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at whether the workers are ready during a local map.
 READY_POLL_S = 0.05
-#: Tasks the driver runs at once while the workers start (the coordinator still cuts its work
-#: for every worker slot, ``workers × tasks_per_worker``; the tasks not started when the
-#: workers are ready go to them). A task sends all its rows of a round at once (a Jacobian
-#: task of the first line: 16 regions, ~2,100 rows, 33 requests of 64), and the driver's HTTP
-#: client sends at most ``max_in_flight`` (8) requests at a time: 8 tasks keep it full. The
-#: 64 threads of 8 workers x 8 slots made their first rounds' CPU (stencils, ~20 ms a task)
-#: all at once, and the client's sender threads waited for the GIL behind them: in
-#: phase-stamped CLI runs (``burst5-int``, load 7 to 15) the first 4 s of the first line's
-#: Jacobian map lost 1.3 to 2.8 s of the server's limit with 64 threads, 0.4 to 0.8 s with 8
-#: (BENCHMARKS.md, branch ``rate5``).
+#: Tasks the driver runs at once while the workers start. It still takes up to one task per
+#: worker slot (``workers × tasks_per_worker``: what it takes stays with it when the workers
+#: are ready, the rest goes to them), but runs this many of them at a time. A task sends all
+#: its rows of a round at once (a Jacobian task of the first line: 16 regions, ~2,100 rows,
+#: 33 requests of 64), and the driver's HTTP client sends at most ``max_in_flight`` (8)
+#: requests at a time: 8 tasks keep it full. The 64 tasks of 8 workers x 8 slots made their
+#: first rounds' CPU (stencils, ~20 ms a task) all at once, and the client's sender threads
+#: waited for the GIL behind them: in phase-stamped CLI runs (``burst5-int``, load 7 to 15)
+#: the first 4 s of the first line's Jacobian map lost 1.3 to 2.8 s of the server's limit
+#: with 64 at once, 0.4 to 0.8 s with 8 (BENCHMARKS.md, branch ``rate5``). (Taking only 8
+#: left most of a burst-1 run's tasks to the workers: 41% of the limit instead of 52%.)
 DRIVER_TASKS = 8
 
 
@@ -163,7 +164,8 @@ class OverlappedExecutor:
         self._lock = threading.Lock()
         self._deferred: list = []
         self.local_threads = min(self.parallelism, DRIVER_TASKS)
-        self._pool = _Pool(self.local_threads)
+        self._running = threading.Semaphore(self.local_threads)
+        self._pool = _Pool(self.parallelism)
 
     # ------------------------------------------------------------ deferred work
     def at_next_map(self, fn: Any) -> None:
@@ -260,13 +262,14 @@ class OverlappedExecutor:
                     i, task = pending.popleft()
                     self.local_tasks += 1
                 try:
-                    results[i] = run_task(self.local, task)
+                    with self._running:  # taken here, run DRIVER_TASKS at a time
+                        results[i] = run_task(self.local, task)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, in order
                     with lock:
                         errors.append(exc)
                     return
 
-        finished = self._pool.run([local_thread] * min(len(tasks), self.local_threads))
+        finished = self._pool.run([local_thread] * min(len(tasks), self.parallelism))
         while not finished.is_set() and not self._ready.wait(READY_POLL_S):
             pass
         rest: list = []
