@@ -369,6 +369,42 @@ def test_stop_ray_stops_every_process_ray_init_started():
     assert "ALIVE [] MONITOR -9" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
+def test_start_ray_lowers_the_priority_of_rays_helper_processes():
+    """A local ray.init started with the look-out (_HelperNice): the dashboard, its agent, the
+    runtime-env agent, the log monitor and the autoscaler's monitor run at RAY_HELPER_NICE;
+    the GCS and the raylet keep the driver's priority. In a process of its own, as the CLI
+    starts its own Ray."""
+    import subprocess
+
+    pytest.importorskip("ray")
+    code = (
+        "import os, ray\n"
+        "from distextract.distributed.run import (RAY_HELPERS, _HelperNice, _start_ray,\n"
+        "                                         _stop_ray)\n"
+        "nice = _HelperNice()\n"
+        "assert _start_ray(None, 1, nice)\n"
+        "nice.join(30)\n"
+        "node = ray._private.worker._global_node\n"
+        "level = {kind: sorted({os.getpriority(os.PRIO_PROCESS, i.process.pid)\n"
+        "                       for i in infos})\n"
+        "         for kind, infos in node.all_processes.items()}\n"
+        "found = sorted(set(nice.reniced.values()))\n"
+        "now = sorted({os.getpriority(os.PRIO_PROCESS, p) for p in nice.reniced})\n"
+        "_stop_ray()\n"
+        "print('FOUND', found == sorted(RAY_HELPERS), 'NOW', now, 'OWN',\n"
+        "      os.getpriority(os.PRIO_PROCESS, 0), 'LEVEL', level)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    own = int(out.split("OWN ")[1].split()[0])
+    level = eval(out.split("LEVEL ")[1])  # noqa: S307 - our own subprocess's dict
+    assert "FOUND True" in out, out
+    assert f"NOW [{max(own, 10)}]" in out, out  # every helper found, at nice 10
+    assert level["gcs_server"] == [own] and level["raylet"] == [own], out
+    assert level["log_monitor"] == [max(own, 10)] and level["monitor"] == [max(own, 10)], out
+
+
 def _marked_alive(mark: str) -> list[str]:
     """Live processes (zombies excluded) whose environment holds ``DX_TEST_MARK=mark``."""
     out = []
