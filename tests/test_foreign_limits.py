@@ -224,6 +224,52 @@ def test_overlapped_executor_hands_tasks_not_started_to_the_workers_in_order():
     assert front.map([EvalTask(Xs[0])])[0].shape == (3, 2) and len(workers.seen) == 13 - local
 
 
+class _Concurrency(_SlowOracle):
+    """Records how many queries run at once, and in which threads."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.now = self.most = 0
+        self.threads: set = set()
+
+    def _query(self, X):
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.threads.add(threading.get_ident())
+        try:
+            return super()._query(X)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+def test_overlapped_executor_runs_at_most_driver_tasks_at_once_on_threads_started_once():
+    """8 workers x 8 slots: the coordinator cuts 64 tasks, the driver takes them all but runs
+    8 at a time (its HTTP client sends 8 requests at a time; 64 tasks' CPU at once kept its
+    senders from the GIL), on threads started before the first map, not per map."""
+    from distextract.distributed.overlap import DRIVER_TASKS, OverlappedExecutor
+    from distextract.engine.tasks import EvalTask
+
+    oracle = _Concurrency(0.01)
+    before = threading.active_count()
+    front = OverlappedExecutor(oracle, workers=8, tasks_per_worker=8, max_batch=None,
+                               request_limited=True)
+    try:
+        assert front.parallelism == 64 and DRIVER_TASKS == 8
+        assert threading.active_count() == before + 64  # started with the executor
+        Xs = [np.random.default_rng(i).normal(size=(2, 4)) for i in range(64)]
+        for _ in range(2):
+            out = front.map([EvalTask(X) for X in Xs])
+            for X, Y in zip(Xs, out, strict=True):
+                assert_allclose(Y, NET.predict(X), rtol=1e-12)
+            assert threading.active_count() == before + 64  # none started per map
+        assert oracle.most == DRIVER_TASKS  # 8 at once (64 before)
+        assert front.local_tasks == 128
+    finally:
+        front.close_local()
+
+
 def test_blas_is_held_to_one_thread_while_ray_init_forks_and_given_back_at_the_next_map():
     """The overlapped ray.init holds every BLAS pool to one thread (a fork during a
     multithreaded OpenBLAS call can hang it); the coordinator's next map gives them back."""
@@ -321,6 +367,42 @@ def test_stop_ray_stops_every_process_ray_init_started():
     assert proc.returncode == 0, proc.stderr[-3000:]
     # nothing left running; the monitor was killed (SIGKILL: -9), not waited for
     assert "ALIVE [] MONITOR -9" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+def test_start_ray_lowers_the_priority_of_rays_helper_processes():
+    """A local ray.init started with the look-out (_HelperNice): the dashboard, its agent, the
+    runtime-env agent, the log monitor and the autoscaler's monitor run at RAY_HELPER_NICE;
+    the GCS and the raylet keep the driver's priority. In a process of its own, as the CLI
+    starts its own Ray."""
+    import subprocess
+
+    pytest.importorskip("ray")
+    code = (
+        "import os, ray\n"
+        "from distextract.distributed.run import (RAY_HELPERS, _HelperNice, _start_ray,\n"
+        "                                         _stop_ray)\n"
+        "nice = _HelperNice()\n"
+        "assert _start_ray(None, 1, nice)\n"
+        "nice.join(30)\n"
+        "node = ray._private.worker._global_node\n"
+        "level = {kind: sorted({os.getpriority(os.PRIO_PROCESS, i.process.pid)\n"
+        "                       for i in infos})\n"
+        "         for kind, infos in node.all_processes.items()}\n"
+        "found = sorted(set(nice.reniced.values()))\n"
+        "now = sorted({os.getpriority(os.PRIO_PROCESS, p) for p in nice.reniced})\n"
+        "_stop_ray()\n"
+        "print('FOUND', found == sorted(RAY_HELPERS), 'NOW', now, 'OWN',\n"
+        "      os.getpriority(os.PRIO_PROCESS, 0), 'LEVEL', level)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    own = int(out.split("OWN ")[1].split()[0])
+    level = eval(out.split("LEVEL ")[1])  # noqa: S307 - our own subprocess's dict
+    assert "FOUND True" in out, out
+    assert f"NOW [{max(own, 10)}]" in out, out  # every helper found, at nice 10
+    assert level["gcs_server"] == [own] and level["raylet"] == [own], out
+    assert level["log_monitor"] == [max(own, 10)] and level["monitor"] == [max(own, 10)], out
 
 
 def _marked_alive(mark: str) -> list[str]:

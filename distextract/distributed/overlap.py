@@ -3,7 +3,8 @@
 Starting Ray's worker actors takes seconds (5 to 20 s after ``ray.init`` on the project's
 loaded 2-core machine, BENCHMARKS.md), during which a rate-limited run would send nothing.
 With :class:`OverlappedExecutor` the coordinator starts at once: its tasks run in the
-driver, ``parallelism`` at a time on threads over the driver's own oracle (its HTTP client,
+driver, at most :data:`DRIVER_TASKS` at a time on threads started once (:class:`_Pool`), over
+the driver's own oracle (its HTTP client,
 its journal, its limiter), in a thread of its own, while the main thread imports Ray, runs
 ``ray.init`` and builds the :class:`~distextract.distributed.executor.RayExecutor` (Ray must be
 used from the thread that started it). ``ray.init`` forks Ray's processes from the driver, and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
 from typing import Any
@@ -35,6 +37,79 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at whether the workers are ready during a local map.
 READY_POLL_S = 0.05
+#: Tasks the driver runs at once while the workers start. It still takes up to one task per
+#: worker slot (``workers × tasks_per_worker``: what it takes stays with it when the workers
+#: are ready, the rest goes to them), but runs this many of them at a time. A task sends all
+#: its rows of a round at once (a Jacobian task of the first line: 16 regions, ~2,100 rows,
+#: 33 requests of 64), and the driver's HTTP client sends at most ``max_in_flight`` (8)
+#: requests at a time: 8 tasks keep it full. The 64 tasks of 8 workers x 8 slots made their
+#: first rounds' CPU (stencils, ~20 ms a task) all at once, and the client's sender threads
+#: waited for the GIL behind them: in phase-stamped CLI runs (``burst5-int``, load 7 to 15)
+#: the first 4 s of the first line's Jacobian map lost 1.3 to 2.8 s of the server's limit
+#: with 64 at once, 0.4 to 0.8 s with 8 (BENCHMARKS.md, branch ``rate5``). (Taking only 8
+#: left most of a burst-1 run's tasks to the workers: 41% of the limit instead of 52%.)
+DRIVER_TASKS = 8
+
+
+class _Pool:
+    """The driver's task threads, started once, before the run's first request.
+
+    A map used to start its own threads. ``Thread.start`` waits until the new thread has run,
+    and while Ray starts, the driver's task threads, its HTTP sender threads and ``ray.init``
+    all want the GIL (a 64-thread map took 3 to 4.3 s from its first task's start to its
+    64th's in phase-stamped CLI runs). Here each map hands its runners to threads already
+    waiting (:class:`queue.SimpleQueue`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._loop, daemon=True, name=f"dx-local-{j}")
+                         for j in range(self.size)]
+        for t in self._threads:
+            t.start()
+        self._closed = False
+
+    def _loop(self) -> None:
+        while True:
+            fn = self._queue.get()
+            if fn is None:
+                return
+            fn()
+
+    def run(self, fns: list) -> threading.Event:
+        """Run each of ``fns`` (at most ``size``) in a thread of its own; the event is set when
+        they have all returned (they must not raise)."""
+        done = threading.Event()
+        left = [len(fns)]
+        lock = threading.Lock()
+
+        def runner(fn: Any) -> Any:
+            def go() -> None:
+                try:
+                    fn()
+                finally:
+                    with lock:
+                        left[0] -= 1
+                        if left[0] == 0:
+                            done.set()
+            return go
+
+        if not fns:
+            done.set()
+        for fn in fns:
+            self._queue.put(runner(fn))
+        return done
+
+    def close(self) -> None:
+        """Let the threads end once they have run what they hold (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def threads(self) -> list:
+        return list(self._threads)
 
 
 class WorkersNotNeeded(Exception):
@@ -88,6 +163,9 @@ class OverlappedExecutor:
         self._switched = False
         self._lock = threading.Lock()
         self._deferred: list = []
+        self.local_threads = min(self.parallelism, DRIVER_TASKS)
+        self._running = threading.Semaphore(self.local_threads)
+        self._pool = _Pool(self.parallelism)
 
     # ------------------------------------------------------------ deferred work
     def at_next_map(self, fn: Any) -> None:
@@ -135,6 +213,7 @@ class OverlappedExecutor:
 
         self._switched = True
         self.switched_s = time.perf_counter() - self.t0
+        self._pool.close()  # no local map from now on (the tasks they hold still finish)
         actor = getattr(self._ray, "_limiter", None)
         http = _find(self.oracle, "limiter")
         if actor is None or http is None or not hasattr(http, "_hold"):
@@ -183,17 +262,15 @@ class OverlappedExecutor:
                     i, task = pending.popleft()
                     self.local_tasks += 1
                 try:
-                    results[i] = run_task(self.local, task)
+                    with self._running:  # taken here, run DRIVER_TASKS at a time
+                        results[i] = run_task(self.local, task)
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, in order
                     with lock:
                         errors.append(exc)
                     return
 
-        threads = [threading.Thread(target=local_thread, daemon=True, name=f"dx-local-{j}")
-                   for j in range(min(len(tasks), self.parallelism))]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads) and not self._ready.wait(READY_POLL_S):
+        finished = self._pool.run([local_thread] * min(len(tasks), self.parallelism))
+        while not finished.is_set() and not self._ready.wait(READY_POLL_S):
             pass
         rest: list = []
         if self._ready.is_set():
@@ -209,13 +286,16 @@ class OverlappedExecutor:
                     results[i] = value
             except BaseException as exc:  # noqa: BLE001 - after the local threads finish
                 remote_error = exc
-        for t in threads:
-            t.join()
+        finished.wait()
         if errors:
             raise errors[0]
         if remote_error is not None:
             raise remote_error
         return results
+
+    def close_local(self) -> None:
+        """End the driver's task threads (after the run; idempotent)."""
+        self._pool.close()
 
     def driver_limiter_stats(self) -> dict | None:
         """Counters of the driver's own rate limiter (its HTTP client's), if it has one."""
