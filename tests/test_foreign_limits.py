@@ -370,8 +370,8 @@ def test_stop_ray_stops_every_process_ray_init_started():
 
 
 def test_start_ray_lowers_the_priority_of_rays_helper_processes():
-    """A local ray.init started with the look-out (_HelperNice): the dashboard, its agent, the
-    runtime-env agent, the log monitor and the autoscaler's monitor run at RAY_HELPER_NICE;
+    """A local ray.init started with the look-out (_HelperNice): the dashboard, the log
+    monitor and the autoscaler's monitor run at RAY_HELPER_NICE;
     the GCS and the raylet keep the driver's priority. In a process of its own, as the CLI
     starts its own Ray."""
     import subprocess

@@ -99,11 +99,13 @@ def _single_threaded_blas() -> Callable[[], None] | None:
 #: Niceness given to the helper processes of a local Ray instance this process starts.
 RAY_HELPER_NICE = 10
 #: Ray's helper processes (their command lines): the dashboard (started even with
-#: ``include_dashboard=False``), its agent, the runtime-env agent, the log monitor and the
-#: autoscaler's monitor. Not the GCS or the raylet (the driver's connect and the workers'
-#: start wait on them), nor the workers (Ray starts them at nice 15).
-RAY_HELPERS = ("dashboard/dashboard.py", "dashboard/agent.py", "runtime_env/agent/main.py",
-               "_private/log_monitor.py", "autoscaler/_private/monitor.py")
+#: ``include_dashboard=False``), the log monitor and the autoscaler's monitor. Not the GCS or
+#: the raylet (the driver's connect and the workers' start wait on them), nor the dashboard's
+#: agent and the runtime-env agent (the raylet waits for them to register: at nice 10 on a
+#: loaded machine a start timed out once, "node timed out during startup"), nor the workers
+#: (Ray starts them at nice 15).
+RAY_HELPERS = ("dashboard/dashboard.py", "_private/log_monitor.py",
+               "autoscaler/_private/monitor.py")
 #: Seconds between two looks for new helpers, and the longest the look-out runs.
 HELPER_POLL_S = 0.1
 HELPER_WATCH_S = 60.0
