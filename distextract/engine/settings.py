@@ -34,6 +34,9 @@ TARGET_FLOOR = 1e-7  # the derived fidelity target is never below this
 JACOBIAN_TARGET_NOISE = 1e5  # float64: the target is this many times the noise (rounding of
 # intermediate sums limits what the Jacobians reach) ...
 IMPRECISE_TARGET_NOISE = 16.0  # ... imprecise: the Gauss-Newton refinement reaches about 16 × the noise (float32: 9.5e-7)
+COARSE_NOISE = 1e-4  # answers rounded coarser than this (relative half-ulp: float16 4.9e-4,
+# bfloat16 3.9e-3; float32 6e-8) are *coarse*: their region Jacobians place hyperplanes too
+# roughly for searched lines to tell a known neuron from a new one (.imprecise.coarse)
 QUERY_BOUND_FACTOR = 16.0  # imprecise answers: after the first line a run sends at most this
 # many × (kinks on it) × (d + 1) rows (the QuerySession's cap; a float32 run needs about 3;
 # the probe, validation points and first line, paid before, come on top: on small networks
