@@ -19,6 +19,7 @@ from .fuse import FUSE_MAX_PAIRS, close_pairs, fuse_pairs, wedge_points
 from .neurons import NeuronSet, crossings_inside, predicted_crossings
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
+from .settings import COARSE_NOISE
 from .solve import relative_error
 from .state import LineRecord
 from .tasks import output_scale
@@ -68,6 +69,20 @@ PRUNE_MIN_ACTIVE = 1.0  # active on fewer than this × (d + 2) of the rows held 
 RECHECK_LINES = 4  # residual lines searched after a refinement that could not fit
 REFINE_MAX_WORK = 1e10  # flops of one refinement CG iteration at most (rows are sampled)
 KINK_SIGMA_NOISE = 30.0  # a searched kink's w·x + b is known to this many noise / |a|
+COARSE_REFINE_OBS = 5.0  # coarse answers (settings.COARSE_NOISE): Gaussian answers per
+# unknown bought for the refinement, at once (no rounds): the fit averages the rounding away
+# (bfloat16, d32-k64-m3 seed 3: 2.5 in rounds, rel L2 4.4e-2; 5, 8.0e-3)
+
+
+def coarse(eng: Coordinator) -> bool:
+    """Whether the answers are coarse (float16, bfloat16: relative rounding at least
+    :data:`.settings.COARSE_NOISE`). Their region Jacobians place hyperplanes so roughly
+    that a further searched line takes a known neuron for a new one: the model grows junk
+    neurons line after line (bfloat16, d16-k32-m1 seed 0: 62 neurons after the first line,
+    286 after ten, the query bound reached at rel L2 0.43). A coarse run refines the first
+    line's neurons instead (:data:`COARSE_REFINE_OBS`); the refinement's births and prune
+    add what is missing and drop the junk."""
+    return eng.imprecise and eng.st.noise >= COARSE_NOISE
 
 
 def polish_line(eng: Coordinator, index: int, ev: HyperplaneEvidence) -> int:
@@ -230,6 +245,8 @@ def refine_in_rounds(eng: Coordinator) -> bool:
     parameter, or the fit stuck), the rest up to REFINE_OBS is bought and the refinement runs
     again over every row held, from the model the first round kept. Returns what :func:`refine` returns."""
     st = eng.st
+    if coarse(eng):
+        return refine(eng, obs=COARSE_REFINE_OBS)
     if REFINE_FIRST_OBS >= REFINE_OBS or st.m > REFINE_ROUNDS_MAX_OUTPUTS:
         return refine(eng)
     k, d, m = st.neurons.size, st.d, st.m

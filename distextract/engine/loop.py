@@ -255,6 +255,11 @@ class Coordinator:
                 if index >= cfg.max_rounds:
                     reason = "max_rounds"
                     break
+                if imprecise.coarse(self):
+                    # coarse answers: further searched lines add junk neurons; the first
+                    # line's go to the refinement (.imprecise.coarse)
+                    reason = "precision_floor"
+                    break
                 # A clean line with the error above target: a weak neuron whose slope
                 # change hides under the model's own error at its neighbours' kinks (the
                 # residual search's threshold) and under the slope error of the search's

@@ -34,6 +34,12 @@ TARGET_FLOOR = 1e-7  # the derived fidelity target is never below this
 JACOBIAN_TARGET_NOISE = 1e5  # float64: the target is this many times the noise (rounding of
 # intermediate sums limits what the Jacobians reach) ...
 IMPRECISE_TARGET_NOISE = 16.0  # ... imprecise: the Gauss-Newton refinement reaches about 16 × the noise (float32: 9.5e-7)
+COARSE_NOISE = 1e-4  # answers rounded coarser than this (relative half-ulp: float16 4.9e-4,
+# bfloat16 3.9e-3; float32 6e-8) are *coarse*: their region Jacobians place hyperplanes too
+# roughly for searched lines to tell a known neuron from a new one (.imprecise.coarse)
+COARSE_TARGET_NOISE = 2.0  # ... and their target is this many × the noise, not 16 × (bfloat16:
+# 7.8e-3, not 6.25e-2: issue 19 asks 1e-2 of float16 and bfloat16 answers; the refinement over
+# 5 Gaussian answers per unknown reaches 5e-5 to 1e-2 there)
 QUERY_BOUND_FACTOR = 16.0  # imprecise answers: after the first line a run sends at most this
 # many × (kinks on it) × (d + 1) rows (the QuerySession's cap; a float32 run needs about 3;
 # the probe, validation points and first line, paid before, come on top: on small networks
@@ -124,6 +130,8 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         target = cfg.target_rel_l2
     else:
         factor = IMPRECISE_TARGET_NOISE if imprecise else JACOBIAN_TARGET_NOISE
+        if imprecise and precision.noise >= COARSE_NOISE:
+            factor = COARSE_TARGET_NOISE
         target = max(floor, factor * precision.noise)
     return Derived(
         imprecise=imprecise, check_factor=check, line_segments=segments, crossing_rate=rate,
