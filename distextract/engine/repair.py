@@ -61,8 +61,11 @@ def search_lines(eng: Coordinator, check: dict, X: np.ndarray, bad: np.ndarray, 
     each contradicted neuron (at most REPAIR_LINES, worst first), along the neuron's normal:
     a neuron the model lacks, or holds far off (a birth fitted to rows that barely reach its
     rare side), shows there as a kink no hyperplane of the model explains, and is measured
-    from the line; a hyperplane the line crosses without a kink goes. Returns the changes."""
+    from the line; a hyperplane the line crosses without a kink goes. None for coarse answers
+    (float16, bfloat16), whose searched lines add junk neurons. Returns the changes."""
     st, cfg = eng.st, eng.cfg
+    if imprecise.coarse(eng):
+        return 0  # coarse answers: a searched line adds junk neurons (.imprecise.coarse)
     model = st.model
     k = model.hidden_dim
     by = {u["neuron"]: u for u in check["uncertain"]}
