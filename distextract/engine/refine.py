@@ -116,7 +116,7 @@ class _Normal:
             act = coef[:, j] > 0
             Xa = X1[act] * np.sqrt(coef[act, j])[:, None]
             blocks[j] = Xa.T @ Xa
-        self.neuron_ridge = self._ridge(blocks)
+        self.neuron_ridge = self._ridge(blocks, np.sum(A * A, axis=0))
         blocks += self.neuron_ridge[:, None, None] * np.eye(d1)
         self.neuron_inv = np.linalg.inv(blocks)
         # output blocks: Σ_x ω_i² φ φᵀ with φ = (relu(Wx + b), x, 1)
@@ -131,12 +131,22 @@ class _Normal:
         self.output_inv = np.linalg.inv(oblocks)
 
     @staticmethod
-    def _ridge(blocks: np.ndarray) -> np.ndarray:
+    def _ridge(blocks: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+        """RIDGE times each block's mean diagonal, at least the mean over the blocks.
+        With ``scale`` (a neuron's output weights squared, (k,)), the diagonals are compared
+        per unit of scale: a neuron's block is ``|a_j|²`` times its rows' Gram matrix, and a
+        floor from neurons 1e6 times stronger would swamp a weak neuron's own curvature and
+        freeze it (hard:norm_range, ``||w||`` over 1e-3..1e3: the mean diagonal is 1e10
+        times a weak neuron's, a ridge of several times its block)."""
         if blocks.shape[0] == 0 or blocks.shape[1] == 0:  # no neurons left (a constant target)
             return np.zeros(blocks.shape[0])
         diag = np.einsum("jii->ji", blocks).mean(axis=1)
-        floor = max(float(diag.mean()), 1e-300)
-        return RIDGE * np.maximum(diag, floor)
+        if scale is None or not np.all(scale > 0):
+            floor = max(float(diag.mean()), 1e-300)
+            return RIDGE * np.maximum(diag, floor)
+        unit = diag / scale
+        floor = max(float(unit.mean()), 1e-300)
+        return RIDGE * scale * np.maximum(unit, floor)
 
     # parameter vectors: (dW (k,d+1) with the bias last, dO (m, k+d+1): A row, L row, c)
     def apply(self, dN: np.ndarray, dO: np.ndarray) -> np.ndarray:
@@ -405,9 +415,21 @@ class _Blocks:
                 act = coef[:, j] > 0
                 blocks[j] = self._gram(act, coef[act, j])
             self.rebuilt += k
-        ridge = _Normal._ridge(blocks)
+        ridge = _Normal._ridge(blocks, np.sum(A * A, axis=0) if RIDGE_PER_SCALE else None)
         blocks = blocks + ridge[:, None, None] * np.eye(d1)
         return np.linalg.inv(blocks), ridge
+
+
+VP_MAX_MOVE = 0.1
+RIDGE_PER_SCALE = True
+
+
+def _capped_moves(dN: np.ndarray, W: np.ndarray, xs: float, cap: float) -> np.ndarray:
+    d = W.shape[1]
+    norm = np.maximum(np.linalg.norm(W, axis=1), 1e-300)
+    move = np.sqrt(np.sum(dN[:, :d] ** 2, axis=1) * xs * xs + dN[:, d] ** 2) / (norm * xs)
+    f = np.minimum(1.0, cap / np.maximum(move, 1e-300))
+    return dN * f[:, None]
 
 
 def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
@@ -418,6 +440,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     k, m = model.W.shape[0], Y.shape[1]
     n_obs = Y.size
     rowwise = bool(np.all(w2 == w2[:, :1]))
+    xs = float(np.sqrt(np.mean(X * X))) if X.size else 1.0
     X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
     chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
 
@@ -437,6 +460,8 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
         A = fit.theta[:, :k]
         lin = _Hidden(X, mask.astype(np.float64), A, w2, fit, blocks)
         dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
+        if VP_MAX_MOVE is not None:
+            dN = _capped_moves(dN, W, xs, VP_MAX_MOVE)
         cg_total += it
         step = 1.0
         for _ in range(HALVINGS + 1):

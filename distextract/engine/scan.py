@@ -77,7 +77,8 @@ def search_params(eng: Coordinator, noise: float) -> SearchParams:
                         min_width=float(max(cfg.min_width, 1e3 * noise)),
                         check_step=float(min(ss.max_step, max(cfg.check_step, grow))),
                         anchor_step=ss.imprecise_anchor_step if eng.imprecise else None,
-                        jump_rtol=SIGNATURE_RTOL if eng.imprecise else ss.jump_rtol)
+                        jump_rtol=SIGNATURE_RTOL if eng.imprecise else ss.jump_rtol,
+                        chord_check=eng.imprecise)
 
 
 def guided(eng: Coordinator, line: Line, predicted: np.ndarray, pred_tol: np.ndarray | None = None,
