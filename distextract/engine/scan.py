@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Imprecise answers: the search also checks values against chords and looks for kinks in
+#: the samples it paid (:func:`.kinks.hidden_bends`), for weak kinks next to strong ones.
+IMPRECISE_CHORD_CHECK = True
+
 
 def search(eng: Coordinator, line: Line, segments: list, noise: float,
             sensitive: bool = False) -> LineScan:
@@ -78,7 +82,7 @@ def search_params(eng: Coordinator, noise: float) -> SearchParams:
                         check_step=float(min(ss.max_step, max(cfg.check_step, grow))),
                         anchor_step=ss.imprecise_anchor_step if eng.imprecise else None,
                         jump_rtol=SIGNATURE_RTOL if eng.imprecise else ss.jump_rtol,
-                        chord_check=eng.imprecise)
+                        chord_check=eng.imprecise and IMPRECISE_CHORD_CHECK)
 
 
 def guided(eng: Coordinator, line: Line, predicted: np.ndarray, pred_tol: np.ndarray | None = None,
