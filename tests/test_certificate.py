@@ -16,7 +16,7 @@ from distextract.engine.certificate import (
     contribution,
     judge,
 )
-from distextract.engine import imprecise
+from distextract.engine import imprecise, scan
 from distextract.engine.seeds import Streams
 from distextract.engine.tasks import output_scale
 
@@ -84,6 +84,8 @@ def test_a_neuron_the_answers_cannot_determine_is_not_certified_and_neurons_are_
     # 9e-3 rad off, bias 0.8% off: unmatched at the benchmark's tolerances, and certified);
     # without it the model lacks the neuron, which is what this test checks
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
+    # ... and so does the search's chord check (test_a_hidden_neuron_is_found_by_the_chord_check)
+    monkeypatch.setattr(scan, "IMPRECISE_CHORD_CHECK", False)
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
     assert not res.certified and res.stop_reason != "certified"
     cert, unc = res.report["certificate"], res.report["uncertain"]
@@ -96,6 +98,32 @@ def test_a_neuron_the_answers_cannot_determine_is_not_certified_and_neurons_are_
     # never bought for float64 answers (their golden traces stay as they were)
     f64 = dx.extract(NetworkOracle(base), input_dim=d, seed=0)
     assert f64.report["certificate"] is None and f64.report["uncertain"] is None
+
+
+def test_a_hidden_neuron_is_found_by_the_chord_check(monkeypatch):
+    """The planted neuron above (output weight 1e-5, its slope change under the float32
+    slope errors of the search's short steps): the values show its bend, the search's chord
+    check finds its kink, and the run ends with it matched at the benchmark's float32
+    tolerances (cos 1e-6, bias 1e-3), rel L2 2.2e-8, certified; without the chord check the
+    model lacks it (rel L2 2.3e-6, not certified)."""
+    from distextract.fidelity import evaluate_fidelity
+
+    d = 8
+    net = _with_neuron(targets.random_network(d, 8, 1, seed=0), np.eye(d)[0], -1.0, [1e-5])
+    monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
+
+    def run():
+        res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)
+        rep = evaluate_fidelity(res.model, net, n_points=10_000, seed=1, cos_tol=1e-6,
+                                bias_rtol=1e-3)
+        return res, rep
+
+    res, rep = run()
+    assert rep.matched_neurons == rep.live_neurons == 9 and rep.spurious_neurons == 0
+    assert rep.rel_l2 < 1e-7 and res.certified
+    monkeypatch.setattr(scan, "IMPRECISE_CHORD_CHECK", False)
+    res, rep = run()
+    assert rep.matched_neurons < 9 and rep.rel_l2 > 1e-6 and not res.certified
 
 
 def test_the_check_rows_pass_the_query_bound_not_the_budget():

@@ -430,7 +430,7 @@ def _capped_moves(dN: np.ndarray, W: np.ndarray, xs: float, cap: float) -> np.nd
 
 
 def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
-               sigma: np.ndarray) -> RefineResult:
+               sigma: np.ndarray, free_last: int = 0) -> RefineResult:
     """Variable projection (``method="vp"`` of :func:`refine_network`)."""
     X, Y, w2 = _validated(X, Y, sigma)
     n, d = X.shape
@@ -458,7 +458,8 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
         lin = _Hidden(X, mask.astype(np.float64), A, w2, fit, blocks)
         dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
         if VP_MAX_MOVE is not None:
-            dN = _capped_moves(dN, W, xs, VP_MAX_MOVE)
+            bounded = k - free_last
+            dN[:bounded] = _capped_moves(dN[:bounded], W[:bounded], xs, VP_MAX_MOVE)
         cg_total += it
         step = 1.0
         for _ in range(HALVINGS + 1):
@@ -488,7 +489,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
 
 
 def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
-                   method: str = "vp") -> RefineResult:
+                   method: str = "vp", free_last: int = 0) -> RefineResult:
     """Gauss-Newton refinement of all of ``model``'s parameters to the answers ``Y`` at ``X``.
 
     Parameters
@@ -504,9 +505,12 @@ def refine_network(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.n
         ``"vp"`` (variable projection, the default): the output layer is the exact
         weighted least-squares solve for the current hidden layer, and Gauss-Newton runs in
         the hidden layer only; ``"joint"``: Gauss-Newton in every parameter at once.
+    free_last : int
+        Variable projection: the model's last ``free_last`` neurons (new ones, fitted to a
+        residual: far from their place) step without the VP_MAX_MOVE bound.
     """
     if method == "vp":
-        return _refine_vp(model, X, Y, sigma)
+        return _refine_vp(model, X, Y, sigma, free_last)
     if method == "joint":
         return _refine_joint(model, X, Y, sigma)
     raise ValueError(
