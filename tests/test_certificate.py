@@ -233,3 +233,22 @@ def test_a_model_neuron_under_the_observability_floor_is_uncertain():
     out = certify(coord)
     assert [u["neuron"] for u in out["uncertain"]] == [k]
     assert "observability floor" in out["uncertain"][0]["reason"]
+
+
+def test_a_hyperplane_the_rows_pin_loosely_is_uncertain():
+    """Standard errors of each hyperplane from the rows held (certificate.unpinned): a
+    neuron adding 1e-6 of the output, float32 answers over 300 rows, is pinned to ~4e-3 rad,
+    looser than the float32 match tolerance (PIN_ANGLE at PIN_SIGMAS errors); the strong
+    ones to ~1e-7. Four such weak neurons off by more than the tolerance, their check rows
+    within the noise, once made a false certificate (hard:norm_range seed 34)."""
+    from distextract.engine.certificate import PIN_ANGLE, PIN_SIGMAS, unpinned
+
+    d = 6
+    net = targets.random_network(d, 5, 1, seed=2)
+    net = _with_neuron(net, np.eye(d)[1], 0.2, [1e-6])
+    X = np.random.default_rng(3).standard_normal((300, d))
+    Y = net.predict(X).astype(np.float32).astype(np.float64).reshape(-1, 1)
+    sigma = 2.0 ** -24 * (np.abs(Y[:, 0]) + np.median(np.abs(Y)))
+    ang, off = unpinned(net, X, Y, sigma, 1.0)
+    assert PIN_SIGMAS * ang[-1] > PIN_ANGLE and np.all(PIN_SIGMAS * ang[:-1] < 1e-2 * PIN_ANGLE)
+    assert off[-1] > 10 * np.max(off[:-1])
