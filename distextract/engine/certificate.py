@@ -165,7 +165,7 @@ def unpinned(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray
     """Standard errors of each neuron's hyperplane from the rows ``X``, ``Y`` (answer errors
     ``sigma``, (n,) or (n, m)): its direction (radians) and offset (``s`` input scales), from
     the Gauss-Newton block of its ``(w, b)`` over its active rows, scaled by the misfit per
-    answer when above one (cross-terms with other neurons left out: a lower bound). Inf
+    answer (cross-terms with other neurons left out: a lower bound). Inf
     where the rows do not pin it at all."""
     k, d = model.W.shape
     m = model.A.shape[0]
@@ -173,7 +173,9 @@ def unpinned(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray
     sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64).reshape(X.shape[0], -1), Y.shape)
     w2 = 1.0 / (sig * sig)
     R = (Y - model.predict(X).reshape(-1, m)) * np.sqrt(w2)
-    chi2 = max(float(np.mean(R * R)), 1.0) if R.size else 1.0
+    # the answers' scatter from the misfit itself (error bounds overstate float32's rounding,
+    # about 0.17 of the bound rms on a fit at the noise)
+    chi2 = max(float(np.mean(R * R)), 1e-6) if R.size else 1.0
     X1 = np.concatenate([X, np.ones((X.shape[0], 1))], axis=1)
     coef = w2 @ (model.A * model.A)  # (n, k)
     ang = np.full(k, np.inf)
