@@ -260,7 +260,9 @@ def certify(eng: Coordinator) -> dict:
         Xs, Ys = eng.paid.Xs, eng.paid.Ys.reshape(eng.paid.Xs.shape[0], -1)
         ang, off = unpinned(model, Xs, Ys, st.noise * output_scale(Ys, st.fref, st.absolute),
                             cfg.input_scale)
-        loose = (PIN_SIGMAS * ang > PIN_ANGLE) | (PIN_SIGMAS * off > PIN_OFFSET)
+        # (a neuron active on too few of them is left to its check rows: its kinks placed it)
+        loose = np.isfinite(ang) & ((PIN_SIGMAS * ang > PIN_ANGLE)
+                                    | (PIN_SIGMAS * off > PIN_OFFSET))
         for j in np.flatnonzero(loose & (share >= OBSERVABLE_NOISE)):
             if int(j) not in named:
                 named.add(int(j))
