@@ -9,7 +9,7 @@ import numpy as np
 import distextract as dx
 from distextract import targets
 from distextract._oracle import NetworkOracle
-from distextract.engine import imprecise
+from distextract.engine import imprecise, refine, scan
 from distextract.engine.fuse import close_pairs, fuse_pairs, fused, wedge_points
 from distextract.engine.refine import refine_network
 
@@ -124,6 +124,10 @@ def test_a_run_whose_search_splits_a_neuron_ends_with_one(monkeypatch):
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
     # ... and so do the refinement's rounds (refine_in_rounds): all its rows at once
     monkeypatch.setattr(imprecise, "REFINE_FIRST_OBS", imprecise.REFINE_OBS)
+    # ... and the refinement's steps unbounded and the search's checks of values against
+    # chords off (each of them keeps this seed from splitting the neuron at all)
+    monkeypatch.setattr(refine, "VP_MAX_MOVE", None)
+    monkeypatch.setattr(scan, "IMPRECISE_CHORD_CHECK", False)
     net = targets.random_network(16, 32, 1, seed=24, bias_scale=0.5)
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=16, seed=24)
     rep = evaluate_fidelity(res.model, net, n_points=10_000, seed=25, cos_tol=1e-6,

@@ -278,3 +278,46 @@ def test_sparse_residual_flags_allow_the_smallest_kink_error_per_chord():
     quiet = np.array([[0.0], [0.0], [0.05], [0.0]])
     assert kinks.residual_flags(ts, quiet, np.ones(4), predicted, offset, slope, params,
                                 allowance="min") == []
+
+
+def test_a_weak_kink_between_strong_ones_is_found_in_float32_values():
+    """A kink changing the slope by 0.03 between two changing it by 50 and 40, float32
+    values (~1e-5 absolute): the one-sided slopes over the imprecise search's short steps are
+    known to ~0.1, so the slope tests pass over the weak kink; its values show it. With the
+    chord check (imprecise answers) the search splits where a value leaves the chord of its
+    interval's ends and :func:`hidden_bends` places the kink from the samples paid; without
+    it the weak kink is missed."""
+    from distextract.engine.kinks import SearchParams, search_segments
+
+    def evaluate(ts):
+        ts = np.asarray(ts)
+        f = (100.0 + 7.0 * ts + 50.0 * np.maximum(ts + 1.3, 0.0)
+             - 40.0 * np.maximum(ts - 1.1, 0.0) + 0.03 * np.maximum(ts - 0.3, 0.0))
+        f = f.astype(np.float32).astype(np.float64)[:, None]
+        return f, np.abs(f[:, 0]) + 100.0
+
+    def kinks(chord):
+        params = SearchParams(noise=float(np.finfo(np.float32).eps), check_factor=4.0,
+                              slope_step=0.0073, min_width=6e-5, check_step=0.0073,
+                              anchor_step=0.25, chord_check=chord)
+        res = search_segments(evaluate, [(-4.0, -1.0), (-1.0, 2.0), (2.0, 4.0)], params)
+        return np.concatenate([r.kinks for r in res])
+
+    found = kinks(True)
+    assert found.size == 3, found
+    assert np.allclose(found, [-1.3, 0.3, 1.1], atol=1e-3), found
+    assert np.allclose(kinks(False), [-1.3, 1.1], atol=1e-3)
+
+
+def test_hidden_bends_leave_straight_samples_alone():
+    """Samples on one line (float32 values) between two kinks: no kink placed."""
+    from distextract.engine.kinks import hidden_bends
+
+    t = np.sort(np.random.default_rng(0).uniform(-3.0, 3.0, 40))
+    v = (250.0 + 31.7 * t).astype(np.float32).astype(np.float64)[:, None]
+    eps = float(np.finfo(np.float32).eps)
+    assert hidden_bends(t, v, np.abs(v[:, 0]) + 100.0, np.array([-3.5, 3.5]), 4.0 * eps) == []
+    # ... and a bend of 0.01 in them is placed
+    w = v + 0.01 * np.maximum(t - 0.5, 0.0)[:, None]
+    got = hidden_bends(t, w, np.abs(w[:, 0]) + 100.0, np.array([-3.5, 3.5]), 4.0 * eps)
+    assert len(got) == 1 and abs(got[0] - 0.5) < 0.05, got

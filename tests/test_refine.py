@@ -165,3 +165,37 @@ def test_refine_rejects_an_unknown_method():
     X = np.ones((10, 4))
     with pytest.raises(ValueError, match="method must be 'vp' or 'joint', got 'lm'"):
         refine.refine_network(net, X, net.predict(X), np.ones(10), method="lm")
+
+
+def test_variable_projection_bounds_each_neurons_step_over_six_decades_of_weight_norms(
+        monkeypatch):
+    """``||w_i||`` log-uniform over 1e-3..1e3 (targets' norm_range, d8-k16, not a benchmark
+    network), float32 answers, every neuron present and 2e-3 rad off: with each neuron's
+    step bounded (refine.VP_MAX_MOVE) the fit reaches the answers' errors and every neuron
+    comes back; unbounded, the strong neurons' misfit swings weak ones up to 1 rad away
+    (χ² 204 per answer, rel L2 2.7e-6)."""
+    net = dx.targets.hard_case("norm_range", 8, 16, seed=3)
+    d, k = 8, 16
+    norms = np.linalg.norm(net.W, axis=1)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((int(2.5 * (k * (d + 2) + d + 1)), d))
+    Y = net.predict(X).astype(np.float32).astype(np.float64)
+    sigma = np.finfo(np.float32).eps * (np.max(np.abs(Y), axis=1) + np.median(np.abs(Y)))
+    D = rng.standard_normal(net.W.shape)
+    D -= np.sum(D * net.W, axis=1, keepdims=True) * net.W / norms[:, None] ** 2
+    W = net.W + 2e-3 * D / np.linalg.norm(D, axis=1, keepdims=True) * norms[:, None]
+    start = dx.ReluNetwork(W, net.b, net.A, net.c, net.L)
+    Xt = np.random.default_rng(2).standard_normal((4000, d))
+
+    def fit():
+        res = refine.refine_network(start, X, Y, sigma)
+        U = res.model.W / np.linalg.norm(res.model.W, axis=1)[:, None]
+        angle = np.arccos(np.clip(np.abs(np.sum(U * net.W / norms[:, None], axis=1)), 0, 1))
+        return res, angle, solve.relative_error(res.model, Xt, net.predict(Xt))[0]
+
+    res, angle, err = fit()
+    assert res.chi2 < 1.0 and err < 1e-7, (res.chi2, err)
+    assert angle.max() < 3e-3, angle
+    monkeypatch.setattr(refine, "VP_MAX_MOVE", None)
+    res, angle, err = fit()
+    assert res.chi2 > 10.0 and err > 1e-6 and angle.max() > 0.1, (res.chi2, err)

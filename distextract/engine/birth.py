@@ -67,7 +67,8 @@ def _row_z(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarray) ->
 
 
 def robust_refit(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarray,
-                 rounds: int = ROBUST_ROUNDS) -> tuple[ReluNetwork, np.ndarray]:
+                 rounds: int = ROBUST_ROUNDS, free_last: int = 0
+                 ) -> tuple[ReluNetwork, np.ndarray]:
     """Refine ``model`` with outlying rows rejected, repeatedly (see the module docstring).
 
     Returns
@@ -84,7 +85,8 @@ def robust_refit(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sig: np.ndarr
             break
         out = new
         weight = np.where(out, REJECTED_WEIGHT, 1.0)
-        model = refine_network(model, X, Y, sig / np.sqrt(weight)[:, None]).model
+        model = refine_network(model, X, Y, sig / np.sqrt(weight)[:, None],
+                               free_last=free_last).model
     return model, out
 
 
@@ -160,7 +162,9 @@ def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: 
         cur = pending if pending is not None else res
         if not cur.chi2 > BIRTH_CHI2:
             break
-        clean, out = robust_refit(cur.model, X, Y, sig, rounds)
+        # a held birth (pending) is new too: it steps without the refinement's bound
+        fresh = 0 if pending is None else 1
+        clean, out = robust_refit(cur.model, X, Y, sig, rounds, free_last=fresh)
         hinge = fit_hinge(X, Y - clean.predict(X), out)
         if hinge is None:
             break
@@ -168,7 +172,8 @@ def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: 
         cand = ReluNetwork(np.concatenate([clean.W, w[None]]), np.append(clean.b, b),
                            np.concatenate([clean.A, a[:, None]], axis=1), clean.c, clean.L,
                            metadata=dict(clean.metadata))
-        new = refine_network(cand, X, Y, sig)
+        # (the new neuron, fitted to the rejected rows, may have far to go)
+        new = refine_network(cand, X, Y, sig, free_last=fresh + 1)
         logger.info("birth: a neuron fitted to %d outlying rows takes the refined misfit "
                     "%.3g -> %.3g per answer", int(out.sum()), cur.chi2, new.chi2)
         new = RefineResult(new.model, res.chi2_start, new.chi2, cur.steps + new.steps,
