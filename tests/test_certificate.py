@@ -128,6 +128,7 @@ def test_a_hidden_neuron_is_found_by_the_chord_check(monkeypatch):
     assert not res.certified
     assert [u for u in res.report["uncertain"] if "pin its hyperplane" in u["reason"]]
     monkeypatch.setattr(scan, "IMPRECISE_CHORD_CHECK", False)
+    monkeypatch.setattr(repair, "REPAIR_ROUNDS", 0)  # (it finds the neuron too: test_repair)
     res, rep = run()
     assert rep.matched_neurons < 9 and rep.rel_l2 > 1e-6 and not res.certified
 
