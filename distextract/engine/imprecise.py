@@ -168,6 +168,11 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
     X, Y = eng.paid.Xs, eng.paid.Ys.reshape(-1, m)
     # (a round of refine_in_rounds buys fewer than REFINE_MIN_OBS: its rows are enough)
     min_obs = min(REFINE_MIN_OBS, obs) if extra_rows else REFINE_MIN_OBS
+    if not extra_rows and st.m <= REFINE_ROUNDS_MAX_OUTPUTS and (st.refinement or {}).get("runs"):
+        # after a first round whose held-out check (the validation points) passed, the rows
+        # held are REFINE_FIRST_OBS per unknown (no held-out rows join them): a refit over
+        # them (recheck, budget) is not ruled out for that
+        min_obs = min(min_obs, REFINE_FIRST_OBS)
     if X.shape[0] * m < min_obs * unknowns or not refine_rows(eng, X.shape[0]):
         return n_new > 0
     sigma = st.noise * output_scale(Y, st.fref, st.absolute)
