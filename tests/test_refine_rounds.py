@@ -41,6 +41,23 @@ def test_held_out_check_passes_and_the_rest_is_not_bought():
     assert res.certified
 
 
+def test_held_out_check_is_made_on_the_validation_points(monkeypatch):
+    """The validation points (Gaussian rows of their own stream that no fit uses) are the
+    held-out rows: none is bought for the check. With too few of them for the check
+    (REFINE_CHECK_MIN_VALIDATION above the run's 128), REFINE_CHECK_OBS answers per unknown
+    are bought instead, and the run pays exactly those rows more."""
+    res, _ = _run()
+    ref = res.report["refinement"]
+    assert ref["heldout_on_validation"] and ref["heldout_rows"] == 0
+    assert ref["heldout_chi2_per_answer"] <= imprecise.REFINE_HELDOUT_CHI2
+    monkeypatch.setattr(imprecise, "REFINE_CHECK_MIN_VALIDATION", 10 ** 6)
+    bought, _ = _run()
+    ref_b = bought.report["refinement"]
+    assert not ref_b["heldout_on_validation"]
+    assert ref_b["heldout_rows"] == int(np.ceil(imprecise.REFINE_CHECK_OBS * _unknowns(res) / M))
+    assert bought.queries - res.queries == ref_b["heldout_rows"]
+
+
 def test_failed_held_out_check_buys_the_rest(monkeypatch):
     """With a held-out threshold no fit can meet (0), every run buys the rest up to
     REFINE_OBS in a second round over every row held, and still ends exact."""
