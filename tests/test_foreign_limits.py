@@ -343,12 +343,20 @@ def test_cli_with_workers_pays_its_first_rows_in_the_driver_while_ray_starts(tmp
         assert dist["timing"]["run_s"] < report["wall_seconds"]
 
 
+def _run_python(code: str):
+    """Run ``code`` in a fresh Python process (as the CLI starts its own Ray); it must exit 0."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_stop_ray_stops_every_process_ray_init_started():
     """_stop_ray kills Ray's autoscaler monitor first (ray.shutdown waits a second for it
     otherwise), then ray.shutdown stops the rest: no process of that Ray instance is left.
     In a process of its own, as the CLI starts and stops its own Ray."""
-    import subprocess
-
     pytest.importorskip("ray")
     code = (
         "import logging, os, ray\n"
@@ -362,9 +370,7 @@ def test_stop_ray_stops_every_process_ray_init_started():
         "_stop_ray()\n"
         "alive = [kind for kind, ps in procs.items() for p in ps if p.poll() is None]\n"
         "print('ALIVE', alive, 'MONITOR', procs['monitor'][0].returncode)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=180, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_python(code)
     # nothing left running; the monitor was killed (SIGKILL: -9), not waited for
     assert "ALIVE [] MONITOR -9" in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
@@ -374,8 +380,6 @@ def test_start_ray_lowers_the_priority_of_rays_helper_processes():
     monitor and the autoscaler's monitor run at RAY_HELPER_NICE;
     the GCS and the raylet keep the driver's priority. In a process of its own, as the CLI
     starts its own Ray."""
-    import subprocess
-
     pytest.importorskip("ray")
     code = (
         "import os, ray\n"
@@ -393,9 +397,7 @@ def test_start_ray_lowers_the_priority_of_rays_helper_processes():
         "_stop_ray()\n"
         "print('FOUND', found == sorted(RAY_HELPERS), 'NOW', now, 'OWN',\n"
         "      os.getpriority(os.PRIO_PROCESS, 0), 'LEVEL', level)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=180, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run_python(code)
     out = proc.stdout
     own = int(out.split("OWN ")[1].split()[0])
     level = eval(out.split("LEVEL ")[1])  # noqa: S307 - our own subprocess's dict

@@ -246,6 +246,15 @@ def check(eng: Coordinator, round: int = 0) -> tuple[dict, np.ndarray, np.ndarra
     share = contribution(model.W, model.b, model.A, cfg.input_scale) / max(st.noise * rms,
                                                                            1e-300)
     named = {u.neuron for u in uncertain}
+
+    def name(j: int, why: str, ratio: float | None = None) -> None:
+        """Name neuron ``j`` uncertain for ``why`` (once: the first reason stands)."""
+        if j in named:
+            return
+        named.add(j)
+        on, off = float(miss[j]), float(miss[k + j])
+        uncertain.append(Uncertain(j, why, max(on, off) if ratio is None else ratio, on, off))
+
     if Xw.shape[0]:
         # the wedges of close pairs: one neuron split in two computes the true one everywhere
         # else
@@ -257,13 +266,9 @@ def check(eng: Coordinator, round: int = 0) -> tuple[dict, np.ndarray, np.ndarra
             if worst <= CHECK_ERRORS:
                 continue
             for a, b in ((i, j), (j, i)):
-                if int(a) not in named:
-                    named.add(int(a))
-                    uncertain.append(Uncertain(
-                        int(a), f"the wedge between its hyperplane and neuron {int(b)}'s, "
-                                f"nearly the same, missed by {worst:.3g} tolerances: one "
-                                f"neuron split in two, or the pair placed wrong",
-                        worst, float(miss[a]), float(miss[k + a])))
+                name(int(a), f"the wedge between its hyperplane and neuron {int(b)}'s, nearly "
+                             f"the same, missed by {worst:.3g} tolerances: one neuron split "
+                             f"in two, or the pair placed wrong", worst)
     if eng.paid.Xs.shape[0]:
         Xs, Ys = eng.paid.Xs, eng.paid.Ys.reshape(eng.paid.Xs.shape[0], -1)
         ang, off = unpinned(model, Xs, Ys, st.noise * output_scale(Ys, st.fref, st.absolute),
@@ -272,20 +277,13 @@ def check(eng: Coordinator, round: int = 0) -> tuple[dict, np.ndarray, np.ndarra
         loose = np.isfinite(ang) & ((PIN_SIGMAS * ang > PIN_ANGLE)
                                     | (PIN_SIGMAS * off > PIN_OFFSET))
         for j in np.flatnonzero(loose & (share >= OBSERVABLE_NOISE)):
-            if int(j) not in named:
-                named.add(int(j))
-                uncertain.append(Uncertain(
-                    int(j), f"the rows held pin its hyperplane to {ang[j]:.3g} rad and "
-                            f"{off[j]:.3g} input scales (standard errors), looser than "
-                            f"{PIN_ANGLE:g} rad / {PIN_OFFSET:g} at {PIN_SIGMAS:g} errors",
-                    float(max(miss[j], miss[k + j])), float(miss[j]), float(miss[k + j])))
+            name(int(j), f"the rows held pin its hyperplane to {ang[j]:.3g} rad and "
+                         f"{off[j]:.3g} input scales (standard errors), looser than "
+                         f"{PIN_ANGLE:g} rad / {PIN_OFFSET:g} at {PIN_SIGMAS:g} errors")
     for j in np.flatnonzero(share < OBSERVABLE_NOISE):
-        if int(j) not in named:
-            uncertain.append(Uncertain(
-                int(j), f"contributes {share[j]:.3g} roundings of the answers (rms over the "
-                        f"bulk), under the observability floor of {OBSERVABLE_NOISE:g}: the "
-                        f"answers cannot confirm it", float(max(miss[j], miss[k + j])),
-                float(miss[j]), float(miss[k + j])))
+        name(int(j), f"contributes {share[j]:.3g} roundings of the answers (rms over the "
+                     f"bulk), under the observability floor of {OBSERVABLE_NOISE:g}: the "
+                     f"answers cannot confirm it")
     uncertain.sort(key=lambda u: u.neuron)
     if uncertain:
         logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
