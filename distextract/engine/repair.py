@@ -15,9 +15,8 @@ lacked.
 Each round's certificate draws rows of its own (:meth:`.seeds.Streams.check_rows`), never
 used to fit the model it judges. A round whose refit its own check rows do not judge better,
 or whose rows the budget cannot hold, ends the repair with the model and the certificate it
-had (the rows paid stay held). The rows are
-bought beyond the run's query bound, like the certificate's (they check what the search
-found), but within the caller's budget.
+had (the rows paid stay held). The rows are bought beyond the run's query bound, like the
+certificate's (they check what the search found), but within the caller's budget.
 """
 
 from __future__ import annotations
@@ -138,15 +137,15 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
         except (BudgetExhausted, PrecisionLimited, TargetMismatch) as exc:
             logger.warning("%s: repair round %d stopped; the model the certificate judged is "
                            "kept", exc, r)
-            st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
-            break
+            new = None
         finally:
             entry["rows"] = int(eng.session.queries - q0)
-        logger.info("repair round %d: %d neurons contradicted, %d rows; after it %d "
-                    "contradicted (worst %.3g tolerances, before %.3g)", r, bad.size,
-                    entry["rows"], contradicted(new).size if new["checked"] else -1,
-                    new["worst"] or 0.0, check["worst"] or 0.0)
-        if not new["checked"] or not better(new, check):
+        if new is not None:
+            logger.info("repair round %d: %d neurons contradicted, %d rows; after it %d "
+                        "contradicted (worst %.3g tolerances, before %.3g)", r, bad.size,
+                        entry["rows"], contradicted(new).size if new["checked"] else -1,
+                        new["worst"] or 0.0, check["worst"] or 0.0)
+        if new is None or not new["checked"] or not better(new, check):
             st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
             break
         entry["kept"] = True
