@@ -23,7 +23,13 @@ A neuron whose whole output contribution (rms over the Gaussian bulk) is below
 :data:`OBSERVABLE_NOISE` relative roundings of the answers cannot be seen in them: a model
 neuron below it is uncertain (the answers cannot confirm it), and the benchmark reports such
 neurons of the true network (its ``<flr`` column) instead of counting them missed
-(:func:`contribution`).
+(:func:`contribution`). So is the weaker of two near-parallel neurons that one neuron at the
+pair's output-weighted hyperplane stands in for to within that floor (:func:`absorbed_pairs`):
+its own contribution may be large, but the network without it, the partner moved, differs
+from the answers by less than their rounding shows (hard:near_parallel d16-k32 seed 33,
+float32: output 9e-4 against 0.25, hyperplanes 9.7e-4 rad and 1.2e-3 apart; the pair less
+one neuron leaves 2.1e-8 rms, 0.025 of the floor, while the weak neuron alone contributes 450
+floors).
 
 The check rows are bought on the imprecise path only (float64 runs are certified by their
 lines and validation, and their golden traces stay unchanged), beyond the run's query bound
@@ -63,6 +69,8 @@ PIN_OFFSET = 1e-3
 PIN_SIGMAS = 3.0
 OBSERVABLE_NOISE = 16.0  # a neuron contributing (rms) less than this many relative roundings
 # of the answers cannot be seen in them (the imprecise target is 16 × the noise too)
+ABSORB_NODES = 2001  # quadrature nodes of absorbed_residual across a pair's second normal
+ABSORB_SPAN = 8.0  # ... over this many standard deviations each side (the rest: < 1e-15)
 
 
 @dataclass(frozen=True)
@@ -153,11 +161,110 @@ def contribution(W: np.ndarray, b: np.ndarray, A: np.ndarray, s: float) -> np.nd
     return np.sqrt(np.maximum(ms, 0.0)) * np.max(np.abs(A), axis=0)
 
 
+def _segment_moments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``∫ t^n φ(t) dt`` over ``[lo, hi]`` (standard normal density φ, infinite ends
+    allowed) for n = 0, 1, 2; arrays of one shape."""
+    erf = np.vectorize(math.erf, otypes=[float])
+    cdf = lambda t: 0.5 * (1.0 + erf(t / math.sqrt(2.0)))  # noqa: E731
+    pdf = lambda t: np.exp(-0.5 * np.minimum(t * t, 1e300)) / math.sqrt(2 * math.pi)  # noqa: E731
+    tpdf = lambda t: np.where(np.isfinite(t), t, 0.0) * pdf(t)  # noqa: E731
+    m0 = cdf(hi) - cdf(lo)
+    return m0, pdf(lo) - pdf(hi), m0 - (tpdf(hi) - tpdf(lo))
+
+
+def absorbed_residual(W: np.ndarray, b: np.ndarray, A: np.ndarray, i: int, j: int, s: float,
+                      nodes: int = ABSORB_NODES) -> float:
+    """What neurons ``i`` and ``j`` add beyond one neuron standing in for both: the rms over
+    ``x ~ N(0, s² I)`` (largest over outputs) of
+
+        ``A_i relu(z_i) + A_j relu(z_j) − (A_i + A_j) relu(c_i z_i + c_j z_j)``,
+
+    ``z = W x + b``, ``c_q = A_q·(A_i + A_j) / |A_i + A_j|²`` (so ``c_i + c_j = 1``: for one
+    output the pair exactly where both are active, and both inactive; what is left lies in
+    the wedge between their hyperplanes, and, for several outputs, in the output vectors'
+    disagreement). ``j`` pointing against ``i`` is turned first (``relu(z) = z + relu(-z)``:
+    the affine part is the output layer's). One stand-in, so an upper bound on what the best
+    refit of the pair leaves. Exact along the pair's first normal (piecewise quadratic
+    integrals against the Gaussian), ``nodes`` quadrature points along the second."""
+    Wi, Wj, bi, bj = W[i], W[j], float(b[i]), float(b[j])
+    if Wi @ Wj < 0.0:
+        Wj, bj = -Wj, -bj
+    Ai, Aj = np.asarray(A[:, i], float), np.asarray(A[:, j], float)
+    Af = Ai + Aj
+    nf = float(Af @ Af)
+    ci, cj = (float(Ai @ Af) / nf, float(Aj @ Af) / nf) if nf > 0.0 else (0.5, 0.5)
+    ni = float(np.linalg.norm(Wi))
+    if ni == 0.0:
+        return float(np.max(contribution(np.vstack([Wi, Wj]), np.array([bi, bj]),
+                                         np.stack([Ai, Aj], axis=1), s)))
+    e1 = Wi / ni
+    r = Wj - (Wj @ e1) * e1
+    nr = float(np.linalg.norm(r))
+    e2 = r / nr if nr > 0.0 else np.zeros_like(e1)
+    # z_q = alpha_q·p1 + gamma_q·p2 + beta_q, (p1, p2) ~ N(0, s² I), one row per neuron
+    # (i, j, the stand-in) and one column of coefficients per output
+    Wf, bf = ci * Wi + cj * Wj, ci * bi + cj * bj
+    alpha = np.array([Wi @ e1, Wj @ e1, Wf @ e1]) * s
+    gamma = np.array([Wi @ e2, Wj @ e2, Wf @ e2]) * s
+    beta = np.array([bi, bj, bf])
+    coef = np.stack([Ai, Aj, -Af])  # (3, m)
+    t2 = np.linspace(-ABSORB_SPAN, ABSORB_SPAN, nodes)  # p2 / s
+    w2 = np.exp(-0.5 * t2 * t2)
+    w2 /= w2.sum()
+    off = beta[None, :] + t2[:, None] * gamma[None, :]  # (n, 3): z_q = alpha_q t1 + off
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cut = np.where(alpha != 0.0, -off / alpha, np.inf)
+    edges = np.sort(np.concatenate([np.full((nodes, 1), -np.inf), cut,
+                                    np.full((nodes, 1), np.inf)], axis=1), axis=1)
+    total = np.zeros(coef.shape[1])
+    for q in range(edges.shape[1] - 1):
+        lo, hi = edges[:, q], edges[:, q + 1]
+        mid = np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo + hi),
+                       np.where(np.isfinite(lo), lo + 1.0, np.where(np.isfinite(hi), hi - 1.0,
+                                                                    0.0)))
+        on = (alpha[None, :] * mid[:, None] + off) > 0.0  # (n, 3): active on this segment
+        # the residual is u + v·t1 here, per output
+        u = (on * off) @ coef  # (n, m)
+        v = (on * alpha[None, :]) @ coef
+        keep = hi > lo
+        m0, m1, m2 = _segment_moments(lo[keep], hi[keep])
+        seg = (u[keep] ** 2 * m0[:, None] + 2 * u[keep] * v[keep] * m1[:, None]
+               + v[keep] ** 2 * m2[:, None])
+        total += w2[keep] @ seg
+    return float(np.sqrt(np.max(total)))
+
+
+def absorbed_pairs(net: ReluNetwork, floor: float, s: float = 1.0
+                   ) -> list[tuple[int, int, float]]:
+    """The close pairs of ``net`` (:func:`.fuse.close_pairs`) whose :func:`absorbed_residual`
+    is below ``floor``: one neuron at the pair's output-weighted hyperplane carries both to
+    within it, and the answers cannot tell the two from one. Each as ``(weaker, stronger,
+    residual)``, by :func:`contribution`."""
+    strength = contribution(net.W, net.b, net.A, s)
+    out = []
+    for i, j, _ in close_pairs(net.W, net.b, s):
+        i, j = (int(i), int(j)) if strength[j] <= strength[i] else (int(j), int(i))
+        r = absorbed_residual(net.W, net.b, net.A, i, j, s)
+        if r < floor:
+            out.append((j, i, r))
+    return out
+
+
+def absorbed(net: ReluNetwork, floor: float, s: float = 1.0) -> np.ndarray:
+    """Which neurons of ``net`` a near-parallel partner absorbs to within ``floor`` (the
+    weaker of each pair of :func:`absorbed_pairs`). Boolean, shape (k,)."""
+    out = np.zeros(net.hidden_dim, dtype=bool)
+    out[[p[0] for p in absorbed_pairs(net, floor, s)]] = True
+    return out
+
+
 def below_floor(net: ReluNetwork, noise: float, scale: float, s: float = 1.0) -> np.ndarray:
-    """Which neurons of ``net`` contribute (rms, :func:`contribution`) less than
-    OBSERVABLE_NOISE × ``noise`` × ``scale`` (the answers' rms size): the answers cannot show
-    them. Boolean, shape (k,)."""
-    return contribution(net.W, net.b, net.A, s) < OBSERVABLE_NOISE * noise * scale
+    """Which neurons of ``net`` the answers cannot show: those contributing (rms,
+    :func:`contribution`) less than OBSERVABLE_NOISE × ``noise`` × ``scale`` (the answers'
+    rms size), and those a near-parallel partner absorbs to within that floor
+    (:func:`absorbed`). Boolean, shape (k,)."""
+    floor = OBSERVABLE_NOISE * noise * scale
+    return (contribution(net.W, net.b, net.A, s) < floor) | absorbed(net, floor, s)
 
 
 def unpinned(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray, s: float
@@ -284,6 +391,12 @@ def check(eng: Coordinator, round: int = 0) -> tuple[dict, np.ndarray, np.ndarra
         name(int(j), f"contributes {share[j]:.3g} roundings of the answers (rms over the "
                      f"bulk), under the observability floor of {OBSERVABLE_NOISE:g}: the "
                      f"answers cannot confirm it")
+    unit = max(st.noise * rms, 1e-300)
+    for j, i, r in absorbed_pairs(model, OBSERVABLE_NOISE * unit, cfg.input_scale):
+        name(j, f"neuron {i}'s hyperplane, nearly the same, carries it to within {r / unit:.3g} "
+                f"roundings of the answers (rms over the bulk, one neuron for the two), under "
+                f"the observability floor of {OBSERVABLE_NOISE:g}: the answers cannot tell "
+                f"the two from one")
     uncertain.sort(key=lambda u: u.neuron)
     if uncertain:
         logger.warning("certificate: %d of %d neurons uncertain (worst check row off by %.3g "
