@@ -153,3 +153,39 @@ def test_a_model_neuron_its_partner_absorbs_is_uncertain():
     out = certify(coord)
     assert [u["neuron"] for u in out["uncertain"]] == [k]
     assert f"neuron {j}'s hyperplane" in out["uncertain"][0]["reason"]
+
+
+def test_a_pair_whose_wedge_the_refit_misses_gets_rows_there():
+    """imprecise.pin_pairs, float32 answers of a near-parallel pair (1e-5 rad, 5e-3 apart):
+    a model with the weak neuron 2e-3 off its offset misses rows inside the wedge; the pair
+    gets PAIR_ROWS·(d + 2) rows there and the refit over them moves the neuron to within
+    1e-4 of its offset. The exact model misses none: nothing is bought."""
+    from distextract._oracle import CountingOracle, NetworkOracle
+    from distextract.engine import imprecise
+    from distextract.engine.fuse import close_pairs, wedge_points
+    from distextract.engine.loop import Coordinator
+    from distextract.engine.refine import RefineResult
+    from distextract.engine.tasks import LocalExecutor
+
+    net = _pair_net()
+    d = net.input_dim
+    eng = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))), d,
+                      dx.ExtractConfig(), 0)
+    eng.run()
+    eng.session.cap = None  # (the run's query bound is not what this test is about)
+    X = np.random.default_rng(1).standard_normal((1500, d))
+    X = np.concatenate([X, wedge_points(net.W, net.b, close_pairs(net.W, net.b, 1.0),
+                                        np.random.default_rng(2), 1.0, per_pair=4)])
+    Y = eng.session.eval(X).reshape(X.shape[0], -1)
+    q0 = eng.session.queries
+    res, X2 = imprecise.pin_pairs(eng, RefineResult(net, 0.0, 0.0, 0, 0), X, Y)
+    assert res.model is net and X2 is X and eng.session.queries == q0
+    b = net.b.copy()
+    off = 2e-3 * np.linalg.norm(net.W[1])
+    b[1] += off
+    bad = dx.ReluNetwork(net.W, b, net.A, net.c, net.L)
+    res, X2 = imprecise.pin_pairs(eng, RefineResult(bad, 0.0, 0.0, 0, 0), X, Y)
+    bought = int(np.ceil(imprecise.PAIR_ROWS * (d + 2)))
+    assert eng.session.queries - q0 == bought and X2.shape[0] == X.shape[0] + bought
+    got = res.model.b[1] / np.linalg.norm(res.model.W[1])
+    assert abs(got - net.b[1] / np.linalg.norm(net.W[1])) < 0.05 * off

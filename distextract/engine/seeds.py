@@ -31,6 +31,7 @@ REFIT_ROWS = 13  # (13, lines recorded so far)
 FUSE_ROWS = 14  # (14, lines recorded so far)
 REPAIR_ROWS = 15  # (15, repair round): rows near the hyperplanes a certificate contradicted
 REPAIR_LINES = 16  # (16, repair round): the seeds of its lines through the contradicted rows
+PAIR_ROWS = 17  # (17, lines recorded so far, rows held): rows in the wedges of pairs kept apart
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ class Streams:
         """Rows bought inside the wedges of close hyperplane pairs (.fuse), at a refinement
         after ``lines`` recorded lines."""
         return self._rng(FUSE_ROWS, lines)
+
+    def pair_rows(self, lines: int, held: int) -> np.random.Generator:
+        """Rows bought inside the wedges of close pairs the fuse kept apart and the refit
+        misses there (.imprecise.pin_pairs), at a refinement after ``lines`` recorded lines
+        over ``held`` rows (two such refinements after one line draw apart)."""
+        return self._rng(PAIR_ROWS, lines, held)
 
     def refit_rows(self, lines: int) -> np.random.Generator:
         """The line rows held that a refinement retried over every row held samples
