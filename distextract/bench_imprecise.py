@@ -14,8 +14,9 @@ neuron match uses tolerances suited to the answers' precision (the fidelity repo
 
 Columns: ``<flr``, live neurons of the true network below the observability floor (their
 whole output contribution, rms over the Gaussian bulk, under 16 relative roundings of the
-answers, :func:`.engine.certificate.below_floor`: the answers cannot show them; they are
-not counted missed); ``unc``, neurons the run's certificate names uncertain
+answers, or, for the weaker of two near-parallel neurons, what the pair adds beyond one
+neuron at its output-weighted hyperplane, :func:`.engine.certificate.below_floor`: the
+answers cannot show them; they are not counted missed); ``unc``, neurons the run's certificate names uncertain
 (``report["uncertain"]``); ``cert``, whether the run certified its model. The summary
 counts false certificates: certified, fidelity target missed.
 """
