@@ -428,19 +428,17 @@ def fuse(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
     """Fold neurons split in two back into one (:mod:`.fuse`): for the refined model's
     close pairs (the FUSE_MAX_PAIRS closest), buy FUSE_ROWS rows inside each wedge (kept with the Gaussian rows), refit
     over the rows held, and fuse a pair when the refitted misfit stays within the prune's
-    allowance for one neuron fewer. Nothing is fused after a fit that failed (misfit above
-    REFINE_FIT_CHI2 per answer) or where the budget refuses the wedge rows. The pairs kept
-    apart (all of them after a failed fit) whose wedges the refit still misses get rows
-    there (:func:`pin_pairs`). Returns the result, the neurons kept and the rows it was fitted
+    allowance for one neuron fewer. Nothing is bought or fused after a fit that failed
+    (misfit above REFINE_FIT_CHI2 per answer) or where the budget refuses the wedge rows.
+    The pairs kept apart whose wedges the refit still misses get rows there
+    (:func:`pin_pairs`). Returns the result, the neurons kept and the rows it was fitted
     over."""
     st, cfg = eng.st, eng.cfg
     model = res.model
     s = cfg.input_scale
     if res.chi2 > REFINE_FIT_CHI2:
         # a fit far from the answers' errors (a neuron missing or wrong) cannot tell one
-        # neuron from two: the prune's allowance, relative to its misfit, would pass anything;
-        # a pair placed wrong may be why (pin_pairs)
-        res, X = pin_pairs(eng, res, X, Y)
+        # neuron from two: the prune's allowance, relative to its misfit, would pass anything
         return res, keep, X
     pairs = close_pairs(model.W, model.b, s, limit=FUSE_MAX_PAIRS)
     if len(pairs) == 0:
