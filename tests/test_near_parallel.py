@@ -98,6 +98,9 @@ def test_absorbed_residual_is_the_rms_of_the_pair_less_one_neuron(m, flip):
     if flip:
         W[1], b[1] = -W[1], -b[1]
     assert absorbed_residual(W, b, A, 0, 1, s) == pytest.approx(want, rel=2e-2)
+    # a copy on the same hyperplane (the duplicates hard case): nothing left, not NaN
+    W[1], b[1] = 2.0 * W[0], 2.0 * b[0]
+    assert 0.0 <= absorbed_residual(W, b, A, 0, 1, s) < 1e-12
 
 
 def test_the_weak_partner_absorbed_below_the_floor_is_below_it():
