@@ -150,26 +150,34 @@ def judge(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, tol: np.ndarray,
     return out, miss
 
 
+def _normal_cdf(t: np.ndarray) -> np.ndarray:
+    """The standard normal distribution function, elementwise (±inf allowed)."""
+    return 0.5 * (1.0 + np.vectorize(math.erf, otypes=[float])(np.asarray(t) / math.sqrt(2.0)))
+
+
 def contribution(W: np.ndarray, b: np.ndarray, A: np.ndarray, s: float) -> np.ndarray:
     """Each neuron's output contribution over the Gaussian bulk: the rms of
     ``|A[:, j]|_max · relu(W[j]·x + b[j])`` over ``x ~ N(0, s² I)`` (closed form). Shape (k,)."""
     sig = np.linalg.norm(W, axis=1) * s
     sig = np.maximum(sig, 1e-300)
     z = b / sig
-    cdf = 0.5 * (1.0 + np.vectorize(math.erf, otypes=[float])(z / math.sqrt(2.0)))
+    cdf = _normal_cdf(z)
     ms = (sig ** 2 + b ** 2) * cdf + b * sig * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)
     return np.sqrt(np.maximum(ms, 0.0)) * np.max(np.abs(A), axis=0)
+
+
+def _normal_pdf(t: np.ndarray) -> np.ndarray:
+    """The standard normal density (0 at ±inf)."""
+    return np.exp(-0.5 * np.minimum(t * t, 1e300)) / math.sqrt(2 * math.pi)
 
 
 def _segment_moments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """``∫ t^n φ(t) dt`` over ``[lo, hi]`` (standard normal density φ, infinite ends
     allowed) for n = 0, 1, 2; arrays of one shape."""
-    erf = np.vectorize(math.erf, otypes=[float])
-    cdf = lambda t: 0.5 * (1.0 + erf(t / math.sqrt(2.0)))  # noqa: E731
-    pdf = lambda t: np.exp(-0.5 * np.minimum(t * t, 1e300)) / math.sqrt(2 * math.pi)  # noqa: E731
-    tpdf = lambda t: np.where(np.isfinite(t), t, 0.0) * pdf(t)  # noqa: E731
-    m0 = cdf(hi) - cdf(lo)
-    return m0, pdf(lo) - pdf(hi), m0 - (tpdf(hi) - tpdf(lo))
+    m0 = _normal_cdf(hi) - _normal_cdf(lo)
+    tpdf_hi = np.where(np.isfinite(hi), hi, 0.0) * _normal_pdf(hi)
+    tpdf_lo = np.where(np.isfinite(lo), lo, 0.0) * _normal_pdf(lo)
+    return m0, _normal_pdf(lo) - _normal_pdf(hi), m0 - (tpdf_hi - tpdf_lo)
 
 
 def absorbed_residual(W: np.ndarray, b: np.ndarray, A: np.ndarray, i: int, j: int, s: float,
