@@ -97,3 +97,25 @@ def test_quiet_rounds_certify_a_network_with_weak_neurons(monkeypatch):
     rounded = _run(net, "round:6", 2)
     assert "quiet_rows" not in rounded.st.counters
     assert imprecise.weak_neurons(rounded).size == 0
+
+
+def test_quiet_rounds_whose_model_the_fresh_check_rows_contradict_are_undone(monkeypatch):
+    """Coordinator.quiet: a model the quiet rounds changed is judged by fresh check rows;
+    one they contradict (a neuron's hyperplane moved 0.05 input scales) gives way to the
+    model before, and the certificate before stands."""
+    net = targets.hard_case("norm_range", 8, 12, seed=0)
+    eng = _run(net, "float32", 0)
+    check = eng.result.certificate
+    model = eng.st.model
+
+    def moved(e):
+        W, b = e.st.model.W, e.st.model.b.copy()
+        b[0] += 0.05 * np.linalg.norm(W[0])
+        e.st.model = ReluNetwork(W, b, e.st.model.A, e.st.model.c, e.st.model.L)
+        return 10
+
+    monkeypatch.setattr(imprecise, "quiet_rounds", moved)
+    out = eng.quiet(check)
+    assert eng.st.model is model
+    assert out["quiet"] == {"rows": 10, "kept": False}
+    assert out["rows"] == check["rows"] and out["uncertain"] == check["uncertain"]

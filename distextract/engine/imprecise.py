@@ -495,7 +495,6 @@ def polish(eng: Coordinator, index: int) -> int:
     if ns is None or ns.size == 0:
         return index
     if refine_in_rounds(eng):
-        quiet_rounds(eng)
         return index
     index = polish_lines(eng, index)
     if st.val_rel_l2 > eng.target:
