@@ -381,7 +381,10 @@ class Coordinator:
                 if judged and any(r["kept"] for r in check.get("repairs", [])):
                     # the repaired model is judged as the refined one was
                     reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
-            if reason in ("certified", "precision_floor") and check["checked"]:
+            if (reason in ("certified", "precision_floor") and check["checked"]
+                    and check["uncertain"]):
+                # (nothing is bought for a model the certificate names no neuron of: the
+                # hard group's certified rows bought 27 to 216 rows for the same model)
                 check = self.quiet(check)
                 if judged and check.get("quiet", {}).get("kept"):
                     reason = "certified" if st.val_rel_l2 <= self.target else "precision_floor"
