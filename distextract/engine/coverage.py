@@ -24,6 +24,13 @@ import numpy as np
 COVER_OBS = 1.5
 #: Standard deviation of a cover row's signed distance to its hyperplane, in input scales.
 COVER_WIDTH = 0.5
+#: Newton steps that move a quiet row onto the model's zero set (:func:`quiet_points`): the
+#: model is piecewise affine, so each step lands on the zero set of the region it starts in,
+#: and a few more settle the rows whose step crossed a hyperplane.
+QUIET_NEWTON = 8
+#: A quiet row that moved farther than this many input scales (times sqrt(d), the Gaussian
+#: radius) from its start (a region where the model is nearly flat) is left where it started.
+QUIET_MAX_MOVE = 1.0
 
 
 def rare_side_share(W: np.ndarray, b: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -100,5 +107,45 @@ def cover_points(W: np.ndarray, b: np.ndarray, counts: np.ndarray, rng: np.rando
     return out
 
 
-__all__ = ["COVER_OBS", "COVER_WIDTH", "cover_points", "cover_rows_wanted", "rare_side_rows",
-           "rare_side_share"]
+def quiet_points(model, n: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """``n`` rows where ``model`` answers (nearly) zero: Gaussian points ``N(0, scale² I)``
+    moved onto its zero set by QUIET_NEWTON minimum-norm Newton steps ``x ← x − J⁺ F(x)``
+    (``J``: the model's Jacobian at ``x``, (m, d)).
+
+    Relative rounding (float32) errs by a share of each answer: where the answers are
+    near zero it errs by a share of the output scale's floor only, and a weak neuron
+    (a slope change far below the rounding of the large answers elsewhere) is measured there
+    to far better than on Gaussian rows (hard:norm_range d16-k32 seed 30, float32, refined
+    from the true network: over 1,146 Gaussian rows a neuron adding 21 roundings ends
+    7.7e-3 rad off; with 500 quiet rows more, every neuron within 1e-3 rad). A point whose
+    steps move it more than QUIET_MAX_MOVE Gaussian radii stays where it started.
+
+    Parameters
+    ----------
+    model : ReluNetwork
+        The current model (d inputs, m outputs).
+    n : int
+    rng : numpy.random.Generator
+    scale : float
+        Input scale.
+
+    Returns
+    -------
+    ndarray of shape (n, d)
+    """
+    d = model.W.shape[1]
+    start = rng.standard_normal((n, d)) * scale
+    X = start.copy()
+    for _ in range(QUIET_NEWTON):
+        F = model.predict(X).reshape(n, -1)
+        act = (X @ model.W.T + model.b) > 0.0
+        # J_x = A·diag(active)·W + L for every row: (n, m, d)
+        J = np.einsum("mk,nk,kd->nmd", model.A, act.astype(np.float64), model.W) + model.L
+        X = X - np.einsum("ndm,nm->nd", np.linalg.pinv(J), F)
+    far = np.linalg.norm(X - start, axis=1) > QUIET_MAX_MOVE * scale * math.sqrt(d)
+    X[far] = start[far]
+    return X
+
+
+__all__ = ["COVER_OBS", "COVER_WIDTH", "QUIET_MAX_MOVE", "QUIET_NEWTON", "cover_points",
+           "cover_rows_wanted", "quiet_points", "rare_side_rows", "rare_side_share"]

@@ -32,6 +32,7 @@ FUSE_ROWS = 14  # (14, lines recorded so far)
 REPAIR_ROWS = 15  # (15, repair round): rows near the hyperplanes a certificate contradicted
 REPAIR_LINES = 16  # (16, repair round): the seeds of its lines through the contradicted rows
 PAIR_ROWS = 17  # (17, lines recorded so far, rows held): rows in the wedges of pairs kept apart
+QUIET_ROWS = 18  # (18, quiet round): rows where the model's answers are near zero (.coverage)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,11 @@ class Streams:
     def repair_lines(self, round: int) -> np.random.Generator:
         """The seeds of the lines a repair round searches (.repair)."""
         return self._rng(REPAIR_LINES, round)
+
+    def quiet_rows(self, round: int) -> np.random.Generator:
+        """The Gaussian starts of the rows a quiet round moves to the model's zero set
+        (:func:`.coverage.quiet_points`, :func:`.imprecise.quiet_rounds`)."""
+        return self._rng(QUIET_ROWS, round)
 
     def remeasure_line(self, neuron: int) -> np.random.Generator:
         """The seed of the line along ``neuron``'s normal that measures it again."""
