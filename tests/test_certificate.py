@@ -16,7 +16,7 @@ from distextract.engine.certificate import (
     contribution,
     judge,
 )
-from distextract.engine import imprecise, repair, scan, settings
+from distextract.engine import imprecise, repair, scan
 from distextract.engine.seeds import Streams
 from distextract.engine.tasks import output_scale
 
@@ -84,10 +84,6 @@ def test_a_neuron_the_answers_cannot_determine_is_not_certified_and_neurons_are_
     # 9e-3 rad off, bias 0.8% off: unmatched at the benchmark's tolerances, and certified);
     # without it the model lacks the neuron, which is what this test checks; so does the
     # repair after the certificate (tests/test_repair.py), off here
-    # this path was measured at the wide stencil crossing rate (0.3); at
-    # settings.IMPRECISE_CROSSING_RATE (0.15) the certificate names a neuron for its loose
-    # pin, none for contradicting check rows
-    monkeypatch.setattr(settings, "IMPRECISE_CROSSING_RATE", settings.WIDE_CROSSING_RATE)
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
     monkeypatch.setattr(repair, "REPAIR_ROUNDS", 0)
     # ... and so does the search's chord check (test_a_hidden_neuron_is_found_by_the_chord_check)
@@ -116,11 +112,6 @@ def test_a_hidden_neuron_is_found_by_the_chord_check(monkeypatch):
 
     d = 8
     net = _with_neuron(targets.random_network(d, 8, 1, seed=0), np.eye(d)[0], -1.0, [1e-5])
-    # this path was measured at the wide stencil crossing rate (0.3); at
-    # settings.IMPRECISE_CROSSING_RATE (0.15) the chord check finds the planted neuron
-    # 3.8e-3 rad off (rel L2 2.4e-8; unmatched at the benchmark's 1.4e-3 rad; not certified,
-    # the certificate names it for its loose pin: BENCHMARKS.md, branch xr)
-    monkeypatch.setattr(settings, "IMPRECISE_CROSSING_RATE", settings.WIDE_CROSSING_RATE)
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
 
     def run():

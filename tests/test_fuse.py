@@ -9,7 +9,7 @@ import numpy as np
 import distextract as dx
 from distextract import targets
 from distextract._oracle import NetworkOracle
-from distextract.engine import imprecise, refine, scan, settings
+from distextract.engine import imprecise, refine, scan
 from distextract.engine.fuse import close_pairs, fuse_pairs, fused, wedge_points
 from distextract.engine.refine import refine_network
 
@@ -121,9 +121,6 @@ def test_a_run_whose_search_splits_a_neuron_ends_with_one(monkeypatch):
 
     # the path that splits it: the refit over the line rows held (imprecise.refine's
     # retry) takes another one on this seed
-    # this path was measured at the wide stencil crossing rate (0.3); at
-    # settings.IMPRECISE_CROSSING_RATE (0.15) the search does not split the neuron
-    monkeypatch.setattr(settings, "IMPRECISE_CROSSING_RATE", settings.WIDE_CROSSING_RATE)
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
     # ... and so do the refinement's rounds (refine_in_rounds): all its rows at once
     monkeypatch.setattr(imprecise, "REFINE_FIRST_OBS", imprecise.REFINE_OBS)

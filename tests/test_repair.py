@@ -8,7 +8,7 @@ import pytest
 import distextract as dx
 from distextract import targets
 from distextract._oracle import CountingOracle, NetworkOracle
-from distextract.engine import certificate, imprecise, repair, scan, settings
+from distextract.engine import certificate, imprecise, repair, scan
 from distextract.engine._config import ExtractConfig
 from distextract.engine.imprecise import _neurons_of
 from distextract.engine.loop import Coordinator
@@ -122,9 +122,6 @@ def test_a_planted_neuron_the_refinement_misses_is_repaired(monkeypatch):
     base = targets.random_network(d, 8, 1, seed=0)
     net = dx.ReluNetwork(np.vstack([base.W, np.eye(d)[0]]), np.append(base.b, -1.0),
                          np.hstack([base.A, [[1e-5]]]), base.c, base.L)
-    # this path was measured at the wide stencil crossing rate (0.3); at
-    # settings.IMPRECISE_CROSSING_RATE (0.15) the certificate contradicts nothing and no repair runs
-    monkeypatch.setattr(settings, "IMPRECISE_CROSSING_RATE", settings.WIDE_CROSSING_RATE)
     monkeypatch.setattr(imprecise, "REFINE_LINE_FUTILE", 0)
     monkeypatch.setattr(scan, "IMPRECISE_CHORD_CHECK", False)
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0)

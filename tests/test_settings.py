@@ -8,10 +8,7 @@ from distextract._oracle import CountingOracle, NetworkOracle, as_oracle
 from distextract.engine._config import EPS64, ExtractConfig
 from distextract.engine.precision import Precision
 from distextract.engine.settings import (
-    COARSE_NOISE,
     CROSSING_RATE,
-    IMPRECISE_CROSSING_MAX_OUTPUTS,
-    IMPRECISE_CROSSING_RATE,
     IMPRECISE_LINE_SEGMENTS,
     LINE_SEGMENTS,
     QUERY_BOUND_FACTOR,
@@ -34,30 +31,6 @@ def test_settings_are_derived_from_the_config_and_the_measured_precision():
     fixed = derive(cfg.updated(line_segments=5, stencil_crossing_rate=0.2,
                                target_rel_l2=1e-9), f32)
     assert (fixed.line_segments, fixed.crossing_rate, fixed.target_rel_l2) == (5, 0.2, 1e-9)
-
-
-def test_fine_imprecise_answers_with_few_outputs_take_the_shorter_stencil_steps():
-    """float32 or rounded answers with 1 to IMPRECISE_CROSSING_MAX_OUTPUTS outputs take
-    IMPRECISE_CROSSING_RATE; more outputs, coarse answers (float16), float64 answers and an
-    unknown m (before the probe) do not."""
-    cfg = ExtractConfig()
-    f32, f16 = Precision(noise=2.0 ** -24), Precision(noise=2.0 ** -11)
-    assert f16.noise >= COARSE_NOISE > f32.noise
-    for m in range(1, IMPRECISE_CROSSING_MAX_OUTPUTS + 1):
-        assert derive(cfg, f32, m=m).crossing_rate == IMPRECISE_CROSSING_RATE
-    assert IMPRECISE_CROSSING_RATE < WIDE_CROSSING_RATE
-    assert derive(cfg, f32, m=IMPRECISE_CROSSING_MAX_OUTPUTS + 1).crossing_rate == (
-        WIDE_CROSSING_RATE)
-    assert derive(cfg, f32).crossing_rate == WIDE_CROSSING_RATE  # m unknown
-    assert derive(cfg, f16, m=1).crossing_rate == WIDE_CROSSING_RATE
-    assert derive(cfg, Precision(noise=4 * EPS64), m=1).crossing_rate == CROSSING_RATE
-    assert derive(cfg.updated(stencil_crossing_rate=0.2), f32, m=1).crossing_rate == 0.2
-
-
-def test_a_float32_run_with_one_output_reports_the_shorter_stencil_steps():
-    net = dx.targets.random_network(8, 8, 1, seed=0)
-    res = dx.extract(NetworkOracle(net, output="float32"), seed=0)
-    assert res.report["precision"]["stencil_crossing_rate"] == IMPRECISE_CROSSING_RATE
 
 
 def test_the_derived_settings_are_in_the_report():

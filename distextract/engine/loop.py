@@ -89,7 +89,7 @@ class Coordinator:
         the first line's kinks and stencil rounding)."""
         st = self.st
         return derive(self.cfg, st.precision, st.first_kinks, st.long_steps, st.d,
-                      self.settings.loop.query_bound_factor, st.opening_queries, st.m)
+                      self.settings.loop.query_bound_factor, st.opening_queries)
 
     @property
     def imprecise(self) -> bool:

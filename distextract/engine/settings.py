@@ -22,14 +22,7 @@ IMPRECISE_LINE_SEGMENTS = 64  # ... for imprecise answers
 CROSSING_RATE = 0.1  # stencil crossing rate for float64 answers (ExtractConfig docs) ...
 CROSSING_RATE_MAX_KINKS = 2048  # ... up to this many kinks on the first line
 WIDE_CROSSING_RATE = 0.3  # wider networks (their Jacobians need the longer step), networks
-# whose stencil rounding would miss the fidelity goal (scan.longer_steps), coarse answers
-IMPRECISE_CROSSING_RATE = 0.15  # imprecise answers finer than COARSE_NOISE (float32,
-# rounded decimals) with at most IMPRECISE_CROSSING_MAX_OUTPUTS outputs: shorter stencil
-# steps, fewer stencils crossing a hyperplane measured again (d16-k32-m1 float32 seeds 30-34:
-# 5.14 -> 4.97 k(d+1) queries, BENCHMARKS.md, branch xr) ...
-IMPRECISE_CROSSING_MAX_OUTPUTS = 3  # ... more outputs keep WIDE_CROSSING_RATE (issue5's
-# d64-k128-m10 float32 trace at 0.15: 17,064 -> 19,172 rows; d32-k64-m10 seed 30 2.98 -> 3.29
-# k(d+1)); coarse answers too (their Jacobians need the longer step to rise above rounding)
+# whose stencil rounding would miss the fidelity goal (scan.longer_steps), imprecise answers
 IMPRECISE_CHECK_FACTOR = 4.0  # check_factor at most this for imprecise answers: their
 # rounding is bounded by half a unit of the last place, which the probe measures directly
 # (float64 rounding grows with intermediate sums the probe does not see)
@@ -101,7 +94,7 @@ class Derived:
 
 def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
            long_steps: bool = False, d: int = 0,
-           bound_factor: float = QUERY_BOUND_FACTOR, opening: int = 0, m: int = 0) -> Derived:
+           bound_factor: float = QUERY_BOUND_FACTOR, opening: int = 0) -> Derived:
     """The settings of a run with configuration ``cfg`` and measured ``precision``.
 
     Parameters
@@ -119,10 +112,6 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         The query bound's factor (:attr:`LoopSettings.query_bound_factor`).
     opening : int
         Rows sent up to the end of the first line (added to the query bound).
-    m : int
-        Outputs of the oracle (0: unknown, before the probe): imprecise answers with
-        1 to IMPRECISE_CROSSING_MAX_OUTPUTS outputs, finer than COARSE_NOISE, take
-        IMPRECISE_CROSSING_RATE, other imprecise answers WIDE_CROSSING_RATE.
     """
     imprecise = precision.imprecise
     check = min(cfg.check_factor, IMPRECISE_CHECK_FACTOR) if imprecise else cfg.check_factor
@@ -132,10 +121,6 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         segments = IMPRECISE_LINE_SEGMENTS if imprecise else LINE_SEGMENTS
     if cfg.stencil_crossing_rate is not None:
         rate = cfg.stencil_crossing_rate
-    elif (imprecise and precision.noise < COARSE_NOISE
-          and 0 < m <= IMPRECISE_CROSSING_MAX_OUTPUTS
-          and first_kinks <= CROSSING_RATE_MAX_KINKS):
-        rate = IMPRECISE_CROSSING_RATE
     elif imprecise or first_kinks > CROSSING_RATE_MAX_KINKS or long_steps:
         rate = WIDE_CROSSING_RATE
     else:
