@@ -116,7 +116,7 @@ def test_a_run_whose_search_splits_a_neuron_ends_with_one(monkeypatch):
     """d16-k32-m1, biases N(0, 0.25), seed 24, float32 answers: the search finds one weak
     neuron twice (hyperplanes 0.01 rad apart, one flipped). Fused, every neuron matches; with
     fusing switched off the model is off by 1e-3 of the output scale in the wedge (rel L2
-    2.3e-5, the validation points at 3e-8) and the certificate's wedge rows refuse it."""
+    5.5e-5) and the certificate's wedge rows refuse it."""
     from distextract.fidelity import evaluate_fidelity
 
     # the path that splits it: the refit over the line rows held (imprecise.refine's
@@ -139,7 +139,9 @@ def test_a_run_whose_search_splits_a_neuron_ends_with_one(monkeypatch):
     bad = dx.extract(NetworkOracle(net, output="float32"), input_dim=16, seed=24)
     rep = evaluate_fidelity(bad.model, net, n_points=10_000, seed=25, cos_tol=1e-6,
                             bias_rtol=1e-3)
-    assert rep.rel_l2 > 1e-6 and bad.report["validation"]["rel_l2"] < 1e-6
+    # (main before the twin births: validation read 3e-8 and only the wedge rows saw it; a
+    # twin born beside the split pair now shows in validation too, 3.3e-6)
+    assert rep.rel_l2 > 1e-6
     assert not bad.certified and bad.report["certificate"]["pairs"] >= 1
     named = [u for u in bad.report["uncertain"] if "wedge" in u["reason"]]
     assert len(named) == 2
