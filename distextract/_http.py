@@ -1087,5 +1087,5 @@ class HTTPOracle(Oracle):
         return Y
 
 
-__all__ = ["HTTPOracle", "parse_retry_after", "quota_reset_seconds", "redact_url",
-           "retry_after_seconds"]
+__all__ = ["PROXY_ENV", "HTTPOracle", "parse_retry_after", "quota_reset_seconds", "redact_url",
+           "retry_after_seconds", "tls_verify"]
