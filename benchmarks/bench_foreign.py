@@ -67,18 +67,25 @@ BEHAVIOURS = {
 }
 
 
-def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace, seed: int = 0) -> dict:
+def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace, seed: int = 0,
+            launcher: list[str] | None = None, capture: dict | None = None) -> dict:
+    """Run the CLI once against a fresh foreign server of behaviour ``name``; one table row.
+
+    ``launcher`` replaces ``python -m distextract`` (``foreign_phases.py`` runs the CLI
+    stamped); ``capture``, when given, receives the server's log (``log``: its
+    ``(time.time(), rows, status)`` entries), the process start (``w0``, ``time.time()``),
+    the server's limit (``limit``, rows/s) and the CLI's stderr (``stderr``)."""
     server_opts, limit_flags = BEHAVIOURS[name]
     opts = {"rate": RATE, "latency": args.latency, "max_batch": BATCH, **server_opts}
     server = ForeignServer(net.W, net.b, net.A, net.c, **opts)
     url = server.start()
     out_dir = tempfile.mkdtemp(prefix=f"dx-foreign-{name}-")
-    cmd = [sys.executable, "-m", "distextract", "extract", "--url", url,
+    cmd = [*(launcher or [sys.executable, "-m", "distextract"]), "extract", "--url", url,
            "--input-dim", str(net.W.shape[1]), "--out", os.path.join(out_dir, "run"),
            "--batch-size", str(BATCH), "--workers", str(args.workers), "--seed", str(seed),
            *limit_flags]
     if args.timeline:
-        cmd.insert(3, "-v")
+        cmd.insert(cmd.index("extract"), "-v")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     t0 = time.monotonic()
     w0 = time.time()
@@ -93,6 +100,9 @@ def run_one(name: str, net: dx.ReluNetwork, args: argparse.Namespace, seed: int 
         print(f"{name}: CLI failed ({proc.returncode}): {proc.stderr[-2000:]}", file=sys.stderr)
     c = server.counters()
     wall = t1 - t0
+    if capture is not None:
+        capture.update(log=list(server.log), w0=w0, limit=server.limit_rows_per_s,
+                       stderr=proc.stderr)
     after_first = t1 - c["first"] if c["first"] is not None else float("nan")
     limit = server.limit_rows_per_s
     requests = c["answered"] + c["refused"]

@@ -468,3 +468,31 @@ def test_cli_ends_without_ray_shutdown_and_leaves_no_process(tmp_path):
         threading.Event().wait(0.1)
         left = _marked_alive(mark)
     assert left == [], left
+
+
+def test_foreign_phases_charges_each_phase_its_time_minus_its_rows_at_the_limit():
+    """The phase harness's tables (benchmarks/foreign_phases.py): a phase loses its duration
+    minus the rows answered within it at the limit; one-second bins count answered rows,
+    the driver's written bodies and their spacing; 429s come from the CLI's log."""
+    import time as _time
+
+    from foreign_phases import per_second, phase_losses, refusals
+
+    answers = [(0.5, 64), (1.2, 64), (1.21, 64), (2.9, 32)]
+    phases = phase_losses([("b", 1.0, 2.0), ("a", 0.0, 3.0)], answers, limit=128.0)
+    assert [p["phase"] for p in phases] == ["a", "b"]
+    assert phases[0]["rows"] == 224 and phases[0]["lost_s"] == pytest.approx(3.0 - 224 / 128)
+    assert phases[1]["rows"] == 128 and phases[1]["lost_s"] == pytest.approx(0.0)
+    bins = per_second(answers, [(1.0, 0.01), (1.02, 0.01), (1.05, 0.02)], [(1.0, 80.0)],
+                      limit=128.0, wall=2.5)
+    assert [b["pct"] for b in bins] == pytest.approx([50.0, 100.0, 25.0])
+    assert bins[1]["written"] == 3 and bins[1]["gap_ms"] == pytest.approx(25.0)
+    assert bins[1]["wire_gap_ms"] == pytest.approx(40 / 3) and bins[1]["pace"] == 80.0
+    assert bins[0]["gap_ms"] is None and bins[0]["pace"] is None
+    t0 = _time.mktime(_time.strptime("2026-12-06 03:00:00", "%Y-%m-%d %H:%M:%S"))
+    log = ("2026-12-06 03:00:01,250 INFO distextract._http: HTTP 429 (rate limited); "
+           "pausing all requests for 0.009 s\n"
+           "2026-12-06 03:00:02,000 INFO httpx: HTTP Request: POST / 200\n"
+           "2026-12-06 03:00:03,500 INFO distextract._http: HTTP 429 (rate limited); "
+           "pausing all requests for 1 s\n")
+    assert refusals(log, t0) == [(pytest.approx(1.25), 0.009), (pytest.approx(3.5), 1.0)]

@@ -15,7 +15,14 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import distextract as dx
-from distextract._http import HTTPOracle, parse_retry_after, redact_url, retry_after_seconds
+from distextract._http import (
+    PROXY_ENV,
+    HTTPOracle,
+    parse_retry_after,
+    redact_url,
+    retry_after_seconds,
+    tls_verify,
+)
 from distextract._ratelimit import TokenBucket
 from distextract.serve import start_server
 
@@ -773,3 +780,31 @@ def test_token_bucket_reports_the_end_of_its_pause():
     assert bucket.resume_at() == -np.inf
     bucket.hold(0.2)
     assert bucket.resume_at() == pytest.approx(time.monotonic() + 0.2, abs=0.05)
+
+
+def test_http_url_client_loads_no_ca_bundle_and_fails_closed_on_tls(net, monkeypatch):
+    """An ``http://`` oracle's client gets a TLS context with no CA loaded (httpx loads the
+    CA bundle when the client is made: ~50 ms of each process's start) that would refuse any
+    certificate; it answers over plain HTTP as before. ``https://`` and a proxy from the
+    environment keep httpx's default."""
+    import ssl
+
+    for var in PROXY_ENV:
+        monkeypatch.delenv(var, raising=False)
+    ctx = tls_verify("http://127.0.0.1:1/")
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.get_ca_certs() == []
+    assert tls_verify("HTTPS://api.test/") is True
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.test:8443")
+    assert tls_verify("http://127.0.0.1:1/") is True
+    monkeypatch.delenv("HTTP_PROXY")
+    with start_server(net) as srv:
+        oracle = HTTPOracle(srv.url, 4)
+        try:
+            pool_ctx = oracle._client._transport._pool._ssl_context
+            assert pool_ctx.get_ca_certs() == [] and pool_ctx.verify_mode == ssl.CERT_REQUIRED
+            X = np.random.default_rng(0).normal(size=(5, 4))
+            assert_allclose(oracle.query(X), net(X), rtol=1e-12)
+        finally:
+            oracle.close()
