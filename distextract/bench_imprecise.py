@@ -86,6 +86,10 @@ def rows(seeds: int | None = None) -> list[Row]:
             for h in targets.HARD_CASES]
     out.append(Row("sklearn", "digits-h16",
                    lambda seed: targets.digits_network(hidden=16, seed=seed)[0], 5))
+    # trained on scikit-learn's synthetic tasks (targets.trained_network)
+    out += [Row("sklearn", f"{task}-h{h}",
+                (lambda task, h: lambda seed: targets.trained_network(task, h, seed))(task, h), 5)
+            for task, h in (("friedman", 32), ("regression", 64), ("classification", 48))]
     out += [_rand("large", 64, 128, 10, 3, 1.0), _rand("large", 128, 256, 10, 1, 1.0,
                                                        outputs=("float32",))]
     if seeds is not None:

@@ -404,6 +404,77 @@ def digits_network(hidden: int = 32, seed: int = 0) -> tuple[ReluNetwork, np.nda
     return net, fit.X_test.copy(), fit.y_test.copy()
 
 
+#: trained_network's tasks: name -> (inputs, outputs); scikit-learn's synthetic data sets (no
+#: download), inputs standardised
+TRAINED_TASKS = {"friedman": (10, 1), "regression": (20, 1), "classification": (20, 4)}
+
+
+def trained_network(task: str, hidden: int = 32, seed: int = 0) -> ReluNetwork:
+    """A ReLU network trained by scikit-learn on a synthetic task (no download): weights as
+    training leaves them (correlated, uneven norms, some units nearly dead), unlike the
+    generators above.
+
+    - ``"friedman"``: ``make_friedman1`` (10 inputs, 5 of them used), ``MLPRegressor``, 1 output;
+    - ``"regression"``: ``make_regression`` (20 inputs, 10 informative, noise 1, targets
+      scaled to unit variance), ``MLPRegressor``, 1 output;
+    - ``"classification"``: ``make_classification`` (20 inputs, 12 informative, 4 classes),
+      ``MLPClassifier``, its 4 decision logits.
+
+    2,000 samples each, inputs standardised (``StandardScaler``), the network taking
+    standardised inputs (as :func:`digits_network`). scikit-learn is a test-only dependency,
+    imported here.
+
+    Parameters
+    ----------
+    task : {"friedman", "regression", "classification"}
+    hidden : int, default 32
+        Hidden ReLU units.
+    seed : int, default 0
+        Seed of the data set and of the network's initialisation.
+
+    Returns
+    -------
+    ReluNetwork
+        d = ``TRAINED_TASKS[task][0]``, k = ``hidden``, m = ``TRAINED_TASKS[task][1]``;
+        ``predict`` equals the regressor's ``predict`` (the classifier's logits: their argmax
+        is its ``predict``).
+    """
+    if task not in TRAINED_TASKS:
+        raise ConfigError(f"task must be one of {sorted(TRAINED_TASKS)}, got {task!r}")
+    try:
+        import warnings
+
+        from sklearn import datasets
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "trained_network needs scikit-learn (a test-only dependency); install it with "
+            "`pip install -e \".[test]\"` or `pip install scikit-learn`") from exc
+    hidden = check_positive_int("hidden", hidden)
+    _rng(seed)  # validates the seed
+    if task == "friedman":
+        X, y = datasets.make_friedman1(2000, 10, random_state=seed)
+    elif task == "regression":
+        X, y = datasets.make_regression(2000, 20, n_informative=10, noise=1.0,
+                                        random_state=seed)
+        y = y / y.std()
+    else:
+        X, y = datasets.make_classification(2000, 20, n_informative=12, n_classes=4,
+                                            random_state=seed)
+    X = StandardScaler().fit_transform(X)
+    kind = MLPClassifier if task == "classification" else MLPRegressor
+    est = kind(hidden_layer_sizes=(hidden,), activation="relu", max_iter=2000,
+               random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    meta = {"generator": "trained_network", "task": task, "hidden": int(hidden),
+            "seed": int(seed), "input": "standardised"}
+    return ReluNetwork(est.coefs_[0].T, est.intercepts_[0], est.coefs_[1].T,
+                       est.intercepts_[1], None, meta)
+
 # ------------------------------------------------------------------------ non-ReLU targets
 class _Target:
     """Shared plumbing: ``input_dim``, ``output_dim``, input validation, ``__call__``."""
@@ -637,6 +708,7 @@ __all__ = [
     "NORM_RANGE",
     "SPARSE_MAX_NONZEROS",
     "TINY_OUTPUT_RANGE",
+    "TRAINED_TASKS",
     "GeluNetwork",
     "NoisyOracle",
     "SoftplusNetwork",
@@ -647,5 +719,6 @@ __all__ = [
     "noisy_oracle",
     "random_network",
     "softplus_network",
+    "trained_network",
     "two_layer_relu_network",
 ]

@@ -233,6 +233,43 @@ def test_digits_network_reproduces_sklearn(digits):
     assert net.metadata["input"] == "standardised"
 
 
+def _sklearn_fit(task, hidden, seed):
+    """The estimator trained_network documents, trained here independently."""
+    from sklearn import datasets
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "friedman":
+        X, y = datasets.make_friedman1(2000, 10, random_state=seed)
+    elif task == "regression":
+        X, y = datasets.make_regression(2000, 20, n_informative=10, noise=1.0, random_state=seed)
+        y = y / y.std()
+    else:
+        X, y = datasets.make_classification(2000, 20, n_informative=12, n_classes=4,
+                                            random_state=seed)
+    X = StandardScaler().fit_transform(X)
+    kind = MLPClassifier if task == "classification" else MLPRegressor
+    return kind(hidden_layer_sizes=(hidden,), max_iter=2000, random_state=seed).fit(X, y), X
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("task", sorted(targets.TRAINED_TASKS))
+def test_trained_network_computes_what_sklearn_trained(task):
+    net = targets.trained_network(task, hidden=8, seed=3)
+    d, m = targets.TRAINED_TASKS[task]
+    assert (net.input_dim, net.hidden_dim, net.output_dim) == (d, 8, m)
+    est, X = _sklearn_fit(task, 8, 3)
+    out = net.predict(X[:200])
+    if task == "classification":
+        assert_array_equal(np.argmax(out, axis=1), est.predict(X[:200]))
+        logp = np.log(est.predict_proba(X[:200]))
+        assert_allclose(logp - logp[:, :1], out - out[:, :1], rtol=1e-9, atol=1e-9)
+    else:
+        assert_allclose(out[:, 0], est.predict(X[:200]), rtol=1e-12, atol=1e-12)
+    with pytest.raises(dx.ConfigError, match="task must be one of"):
+        targets.trained_network("mnist")
+
+
 def test_digits_network_returns_copies():
     X_test = targets.digits_network(hidden=32, seed=0)[1]
     X_test[:] = 0.0
