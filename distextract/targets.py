@@ -409,6 +409,23 @@ def digits_network(hidden: int = 32, seed: int = 0) -> tuple[ReluNetwork, np.nda
 TRAINED_TASKS = {"friedman": (10, 1), "regression": (20, 1), "classification": (20, 4)}
 
 
+def _trained_task_data(task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`trained_network`'s training set: 2,000 standardised samples and their targets."""
+    from sklearn import datasets
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "friedman":
+        X, y = datasets.make_friedman1(2000, 10, random_state=seed)
+    elif task == "regression":
+        X, y = datasets.make_regression(2000, 20, n_informative=10, noise=1.0,
+                                        random_state=seed)
+        y = y / y.std()
+    else:
+        X, y = datasets.make_classification(2000, 20, n_informative=12, n_classes=4,
+                                            random_state=seed)
+    return StandardScaler().fit_transform(X), y
+
+
 def trained_network(task: str, hidden: int = 32, seed: int = 0) -> ReluNetwork:
     """A ReLU network trained by scikit-learn on a synthetic task (no download): weights as
     training leaves them (correlated, uneven norms, some units nearly dead), unlike the
@@ -444,26 +461,15 @@ def trained_network(task: str, hidden: int = 32, seed: int = 0) -> ReluNetwork:
     try:
         import warnings
 
-        from sklearn import datasets
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier, MLPRegressor
-        from sklearn.preprocessing import StandardScaler
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "trained_network needs scikit-learn (a test-only dependency); install it with "
             "`pip install -e \".[test]\"` or `pip install scikit-learn`") from exc
     hidden = check_positive_int("hidden", hidden)
     _rng(seed)  # validates the seed
-    if task == "friedman":
-        X, y = datasets.make_friedman1(2000, 10, random_state=seed)
-    elif task == "regression":
-        X, y = datasets.make_regression(2000, 20, n_informative=10, noise=1.0,
-                                        random_state=seed)
-        y = y / y.std()
-    else:
-        X, y = datasets.make_classification(2000, 20, n_informative=12, n_classes=4,
-                                            random_state=seed)
-    X = StandardScaler().fit_transform(X)
+    X, y = _trained_task_data(task, seed)
     kind = MLPClassifier if task == "classification" else MLPRegressor
     est = kind(hidden_layer_sizes=(hidden,), activation="relu", max_iter=2000,
                random_state=seed)

@@ -17,7 +17,6 @@ from distextract.engine.certificate import (
     judge,
 )
 from distextract.engine import imprecise, repair, scan
-from distextract.engine.seeds import Streams
 from distextract.engine.tasks import output_scale
 
 
@@ -221,22 +220,14 @@ def test_the_summary_names_the_uncertain_neurons(tmp_path, monkeypatch):
     assert "not checked" in lines[1]
 
 
-def test_a_model_neuron_under_the_observability_floor_is_uncertain():
+def test_a_model_neuron_under_the_observability_floor_is_uncertain(certified_float32_coordinator):
     """A neuron the model holds whose whole contribution is under 16 roundings of the
     answers cannot be confirmed by them, however well its check rows agree: named, and the
     other neurons of a good float32 model are not."""
-    from distextract._oracle import CountingOracle
-    from distextract.engine._config import ExtractConfig
     from distextract.engine.certificate import certify
-    from distextract.engine.loop import Coordinator
-    from distextract.engine.tasks import LocalExecutor
 
     d = 8
-    net = targets.random_network(d, 8, 1, seed=0)
-    coord = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))),
-                        d, ExtractConfig(), 0)
-    eng = coord.run()
-    assert eng.certified and eng.certificate["uncertain"] == []
+    coord = certified_float32_coordinator
     k = coord.st.model.hidden_dim
     coord.st.model = _with_neuron(coord.st.model, np.eye(d)[2], 0.2, [1e-9])
     out = certify(coord)

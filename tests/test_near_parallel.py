@@ -123,23 +123,15 @@ def test_the_weak_partner_absorbed_below_the_floor_is_below_it():
     assert np.flatnonzero(below_floor(net, 10 * noise, scale)).tolist() == [16]
 
 
-def test_a_model_neuron_its_partner_absorbs_is_uncertain():
+def test_a_model_neuron_its_partner_absorbs_is_uncertain(certified_float32_coordinator):
     """A good float32 model with one neuron split into a near-parallel pair (1e-4 rad and
     1e-4 apart, 1e-3 of the output on the new one): the answers agree everywhere but in the
     wedge, where they cannot show the difference; the new neuron is named uncertain (the
     answers cannot tell the two from one), the rest are not."""
-    from distextract._oracle import CountingOracle, NetworkOracle
-    from distextract.engine._config import ExtractConfig
     from distextract.engine.certificate import certify
-    from distextract.engine.loop import Coordinator
-    from distextract.engine.tasks import LocalExecutor
 
     d = 8
-    net = targets.random_network(d, 8, 1, seed=0)
-    coord = Coordinator(LocalExecutor(CountingOracle(NetworkOracle(net, output="float32"))),
-                        d, ExtractConfig(), 0)
-    eng = coord.run()
-    assert eng.certified and eng.certificate["uncertain"] == []
+    coord = certified_float32_coordinator
     model = coord.st.model
     k = model.hidden_dim
     j = int(np.argmax(contribution(model.W, model.b, model.A, 1.0)))

@@ -234,20 +234,10 @@ def test_digits_network_reproduces_sklearn(digits):
 
 
 def _sklearn_fit(task, hidden, seed):
-    """The estimator trained_network documents, trained here independently."""
-    from sklearn import datasets
+    """The estimator trained_network documents, trained here on the same data."""
     from sklearn.neural_network import MLPClassifier, MLPRegressor
-    from sklearn.preprocessing import StandardScaler
 
-    if task == "friedman":
-        X, y = datasets.make_friedman1(2000, 10, random_state=seed)
-    elif task == "regression":
-        X, y = datasets.make_regression(2000, 20, n_informative=10, noise=1.0, random_state=seed)
-        y = y / y.std()
-    else:
-        X, y = datasets.make_classification(2000, 20, n_informative=12, n_classes=4,
-                                            random_state=seed)
-    X = StandardScaler().fit_transform(X)
+    X, y = targets._trained_task_data(task, seed)
     kind = MLPClassifier if task == "classification" else MLPRegressor
     return kind(hidden_layer_sizes=(hidden,), max_iter=2000, random_state=seed).fit(X, y), X
 
