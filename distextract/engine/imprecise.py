@@ -20,7 +20,7 @@ from .fuse import FUSE_MAX_PAIRS, close_pairs, fuse_pairs, wedge_points
 from .neurons import NeuronSet, crossings_inside, predicted_crossings
 from .polish import HyperplaneEvidence, anchor_points, locate_crossings
 from .refine import refine_network, refine_work
-from .settings import COARSE_NOISE
+from .settings import is_coarse
 from .solve import relative_error
 from .state import LineRecord
 from .tasks import output_scale
@@ -98,7 +98,7 @@ def coarse(eng: Coordinator) -> bool:
     286 after ten, the query bound reached at rel L2 0.43). A coarse run refines the first
     line's neurons instead (:data:`COARSE_REFINE_OBS`); the refinement's births and prune
     add what is missing and drop the junk."""
-    return eng.imprecise and eng.st.noise >= COARSE_NOISE
+    return is_coarse(eng.imprecise, eng.st.noise)
 
 
 def polish_line(eng: Coordinator, index: int, ev: HyperplaneEvidence) -> int:

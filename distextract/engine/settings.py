@@ -48,6 +48,12 @@ QUERY_BOUND_FACTOR = 16.0  # imprecise answers: after the first line a run sends
 # for decimals:7 once bought 581,500 rows for a 32-neuron network)
 
 
+
+def is_coarse(imprecise: bool, noise: float) -> bool:
+    """Whether answers of this relative rounding are *coarse* (:data:`COARSE_NOISE`): the one
+    test :func:`derive` (their target) and :func:`.imprecise.coarse` (their refinement) share."""
+    return bool(imprecise and noise >= COARSE_NOISE)
+
 @dataclass(frozen=True)
 class Derived:
     """The settings a run uses at a given point (they change once: when the first line's
@@ -130,7 +136,7 @@ def derive(cfg: ExtractConfig, precision: Precision, first_kinks: int = 0,
         target = cfg.target_rel_l2
     else:
         factor = IMPRECISE_TARGET_NOISE if imprecise else JACOBIAN_TARGET_NOISE
-        if imprecise and precision.noise >= COARSE_NOISE:
+        if is_coarse(imprecise, precision.noise):
             factor = COARSE_TARGET_NOISE
         target = max(floor, factor * precision.noise)
     return Derived(
