@@ -189,8 +189,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
         for lo in range(0, n_new, REFINE_CHUNK):
             Xn = Xb[lo:lo + REFINE_CHUNK]
             Yn = eng.session.eval(Xn)
-            eng.paid.Xs = np.concatenate([eng.paid.Xs, Xn], axis=0)
-            eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yn], axis=0)
+            eng.paid.hold(Xn, Yn)
         eng.assemble()
     # Gaussian rows only: stencil rows cluster around a few lines (their spread across
     # directions is a stencil step), which slows the solve ~10x and adds little
@@ -290,8 +289,7 @@ def refine_in_rounds(eng: Coordinator) -> bool:
     R = (Yh - st.model(Xh).reshape(-1, m)) / sigma.reshape(-1, 1 if sigma.ndim == 1 else m)
     chi2 = float(np.mean(R * R))
     if n_check:
-        eng.paid.Xs = np.concatenate([eng.paid.Xs, Xh], axis=0)
-        eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yh], axis=0)
+        eng.paid.hold(Xh, Yh)
     ref = st.refinement or {}
     fit_chi2 = ref.get("chi2_per_answer", np.inf)
     st.refinement = dict(ref, heldout_rows=n_check, heldout_chi2_per_answer=chi2,
@@ -458,8 +456,7 @@ def fuse(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
     except BudgetExhausted as exc:
         logger.warning("%s: the wedge rows of %d close pairs were not bought", exc, len(pairs))
         return res, keep, X
-    eng.paid.Xs = np.concatenate([eng.paid.Xs, Xw], axis=0)
-    eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yw], axis=0)
+    eng.paid.hold(Xw, Yw)
     X, Y = np.concatenate([X, Xw], axis=0), np.concatenate([Y, Yw], axis=0)
     sigma = st.noise * output_scale(Y, st.fref, st.absolute)
     dof = X.shape[1] + 2 + m
@@ -514,8 +511,7 @@ def pin_pairs(eng: Coordinator, res, X: np.ndarray, Y: np.ndarray):
             logger.warning("%s: the rows in the wedges of %d close pairs were not bought", exc,
                            len(wanted))
             break
-        eng.paid.Xs = np.concatenate([eng.paid.Xs, Xp], axis=0)
-        eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Yp], axis=0)
+        eng.paid.hold(Xp, Yp)
         X, Y = np.concatenate([X, Xp], axis=0), np.concatenate([Y, Yp], axis=0)
         res = refine_network(model, X, Y, st.noise * output_scale(Y, st.fref, st.absolute))
         logger.info("pairs: %d rows in the wedges of %d close pairs the refit missed there; "
@@ -610,8 +606,7 @@ def quiet_rounds(eng: Coordinator) -> int:
         sigma = st.noise * output_scale(Y, st.fref, st.absolute)
         R = (Y - st.model.predict(X).reshape(n, m)) / sigma[:, None]
         chi2 = float(np.mean(R * R))
-        eng.paid.Xs = np.concatenate([eng.paid.Xs, X], axis=0)
-        eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Y], axis=0)
+        eng.paid.hold(X, Y)
         logger.info("quiet round %d: %d weak neurons, %d rows, chi2 %.3g per answer", r,
                     weak.size, n, chi2)
         st.counters["quiet_rows"] = st.counters.get("quiet_rows", 0) + n

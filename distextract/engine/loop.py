@@ -248,14 +248,14 @@ class Coordinator:
         otherwise the model before them and ``check`` stand. Returns the certificate of the
         final model, with ``quiet``: ``rows`` bought and whether the result was ``kept``."""
         st = self.st
-        before = (st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement)
+        before = st.snapshot()
         try:
             rows = imprecise.quiet_rounds(self)
         except (PrecisionLimited, TargetMismatch) as exc:
             logger.warning("%s: quiet rounds stopped", exc)
             rows = 0
         if not rows:
-            st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
+            st.restore(before)
             return check
         new = None
         if st.model is not before[0]:
@@ -266,7 +266,7 @@ class Coordinator:
         if (new is None or not new["checked"]
                 or repair.contradicted(new).size > repair.contradicted(check).size
                 or len(new["uncertain"]) > len(check["uncertain"])):
-            st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
+            st.restore(before)
             return dict(check, quiet={"rows": int(rows), "kept": False})
         return dict(new, rows=int(check["rows"] + new["rows"]),
                     quiet={"rows": int(rows), "kept": True},

@@ -53,6 +53,13 @@ class PaidRows:
         return max(self.settings.solve_rows_per_region,
                    self.solve_row_budget // max(regions, 1))
 
+    def hold(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """Keep rows bought for the refinement (imprecise answers) with the Gaussian rows
+        ``Xs``, ``Ys``: ``X`` of shape (n, d), ``Y`` of shape (n, m)."""
+        m = Y.shape[1]
+        self.Xs = np.concatenate([self.Xs, X], axis=0)
+        self.Ys = np.concatenate([self.Ys.reshape(-1, m), Y], axis=0)
+
     def add(self, X: np.ndarray, Y: np.ndarray) -> None:
         """Keep a block of rows for the output fit."""
         self.solve_X.append(X)

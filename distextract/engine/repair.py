@@ -109,7 +109,7 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
         bad = contradicted(check)
         if not check["checked"] or bad.size == 0 or st.neurons is None or st.neurons.size == 0:
             break
-        before = (st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement)
+        before = st.snapshot()
         ns, d, m = st.neurons, st.d, st.m
         # the check rows join the rows held; then rows near every hyperplane the rows now
         # held rarely cross, and more near the contradicted ones
@@ -126,9 +126,8 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
             entry["line_changes"] = search_lines(eng, check, X, bad, r)
             entry["lines"] = len(st.lines) - entry["lines"]
             Yc = eng.session.eval(Xc, capped=False).reshape(Xc.shape[0], m)
-            eng.paid.Xs = np.concatenate([Xs, Xc], axis=0)
-            eng.paid.Ys = np.concatenate([eng.paid.Ys.reshape(-1, m), Y.reshape(-1, m), Yc],
-                                         axis=0)
+            eng.paid.hold(np.concatenate([X, Xc], axis=0),
+                          np.concatenate([Y.reshape(-1, m), Yc], axis=0))
             imprecise.refine(eng, extra_rows=False, cover=False,
                              keep_within=max(eng.target, st.val_rel_l2))
             if st.model is before[0]:
@@ -146,7 +145,7 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
                         entry["rows"], contradicted(new).size if new["checked"] else -1,
                         new["worst"] or 0.0, check["worst"] or 0.0)
         if new is None or not new["checked"] or not better(new, check):
-            st.model, st.neurons, st.val_rel_l2, st.val_max_abs, st.refinement = before
+            st.restore(before)
             break
         entry["kept"] = True
         check = dict(new, rows=int(check["rows"] + new["rows"]))

@@ -74,6 +74,17 @@ class EngineState:
     refinement: dict | None = None  # what the Gauss-Newton refinement did (imprecise answers)
     finishing: dict | None = None  # what the float64 finishing pass did (pins, re-measures)
 
+    def snapshot(self) -> tuple:
+        """The model and what describes it (neurons, validation errors, refinement record),
+        for :meth:`restore` when a later step that refits it is refused (a repair round, the
+        quiet rounds)."""
+        return (self.model, self.neurons, self.val_rel_l2, self.val_max_abs, self.refinement)
+
+    def restore(self, snapshot: tuple) -> None:
+        """Put back a :meth:`snapshot`."""
+        (self.model, self.neurons, self.val_rel_l2, self.val_max_abs,
+         self.refinement) = snapshot
+
     @property
     def noise(self) -> float:
         """Relative rounding error of the answers (:class:`.precision.Precision`)."""
