@@ -260,6 +260,10 @@ class LineRules:
     mismatch_min_kinks: int = 4
     # ... unless the answers are noisier than this (then it is a precision limit)
     bend_verdict_noise: float = 1e-10
+    # with noisier answers the stop (a precision limit) comes on this many such lines in a
+    # row: a wide target's first residual line legitimately leaves ~20% of its kinks new
+    # (d=64 k=128), and two such lines stopped a run that a third line completes
+    imprecise_mismatch_lines: int = 3
     # an old neuron this close (of the local kink spacing) to a new one's crossing may be a merge
     merge_spacing: float = 0.1
     # new neurons of one line tested for removal when it made validation worse

@@ -78,14 +78,15 @@ def residual_line(eng: Coordinator, index: int, sensitive: bool = False,
     frac = unexplained.size / max(scan.kinks.size, 1)
     if unexplained.size > rs.mismatch_min_kinks and frac > rs.mismatch_fraction:
         eng.mismatch_lines += 1
-        if eng.mismatch_lines >= 2 and st.noise > rs.bend_verdict_noise:
+        imprecise = st.noise > rs.bend_verdict_noise
+        if imprecise and eng.mismatch_lines >= rs.imprecise_mismatch_lines:
             # with imprecise answers, misplaced hyperplanes look the same as bending
             # ones: no verdict on the target, the model is limited by precision
             raise PrecisionLimited(
                 f"answers too imprecise (relative noise {st.noise:.3g}) to place the "
                 f"hyperplanes: {unexplained.size} of {scan.kinks.size} kinks on line "
-                f"{index} match none measured before")
-        if eng.mismatch_lines >= 2:
+                f"{index} match none measured before ({eng.mismatch_lines} lines in a row)")
+        if eng.mismatch_lines >= 2 and not imprecise:
             eng.mismatch(
                 f"kinks do not lie on fixed hyperplanes: {unexplained.size} of "
                 f"{scan.kinks.size} kinks on line {index} match no hyperplane measured on "
