@@ -199,3 +199,42 @@ def test_variable_projection_bounds_each_neurons_step_over_six_decades_of_weight
     monkeypatch.setattr(refine, "VP_MAX_MOVE", None)
     res, angle, err = fit()
     assert res.chi2 > 10.0 and err > 1e-6 and angle.max() > 0.1, (res.chi2, err)
+
+
+@pytest.mark.parametrize("weight", [1.0, 1e32])
+def test_variable_projection_products_in_float32_match_float64(monkeypatch, weight):
+    """The conjugate-gradient products run in float32 (refine.OP_DTYPE): they agree with the
+    float64 products to float32's rounding, stay finite when the answers' weights 1/σ² reach
+    1e64 (σ 1e-32, far outside float32's range before the power-of-two scaling), and the
+    refinement reaches the same model as with float64 products."""
+    net, start, X, Y, sigma = _float32_problem(12, 24, 3, 1100, seed=12)
+    sigma = sigma / weight
+    Xt = np.random.default_rng(12).standard_normal((4000, 12))
+    out = {}
+    for dtype in (np.float64, np.float32):
+        monkeypatch.setattr(refine, "OP_DTYPE", dtype)
+        res = refine.refine_network(start, X, Y, sigma, method="vp")
+        out[dtype] = (res, solve.relative_error(res.model, Xt, net.predict(Xt))[0])
+    (r64, e64), (r32, e32) = out[np.float64], out[np.float32]
+    assert np.isfinite(r32.chi2) and r32.chi2 < 1e-6 * r32.chi2_start
+    assert e32 < 3e-7 and e32 < 2.0 * e64 + 1e-8, (e32, e64)
+    assert r32.chi2 <= 1.5 * r64.chi2, (r32.chi2, r64.chi2)
+    # the operator itself, at the start: float32 products within float32's rounding
+    n, d = X.shape
+    X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
+    w2 = np.broadcast_to((1.0 / sigma ** 2)[:, None], Y.shape)
+    fit = refine._OutputFit(X1, np.maximum(X @ start.W.T + start.b, 0.0), Y, w2, True,
+                            np.concatenate([start.A, start.L, start.c[:, None]], axis=1))
+    mask = (X @ start.W.T + start.b) > 0
+    A = fit.theta[:, :start.W.shape[0]]
+    blocks = refine._Blocks(X1, w2, True)
+    blocks.update(mask)
+    ops = {}
+    for dtype in (np.float64, np.float32):  # (the operand's dtype is the products')
+        ops[dtype] = refine._Hidden(X1, (X1 * refine._pow2(X1)).astype(dtype), mask, A, w2,
+                                    fit, blocks)
+    dN = np.random.default_rng(3).standard_normal((start.W.shape[0], d + 1)) * 1e-20
+    for f in ("apply", "normal"):
+        a64, a32 = getattr(ops[np.float64], f)(dN), getattr(ops[np.float32], f)(dN)
+        assert np.all(np.isfinite(a32))
+        assert np.linalg.norm(a32 - a64) <= 1e-5 * np.linalg.norm(a64), f

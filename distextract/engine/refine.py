@@ -74,6 +74,13 @@ NOISE_GAIN = 0.5
 #: steps, each neuron adding 1e-3 or more within 1.3e-3 rad). At 0.1 issue5's d64-k128-m10
 #: round:6 run took 29,165 queries instead of 25,860 (slower refinements); at 0.3 the same.
 VP_MAX_MOVE: float | None = 0.3
+#: Variable projection: the conjugate-gradient products ``J·δ`` and ``Jᵀ·S`` (two thirds of a
+#: wide refinement's time: d128-k256-m10 float32, 230 of 390 s) run in this dtype. Their
+#: rounding (~1e-7 relative) only makes each inexact step (VP_CG_TOL, 1e-2) a little less
+#: exact; the right-hand side ``Jᵀ Ω r``, the projection, the residuals and the misfit that
+#: accepts a step stay float64, so the fixed point is the float64 one (exact answers still
+#: refine to 1e-10). Operands are scaled by powers of two (exact) into float32's range.
+OP_DTYPE = np.float32
 
 
 @dataclass(frozen=True)
@@ -306,19 +313,33 @@ class _Hidden:
     layer; ``P⊥``: the weighted projection off the output layer's features) and the neuron
     block preconditioner, kept across steps (:class:`_Blocks`)."""
 
-    def __init__(self, X: np.ndarray, mask: np.ndarray, A: np.ndarray, w2: np.ndarray,
-                 fit: _OutputFit, blocks: "_Blocks") -> None:
-        self.X, self.mask, self.A, self.w2, self.fit = X, mask, A, w2, fit
-        self.d = X.shape[1]
+    def __init__(self, X1: np.ndarray, X1op: np.ndarray, mask: np.ndarray, A: np.ndarray,
+                 w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks") -> None:
+        self.X1, self.mask, self.A, self.w2, self.fit = X1, mask, A, w2, fit
+        # the conjugate-gradient products' operands, in X1op's dtype (OP_DTYPE): X1op is X1
+        # scaled by a power of two (_pow2(X1)), A likewise
+        self.X1op, self.x_scale, self.op = X1op, _pow2(X1), X1op.dtype
+        self.a_scale = _pow2(A)
+        self.Aop = (A * self.a_scale).astype(self.op)
+        self.mask_op = mask.astype(self.op)
         self.inv, self.ridge = blocks.inverse(A)
 
     def apply(self, dN: np.ndarray) -> np.ndarray:
-        pre = self.X @ dN[:, :self.d].T + dN[:, self.d]
-        return (self.mask * pre) @ self.A.T
+        """``J·δ`` (rows, m), computed in the operands' dtype."""
+        s = _pow2(dN)
+        pre = self.X1op @ (dN * s).astype(self.op).T
+        out = (self.mask_op * pre) @ self.Aop.T
+        return out.astype(np.float64) / (s * self.x_scale * self.a_scale)
 
-    def apply_t(self, S: np.ndarray) -> np.ndarray:
-        G = (S @ self.A) * self.mask
-        return np.concatenate([G.T @ self.X, G.sum(axis=0)[:, None]], axis=1)
+    def apply_t(self, S: np.ndarray, exact: bool = False) -> np.ndarray:
+        """``Jᵀ·S`` (k, d+1) for a residual-shaped ``S``: in float64 when ``exact`` (the
+        right-hand side), in the operands' dtype otherwise."""
+        if exact:
+            G = (S @ self.A) * self.mask
+            return G.T @ self.X1
+        s = _pow2(S)
+        G = ((S * s).astype(self.op) @ self.Aop) * self.mask_op
+        return (G.T @ self.X1op).astype(np.float64) / (s * self.x_scale * self.a_scale)
 
     def normal(self, dN: np.ndarray) -> np.ndarray:
         return (self.apply_t(self.fit.project(self.apply(dN)) * self.w2)
@@ -328,7 +349,7 @@ class _Hidden:
         """Preconditioned conjugate gradients for ``Jᵀ Ω P⊥ J δ = Jᵀ Ω R``, stopped when the
         residual falls to ``tol`` of the right-hand side (preconditioned norms) or when an
         iteration lowers the linearised misfit by less than ``floor``."""
-        r = self.apply_t(R * self.w2)
+        r = self.apply_t(R * self.w2, exact=True)
         x = np.zeros_like(r)
         z = np.einsum("jab,jb->ja", self.inv, r)
         p = z
@@ -419,6 +440,16 @@ class _Blocks:
         return np.linalg.inv(blocks), ridge
 
 
+def _pow2(M: np.ndarray) -> float:
+    """A power of two that brings ``max |M|`` into [1, 2) (1 for an empty or zero ``M``):
+    scaling by it is exact, and keeps float32 products of weighted residuals (weights
+    ``1/σ²`` up to ~1e32) and of tiny steps inside float32's range."""
+    top = float(np.max(np.abs(M))) if M.size else 0.0
+    if not (top > 0.0 and np.isfinite(top)):
+        return 1.0
+    return float(np.ldexp(1.0, -(np.frexp(top)[1] - 1)))
+
+
 def _capped_moves(dN: np.ndarray, W: np.ndarray, xs: float, cap: float) -> np.ndarray:
     """The step ``dN`` (k, d+1) with each neuron's part scaled down so that its hyperplane
     moves by at most ``cap`` input scales ``xs``: ``sqrt(|δw|²·xs² + δb²) / (|w|·xs)``, the
@@ -440,6 +471,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     rowwise = bool(np.all(w2 == w2[:, :1]))
     xs = float(np.sqrt(np.mean(X * X))) if X.size else 1.0
     X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
+    X1op = (X1 * _pow2(X1)).astype(OP_DTYPE)
     chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
 
     def at(W, b, theta):
@@ -456,7 +488,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     for _ in range(MAX_STEPS if k else 0):
         blocks.update(mask)
         A = fit.theta[:, :k]
-        lin = _Hidden(X, mask.astype(np.float64), A, w2, fit, blocks)
+        lin = _Hidden(X1, X1op, mask, A, w2, fit, blocks)
         dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
         if VP_MAX_MOVE is not None:
             bounded = k - free_last
