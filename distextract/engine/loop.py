@@ -287,6 +287,7 @@ class Coordinator:
             self.session.cap = self.derived.query_bound
             clean = 0
             index = 1
+            best_val, stalled = st.val_rel_l2, 0  # imprecise answers: lines that stall
             while True:
                 if index >= cfg.max_rounds:
                     reason = "max_rounds"
@@ -306,6 +307,16 @@ class Coordinator:
                              and all(rec.kind != "sensitive" for rec in st.lines))
                 changes = update.residual_line(self, index, sensitive)
                 index += 1
+                if self.imprecise:
+                    if st.val_rel_l2 < ls.imprecise_stall_gain * best_val:
+                        best_val, stalled = st.val_rel_l2, 0
+                    else:
+                        stalled += 1
+                    if stalled >= ls.imprecise_stall_lines:
+                        # lines that no longer lower the error: the refinement does better
+                        # (LoopSettings.imprecise_stall_lines)
+                        reason = "precision_floor"
+                        break
                 clean = clean + 1 if changes == 0 else 0
                 if clean and not self.imprecise and st.val_rel_l2 > self.target:
                     # a clean line, validation above target: a spurious neuron most lines
