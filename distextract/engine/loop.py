@@ -307,7 +307,7 @@ class Coordinator:
                              and all(rec.kind != "sensitive" for rec in st.lines))
                 changes = update.residual_line(self, index, sensitive)
                 index += 1
-                if self.imprecise:
+                if self.imprecise and st.m >= ls.imprecise_stall_min_outputs:
                     if st.val_rel_l2 < ls.imprecise_stall_gain * best_val:
                         best_val, stalled = st.val_rel_l2, 0
                     else:

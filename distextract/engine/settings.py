@@ -339,9 +339,14 @@ class LoopSettings:
     # it keeps "changing" more than the few-changes rule allows while the error stays at the
     # Jacobians' level, and the lines ran to the query bound: d128-k256-m10 float32 seed 30
     # bought 157,614 rows (4.77·k(d+1)); ending them here, 80,380 (2.43), the refinement
-    # (its births included) doing the rest, 1.46e-8 -> 1.69e-8, 256/256 matched, certified
+    # (its births included) doing the rest, 1.46e-8 -> 1.69e-8, 256/256 matched, certified.
+    # Only with this many outputs or more: with one, each Gaussian row of the refinement
+    # answers one equation, not m, and a line's neurons are cheaper than the refinement's
+    # births (d64-k128-m1 float32 seed 30 with the rule: 31,412 -> 38,697 rows, CPU 111 ->
+    # 369 s; m = 3: 30,447 -> 25,077 rows, 2.8e-8 -> 1.7e-8)
     imprecise_stall_lines: int = 2
     imprecise_stall_gain: float = 0.9
+    imprecise_stall_min_outputs: int = 3
     # imprecise answers: rows sent after the first line at most this many × its kinks ×
     # (d + 1) (QUERY_BOUND_FACTOR)
     query_bound_factor: float = QUERY_BOUND_FACTOR
