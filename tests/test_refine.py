@@ -203,8 +203,9 @@ def test_variable_projection_bounds_each_neurons_step_over_six_decades_of_weight
 
 @pytest.mark.parametrize("weight", [1.0, 1e32])
 def test_variable_projection_products_in_float32_match_float64(monkeypatch, weight):
-    """The conjugate-gradient products run in float32 (refine.OP_DTYPE): they agree with the
-    float64 products to float32's rounding, stay finite when the answers' weights 1/σ² reach
+    """The conjugate-gradient products run in float32 (refine.OP_DTYPE; the projection's too
+    on wide refinements, refine.PROJECT_OP_MIN_WORK): they agree with the float64 products to
+    float32's rounding, stay finite when the answers' weights 1/σ² reach
     1e64 (σ 1e-32, far outside float32's range before the power-of-two scaling), and the
     refinement reaches the same model as with float64 products."""
     net, start, X, Y, sigma = _float32_problem(12, 24, 3, 1100, seed=12)
@@ -213,6 +214,7 @@ def test_variable_projection_products_in_float32_match_float64(monkeypatch, weig
     out = {}
     for dtype in (np.float64, np.float32):
         monkeypatch.setattr(refine, "OP_DTYPE", dtype)
+        monkeypatch.setattr(refine, "PROJECT_OP_MIN_WORK", 0.0)  # the projection's too
         res = refine.refine_network(start, X, Y, sigma, method="vp")
         out[dtype] = (res, solve.relative_error(res.model, Xt, net.predict(Xt))[0])
     (r64, e64), (r32, e32) = out[np.float64], out[np.float32]
@@ -232,7 +234,7 @@ def test_variable_projection_products_in_float32_match_float64(monkeypatch, weig
     ops = {}
     for dtype in (np.float64, np.float32):  # (the operand's dtype is the products')
         ops[dtype] = refine._Hidden(X1, (X1 * refine._pow2(X1)).astype(dtype), mask, A, w2,
-                                    fit, blocks)
+                                    fit, blocks, project_op=dtype)
     dN = np.random.default_rng(3).standard_normal((start.W.shape[0], d + 1)) * 1e-20
     for f in ("apply", "normal"):
         a64, a32 = getattr(ops[np.float64], f)(dN), getattr(ops[np.float32], f)(dN)

@@ -74,13 +74,23 @@ NOISE_GAIN = 0.5
 #: steps, each neuron adding 1e-3 or more within 1.3e-3 rad). At 0.1 issue5's d64-k128-m10
 #: round:6 run took 29,165 queries instead of 25,860 (slower refinements); at 0.3 the same.
 VP_MAX_MOVE: float | None = 0.3
-#: Variable projection: the conjugate-gradient products ``J·δ`` and ``Jᵀ·S`` (two thirds of a
-#: wide refinement's time: d128-k256-m10 float32, 230 of 390 s) run in this dtype. Their
-#: rounding (~1e-7 relative) only makes each inexact step (VP_CG_TOL, 1e-2) a little less
-#: exact; the right-hand side ``Jᵀ Ω r``, the projection, the residuals and the misfit that
-#: accepts a step stay float64, so the fixed point is the float64 one (exact answers still
-#: refine to 1e-10). Operands are scaled by powers of two (exact) into float32's range.
+#: Variable projection: the conjugate-gradient products ``J·δ`` and ``Jᵀ·S`` (with the
+#: projection's below, most of a wide refinement's time: d128-k256-m10 float32, 300 of 390 s)
+#: run in this dtype. Their rounding (~1e-7 relative) only makes each inexact step
+#: (VP_CG_TOL, 1e-2) a little less exact; the right-hand side ``Jᵀ Ω r``, the output layer's
+#: solves, the residuals and the misfit that accepts a step stay float64, so the fixed point
+#: is the float64 one (exact answers still refine to 1e-10). Operands are scaled by powers of
+#: two (exact) into float32's range. d128-k256-m10 float32 seed 30, one BLAS thread: 197 ->
+#: 147 s of extractor CPU (same queries and rel L2).
 OP_DTYPE = np.float32
+#: ... and the projection's two products with the features too, where one conjugate-gradient
+#: iteration costs at least this (refine_work, flops): the projection subtracts the part of
+#: ``J·δ`` the features explain, often most of it, and in float32 the rest carries that
+#: part's rounding. On wide refinements that is harmless and the products are a third of the
+#: time (d128-k256-m10 float32 seed 30, ~1e10 a CG iteration: 153 -> 98 s, same rel L2,
+#: 80,380 -> 79,020 rows); on small ones it costs fits (d16-k32-m1 float32 seed 21: held-out
+#: χ² 8.4 per answer against 4, the rest of the rows bought) and saves little.
+PROJECT_OP_MIN_WORK = 1e9
 
 
 @dataclass(frozen=True)
@@ -295,8 +305,25 @@ class _OutputFit:
         z = np.linalg.solve(chol, rhs / s[:, None])
         return np.linalg.solve(chol.T, z) / s[:, None]
 
-    def project(self, V: np.ndarray) -> np.ndarray:
-        """``V`` (rows, m) less its weighted least-squares fit by the features (per output)."""
+    def _op(self, dtype) -> tuple[np.ndarray, float]:
+        """The features scaled by a power of two, in ``dtype`` (made once)."""
+        if getattr(self, "_phi_op", None) is None or self._phi_op[0].dtype != dtype:
+            s = _pow2(self.Phi)
+            self._phi_op = ((self.Phi * s).astype(dtype), s)
+        return self._phi_op
+
+    def project(self, V: np.ndarray, dtype=None) -> np.ndarray:
+        """``V`` (rows, m) less its weighted least-squares fit by the features (per output);
+        the two products with the features in ``dtype`` (scaled) when given, one output
+        weighting only."""
+        if self.rowwise and dtype is not None and dtype != np.float64:
+            P, sp = self._op(dtype)
+            S = V * self.w2[:, :1]
+            s = _pow2(S)
+            rhs = (P.T @ (S * s).astype(dtype)).astype(np.float64) / (s * sp)
+            coef = self._solve(0, rhs)
+            c = _pow2(coef)
+            return V - (P @ (coef * c).astype(dtype)).astype(np.float64) / (c * sp)
         if self.rowwise:
             coef = self._solve(0, self.Phi.T @ (V * self.w2[:, :1]))
             return V - self.Phi @ coef
@@ -314,8 +341,10 @@ class _Hidden:
     block preconditioner, kept across steps (:class:`_Blocks`)."""
 
     def __init__(self, X1: np.ndarray, X1op: np.ndarray, mask: np.ndarray, A: np.ndarray,
-                 w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks") -> None:
+                 w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks",
+                 project_op: type | None = None) -> None:
         self.X1, self.mask, self.A, self.w2, self.fit = X1, mask, A, w2, fit
+        self.project_op = project_op  # the projection's products' dtype (None: float64)
         # the conjugate-gradient products' operands, in X1op's dtype (OP_DTYPE): X1op is X1
         # scaled by a power of two (_pow2(X1)), A likewise
         self.X1op, self.x_scale, self.op = X1op, _pow2(X1), X1op.dtype
@@ -342,7 +371,7 @@ class _Hidden:
         return (G.T @ self.X1op).astype(np.float64) / (s * self.x_scale * self.a_scale)
 
     def normal(self, dN: np.ndarray) -> np.ndarray:
-        return (self.apply_t(self.fit.project(self.apply(dN)) * self.w2)
+        return (self.apply_t(self.fit.project(self.apply(dN), self.project_op) * self.w2)
                 + self.ridge[:, None] * dN)
 
     def solve(self, R: np.ndarray, tol: float, floor: float) -> tuple[np.ndarray, int]:
@@ -472,6 +501,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     xs = float(np.sqrt(np.mean(X * X))) if X.size else 1.0
     X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
     X1op = (X1 * _pow2(X1)).astype(OP_DTYPE)
+    project_op = OP_DTYPE if refine_work(n, k, d, m) >= PROJECT_OP_MIN_WORK else None
     chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
 
     def at(W, b, theta):
@@ -488,7 +518,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     for _ in range(MAX_STEPS if k else 0):
         blocks.update(mask)
         A = fit.theta[:, :k]
-        lin = _Hidden(X1, X1op, mask, A, w2, fit, blocks)
+        lin = _Hidden(X1, X1op, mask, A, w2, fit, blocks, project_op)
         dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
         if VP_MAX_MOVE is not None:
             bounded = k - free_last
