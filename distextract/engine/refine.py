@@ -88,9 +88,10 @@ OP_DTYPE = np.float32
 #: ``J·δ`` the features explain, often most of it, and in float32 the rest carries that
 #: part's rounding. On wide refinements that is harmless and the products are a third of the
 #: time (d128-k256-m10 float32 seed 30, ~1e10 a CG iteration: 153 -> 98 s, same rel L2,
-#: 80,380 -> 79,020 rows); on small ones it costs fits (d16-k32-m1 float32 seed 21: held-out
-#: χ² 8.4 per answer against 4, the rest of the rows bought) and saves little.
-PROJECT_OP_MIN_WORK = 1e9
+#: 80,380 -> 79,020 rows; d64-k128-m10 seed 31, ~8e8: 11.0 -> 8.6 s, same rows and rel L2);
+#: on small ones it costs fits (d16-k32-m1 float32 seed 21, ~2e6: held-out χ² 8.4 per answer
+#: against 4, the rest of the rows bought) and saves little.
+PROJECT_OP_MIN_WORK = 1e8
 
 
 @dataclass(frozen=True)
