@@ -38,7 +38,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Repair rounds at most after a failed certificate.
-REPAIR_ROUNDS = 2
+REPAIR_ROUNDS = 4
+#: Whether a run that ended at its query bound (stop "budget" with the bound reached, not the
+#: caller's budget) is repaired too; its stop stays "budget" (nothing it ends with is
+#: certified), and the repair's rows are bought beyond the bound as the certificate's are.
+REPAIR_PAST_BOUND = True
+#: The certificate round of the quiet rounds' check (:meth:`.loop.Coordinator.quiet`), whose
+#: check rows are a stream of their own: the repair rounds' checks skip it (it was
+#: REPAIR_ROUNDS + 1 with two repair rounds, and stays that: the same rows as before).
+QUIET_CHECK_ROUND = 3
 #: Lines searched per round at most, each through the worst-missed check row of a contradicted
 #: neuron, along its normal.
 REPAIR_LINES = 3
@@ -78,11 +86,29 @@ def search_lines(eng: Coordinator, check: dict, X: np.ndarray, bad: np.ndarray, 
         v = model.W[j] / max(float(np.linalg.norm(model.W[j])), 1e-300)
         lines.append((x, v, int(rng.integers(2**63 - 1))))
     changes = 0
+    if eng.session.cap_reached:
+        return 0  # past the query bound: a searched line is refused there (the rows are not)
     for x, v, seed in lines:
         index = len(st.lines)
         changes += update.residual_line(eng, index, line=Line(index=index, u=x, v=v,
                                                                reach=float(reach), seed=seed))
     return changes
+
+
+def check_round(r: int) -> int:
+    """The certificate round (:func:`.certificate.check`, its rows' stream) of repair round
+    ``r``: ``r``, past QUIET_CHECK_ROUND (the quiet rounds' own) one more."""
+    return r if r < QUIET_CHECK_ROUND else r + 1
+
+
+def runs_after(eng: Coordinator, reason: str) -> bool:
+    """Whether a run that stopped for ``reason`` with an uncertain certificate is repaired:
+    after the refinement's verdict ("certified", "precision_floor"), and, where
+    REPAIR_PAST_BOUND, after its query bound was reached ("budget" with the session's cap
+    reached; not the caller's budget, which the repair's rows could not be bought within)."""
+    if reason in ("certified", "precision_floor"):
+        return True
+    return bool(REPAIR_PAST_BOUND and reason == "budget" and eng.session.cap_reached)
 
 
 def better(new: dict, old: dict) -> bool:
@@ -129,10 +155,10 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
             eng.paid.hold(np.concatenate([X, Xc], axis=0),
                           np.concatenate([Y.reshape(-1, m), Yc], axis=0))
             imprecise.refine(eng, extra_rows=False, cover=False,
-                             keep_within=max(eng.target, st.val_rel_l2))
+                             keep_within=max(eng.target, st.val_rel_l2), late=True)
             if st.model is before[0]:
                 break  # nothing kept: the certificate already bought judges the same model
-            new, X, Y = certificate.check(eng, round=r)
+            new, X, Y = certificate.check(eng, round=check_round(r))
         except (BudgetExhausted, PrecisionLimited, TargetMismatch) as exc:
             logger.warning("%s: repair round %d stopped; the model the certificate judged is "
                            "kept", exc, r)
@@ -154,5 +180,6 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
     return check
 
 
-__all__ = ["REPAIR_LINES", "REPAIR_OBS", "REPAIR_ROUNDS", "better", "contradicted", "repair",
+__all__ = ["QUIET_CHECK_ROUND", "REPAIR_LINES", "REPAIR_OBS", "REPAIR_PAST_BOUND",
+           "REPAIR_ROUNDS", "better", "check_round", "contradicted", "repair", "runs_after",
            "search_lines"]
