@@ -86,8 +86,8 @@ def search_lines(eng: Coordinator, check: dict, X: np.ndarray, bad: np.ndarray, 
         v = model.W[j] / max(float(np.linalg.norm(model.W[j])), 1e-300)
         lines.append((x, v, int(rng.integers(2**63 - 1))))
     changes = 0
-    if eng.session.cap_reached:
-        return 0  # past the query bound: a searched line is refused there (the rows are not)
+    if past_bound(eng):
+        return 0  # a searched line is refused past the query bound (the repair's rows are not)
     for x, v, seed in lines:
         index = len(st.lines)
         changes += update.residual_line(eng, index, line=Line(index=index, u=x, v=v,
@@ -99,6 +99,13 @@ def check_round(r: int) -> int:
     """The certificate round (:func:`.certificate.check`, its rows' stream) of repair round
     ``r``: ``r``, past QUIET_CHECK_ROUND (the quiet rounds' own) one more."""
     return r if r < QUIET_CHECK_ROUND else r + 1
+
+
+def past_bound(eng: Coordinator) -> bool:
+    """Whether the rows sent reached the run's query bound (the certificate's rows, bought
+    beyond it, often take them there): a capped request (a searched line) is refused."""
+    cap = eng.session.cap
+    return cap is not None and eng.session.queries >= cap
 
 
 def runs_after(eng: Coordinator, reason: str) -> bool:
@@ -181,5 +188,6 @@ def repair(eng: Coordinator, check: dict, X: np.ndarray, Y: np.ndarray) -> dict:
 
 
 __all__ = ["QUIET_CHECK_ROUND", "REPAIR_LINES", "REPAIR_OBS", "REPAIR_PAST_BOUND",
-           "REPAIR_ROUNDS", "better", "check_round", "contradicted", "repair", "runs_after",
+           "REPAIR_ROUNDS", "better", "check_round", "contradicted", "past_bound", "repair",
+           "runs_after",
            "search_lines"]
