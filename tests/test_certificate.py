@@ -134,7 +134,9 @@ def test_a_hidden_neuron_is_found_by_the_chord_check(monkeypatch):
 
 def test_the_check_rows_pass_the_query_bound_not_the_budget():
     """A run ended by its query bound still buys its check rows (they are part of the cost);
-    a budget too small for them leaves the model unchecked and uncertified."""
+    a budget too small for them leaves the model unchecked and uncertified. The repair runs
+    past the bound too (repair.REPAIR_PAST_BOUND; here one round, no line searched, 3,520
+    rows, validation 3.9e-2 -> 2.8e-8) and the run stays uncertified ("budget")."""
     from distextract._oracle import CountingOracle
     from distextract.engine._config import ExtractConfig
     from distextract.engine.loop import Coordinator
@@ -147,9 +149,13 @@ def test_the_check_rows_pass_the_query_bound_not_the_budget():
     coord = Coordinator(LocalExecutor(oracle), d, ExtractConfig(), 0,
                         settings=Settings(loop=LoopSettings(query_bound_factor=1.0)))
     eng = coord.run()
-    # the cap refused a request, then the check rows went out beyond it
-    assert eng.stop_reason == "budget" and coord.session.cap_reached
-    assert eng.certificate["checked"] and eng.certificate["rows"] == 2 * eng.model.hidden_dim
+    # the cap refused a request, then the check rows went out beyond it, and a repair
+    # round's rows and fresh check rows too
+    assert eng.stop_reason == "budget" and coord.session.cap_reached and not eng.certified
+    kept = sum(r["kept"] for r in eng.certificate.get("repairs", []))
+    assert kept >= 1 and eng.certificate["repairs"][0]["lines"] == 0
+    assert eng.certificate["checked"]
+    assert eng.certificate["rows"] == 2 * eng.model.hidden_dim * (1 + kept)
     assert oracle.queries > eng.derived["query_bound"]
     res = dx.extract(NetworkOracle(net, output="float32"), input_dim=d, seed=0,
                      budget=eng.derived["query_bound"])

@@ -13,7 +13,7 @@ import numpy as np
 from .._errors import BudgetExhausted
 from .._model import ReluNetwork
 from . import update
-from .birth import ROBUST_ROUNDS, add_missing_neurons, with_born
+from .birth import ROBUST_ROUNDS, add_missing_neurons, late_births, with_born
 from .certificate import OBSERVABLE_NOISE, contribution
 from .coverage import cover_points, cover_rows_wanted, quiet_points, rare_side_rows
 from .fuse import FUSE_MAX_PAIRS, close_pairs, fuse_pairs, wedge_points
@@ -152,7 +152,8 @@ def refine_rows(eng: Coordinator, rows: int) -> bool:
 
 
 def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
-           obs: float | None = None, start: int = 0, keep_within: float = 0.0) -> bool:
+           obs: float | None = None, start: int = 0, keep_within: float = 0.0,
+           late: bool = False) -> bool:
     """Gauss-Newton refinement of every parameter over the paid answers
     (:mod:`.refine`), with Gaussian rows bought for it when ``extra_rows`` (about
     REFINE_OBS answers per unknown), and with ``cover`` rows near hyperplanes the rows
@@ -160,7 +161,8 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
     when it validates better. Returns False (nothing bought or changed) when the size
     gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
     parameter. A refined model validating within ``keep_within`` (relative L2) is kept even
-    when it validates worse (:mod:`.repair`: its check rows judge it instead)."""
+    when it validates worse (:mod:`.repair`: its check rows judge it instead). ``late``: a
+    repair's refit, whose births accept as :func:`.birth.late_births` does."""
     st, cfg = eng.st, eng.cfg
     ns = st.neurons
     k, d, m = ns.size, st.d, st.m
@@ -204,7 +206,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
     if X.shape[0] * m < min_obs * unknowns or not refine_rows(eng, X.shape[0]):
         return n_new > 0
     sigma = st.noise * output_scale(Y, st.fref, st.absolute)
-    res, born = fit_answers(st.model, X, Y, sigma)
+    res, born = fit_answers(st.model, X, Y, sigma, late=late)
     retried = retry_kept = futile = False
     prev = st.refinement or {}
     if (res.chi2 > REFINE_FIT_CHI2 and eng.paid.total
@@ -212,7 +214,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
             and refine_work(X.shape[0], k, d, m) <= REFINE_LINE_MAX_WORK):
         retried = True
         chi2 = res.chi2
-        res, born, retry_kept = _refit_over_line_rows(eng, X, Y, sigma, res, born)
+        res, born, retry_kept = _refit_over_line_rows(eng, X, Y, sigma, res, born, late)
         futile = not res.chi2 < REFINE_LINE_GAIN * chi2
     if born:
         last = st.lines[-1]
@@ -312,7 +314,7 @@ def refine_in_rounds(eng: Coordinator) -> bool:
 
 
 def _refit_over_line_rows(eng: Coordinator, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
-                          res, born: int):
+                          res, born: int, late: bool = False):
     """After a fit over the Gaussian rows that could not reach the answers (χ² per answer
     above REFINE_FIT_CHI2: a neuron missing or misplaced, the fit stuck), fit again from the
     same model over the Gaussian rows plus a random sample of the line rows held (stencil
@@ -347,8 +349,8 @@ def _refit_over_line_rows(eng: Coordinator, X: np.ndarray, Y: np.ndarray, sigma:
     Xa, Ya = np.concatenate([X, Xl]), np.concatenate([Y, Yl.reshape(-1, m)])
     wide, born_w = fit_answers(st.model, Xa, Ya,
                                st.noise * output_scale(Ya, st.fref, st.absolute),
-                               rounds=REFINE_LINE_ROUNDS)
-    back, born_b = fit_answers(wide.model, X, Y, sigma)
+                               rounds=REFINE_LINE_ROUNDS, late=late)
+    back, born_b = fit_answers(wide.model, X, Y, sigma, late=late)
     logger.info("refine: over the Gaussian rows chi2 %.3g per answer; over %d line rows too "
                 "%.3g, then over the Gaussian rows again %.3g (%d + %d neurons born)",
                 res.chi2, Xl.shape[0], wide.chi2, back.chi2, born_w, born_b)
@@ -358,7 +360,7 @@ def _refit_over_line_rows(eng: Coordinator, X: np.ndarray, Y: np.ndarray, sigma:
 
 
 def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
-                rounds: int = ROBUST_ROUNDS):
+                rounds: int = ROBUST_ROUNDS, late: bool = False):
     """Refine ``model`` over the rows by variable projection (:mod:`.refine`); while the
     misfit stays far above the noise (a neuron missing), fit neurons to the outliers
     (:mod:`.birth`). Where that still leaves the misfit above REFINE_FIT_CHI2 per answer,
@@ -369,14 +371,16 @@ def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndar
     conjugate-gradient iteration costs at most REFINE_JOINT_MAX_WORK flops: its 6,000
     exact iterations cost 43 s of a d64-k128-m10 run's 50 s, and helped neither of the two
     such runs where it was tried.
+    ``late``: a repair's refit, whose births are :func:`.birth.late_births`.
     Returns the refinement and the number of neurons born (the model's last ones)."""
-    res, born = add_missing_neurons(refine_network(model, X, Y, sigma), X, Y, sigma, rounds)
+    births = late_births if late else add_missing_neurons
+    res, born = births(refine_network(model, X, Y, sigma), X, Y, sigma, rounds)
     k, d = model.W.shape
     if (res.chi2 <= REFINE_FIT_CHI2
             or refine_work(X.shape[0], k, d, Y.shape[1]) > REFINE_JOINT_MAX_WORK):
         return res, born
-    alt, alt_born = add_missing_neurons(refine_network(model, X, Y, sigma, method="joint"),
-                                        X, Y, sigma, rounds)
+    alt, alt_born = births(refine_network(model, X, Y, sigma, method="joint"),
+                           X, Y, sigma, rounds)
     logger.info("refine: variable projection ends at chi2 %.3g per answer, the joint "
                 "refinement at %.3g", res.chi2, alt.chi2)
     return (alt, alt_born) if alt.chi2 < res.chi2 else (res, born)

@@ -260,7 +260,7 @@ class Coordinator:
         new = None
         if st.model is not before[0]:
             try:
-                new = certificate.check(self, round=repair.REPAIR_ROUNDS + 1)[0]
+                new = certificate.check(self, round=repair.QUIET_CHECK_ROUND)[0]
             except (BudgetExhausted, PrecisionLimited, TargetMismatch) as exc:
                 logger.warning("%s: the quiet rounds' model was not checked", exc)
         if (new is None or not new["checked"]
@@ -385,7 +385,7 @@ class Coordinator:
             # held-out rows near every hyperplane, always bought on the imprecise path (part
             # of the cost): a neuron they contradict is uncertain and nothing is certified
             check, Xc, Yc = certificate.check(self)
-            if check["uncertain"] and reason in ("certified", "precision_floor"):
+            if check["uncertain"] and repair.runs_after(self, reason):
                 # the rows that contradicted the model, and rows near the neurons they name,
                 # join the rows held; a refit is checked again with fresh rows
                 check = repair.repair(self, check, Xc, Yc)
