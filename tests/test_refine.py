@@ -203,8 +203,8 @@ def test_variable_projection_bounds_each_neurons_step_over_six_decades_of_weight
 
 @pytest.mark.parametrize("weight", [1.0, 1e32])
 def test_variable_projection_products_in_float32_match_float64(monkeypatch, weight):
-    """The conjugate-gradient products run in float32 (refine.OP_DTYPE; the projection's too
-    on wide refinements, refine.PROJECT_OP_MIN_WORK): they agree with the float64 products to
+    """On wide refinements the conjugate-gradient products run in float32 (refine.OP_DTYPE,
+    here forced on a small one: refine.OP_MIN_WORK 0): they agree with the float64 products to
     float32's rounding, stay finite when the answers' weights 1/σ² reach
     1e64 (σ 1e-32, far outside float32's range before the power-of-two scaling), and the
     refinement reaches the same model as with float64 products."""
@@ -214,7 +214,7 @@ def test_variable_projection_products_in_float32_match_float64(monkeypatch, weig
     out = {}
     for dtype in (np.float64, np.float32):
         monkeypatch.setattr(refine, "OP_DTYPE", dtype)
-        monkeypatch.setattr(refine, "PROJECT_OP_MIN_WORK", 0.0)  # the projection's too
+        monkeypatch.setattr(refine, "OP_MIN_WORK", 0.0)
         res = refine.refine_network(start, X, Y, sigma, method="vp")
         out[dtype] = (res, solve.relative_error(res.model, Xt, net.predict(Xt))[0])
     (r64, e64), (r32, e32) = out[np.float64], out[np.float32]
@@ -240,3 +240,19 @@ def test_variable_projection_products_in_float32_match_float64(monkeypatch, weig
         a64, a32 = getattr(ops[np.float64], f)(dN), getattr(ops[np.float32], f)(dN)
         assert np.all(np.isfinite(a32))
         assert np.linalg.norm(a32 - a64) <= 1e-5 * np.linalg.norm(a64), f
+
+
+def test_float32_products_only_for_wide_refinements_of_neurons_of_like_scale():
+    """refine._op_dtype: float64 for a small refinement (float32 saves little there) and for
+    neurons whose output scales span more than OP_MAX_SPREAD (hard:norm_range: a weak
+    neuron's part of J·δ would keep float32's precision relative to the strong ones');
+    float32 for a wide one of like-scaled neurons (d128-k256-m10 over 80,000 rows)."""
+    rng = np.random.default_rng(0)
+    wide = dx.targets.random_network(128, 256, 10, seed=0)
+    X = rng.standard_normal((4000, 128))
+    # a CG iteration over 80,000 rows of this network costs ~1.4e10 flops; over 4,000, 7e8
+    assert refine.refine_work(4000, 256, 128, 10) >= refine.OP_MIN_WORK
+    assert refine._op_dtype(X, wide, 10, 1.0) == np.float32
+    assert refine._op_dtype(X[:100], wide, 10, 1.0) == np.float64  # 1.8e7 flops
+    spread = dx.targets.hard_case("norm_range", 128, 256, seed=0)
+    assert refine._op_dtype(X, spread, spread.output_dim, 1.0) == np.float64

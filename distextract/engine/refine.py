@@ -74,24 +74,43 @@ NOISE_GAIN = 0.5
 #: steps, each neuron adding 1e-3 or more within 1.3e-3 rad). At 0.1 issue5's d64-k128-m10
 #: round:6 run took 29,165 queries instead of 25,860 (slower refinements); at 0.3 the same.
 VP_MAX_MOVE: float | None = 0.3
-#: Variable projection: the conjugate-gradient products ``J·δ`` and ``Jᵀ·S`` (with the
-#: projection's below, most of a wide refinement's time: d128-k256-m10 float32, 300 of 390 s)
-#: run in this dtype. Their rounding (~1e-7 relative) only makes each inexact step
-#: (VP_CG_TOL, 1e-2) a little less exact; the right-hand side ``Jᵀ Ω r``, the output layer's
-#: solves, the residuals and the misfit that accepts a step stay float64, so the fixed point
-#: is the float64 one (exact answers still refine to 1e-10). Operands are scaled by powers of
-#: two (exact) into float32's range. d128-k256-m10 float32 seed 30, one BLAS thread: 197 ->
-#: 147 s of extractor CPU (same queries and rel L2).
+#: Variable projection on wide refinements: the conjugate-gradient products ``J·δ``, ``Jᵀ·S``
+#: and the projection's two products with the features (most of a wide refinement's time:
+#: d128-k256-m10 float32, 300 of 390 s) run in this dtype. Their rounding (~1e-7 relative)
+#: only makes each inexact step (VP_CG_TOL, 1e-2) a little less exact; the right-hand side
+#: ``Jᵀ Ω r``, the output layer's solves, the residuals and the misfit that accepts a step
+#: stay float64, so the fixed point is the float64 one (exact answers still refine to
+#: 1e-10). Operands are scaled by powers of two (exact) into float32's range. d128-k256-m10
+#: float32 seed 30, one BLAS thread: 197 -> 147 s of extractor CPU with J·δ and Jᵀ·S (same
+#: queries and rel L2), 153 -> 98 s with the projection's too (80,380 -> 79,020 rows, same
+#: rel L2); d64-k128-m10 seed 31: 11.0 -> 8.6 s, same rows and rel L2.
 OP_DTYPE = np.float32
-#: ... and the projection's two products with the features too, where one conjugate-gradient
-#: iteration costs at least this (refine_work, flops): the projection subtracts the part of
-#: ``J·δ`` the features explain, often most of it, and in float32 the rest carries that
-#: part's rounding. On wide refinements that is harmless and the products are a third of the
-#: time (d128-k256-m10 float32 seed 30, ~1e10 a CG iteration: 153 -> 98 s, same rel L2,
-#: 80,380 -> 79,020 rows; d64-k128-m10 seed 31, ~8e8: 11.0 -> 8.6 s, same rows and rel L2);
-#: on small ones it costs fits (d16-k32-m1 float32 seed 21, ~2e6: held-out χ² 8.4 per answer
-#: against 4, the rest of the rows bought) and saves little.
-PROJECT_OP_MIN_WORK = 1e8
+#: ... only where one conjugate-gradient iteration costs at least this (refine_work, flops):
+#: on small refinements float32 saves little and costs fits (the projection subtracts the
+#: part of ``J·δ`` the features explain, often most of it, and the rest carries that part's
+#: rounding: d16-k32-m1 float32 seed 21, ~2e6 a CG iteration, held-out χ² 8.4 per answer
+#: against 4, the rest of the rows bought) ...
+OP_MIN_WORK = 1e8
+#: ... and only where the neurons' output scales (``|a_j|·|(w_j, b_j)|`` at a typical row)
+#: span at most this factor: a weak neuron's part of ``J·δ`` is summed with the strong ones'
+#: and keeps float32's precision relative to theirs (hard:norm_range d16-k32 seed 40, norms
+#: over six decades, float32 answers: 1.05e-6 with float64 products, 3.8e-5 with float32).
+OP_MAX_SPREAD = 1e4
+
+
+def _op_dtype(X: np.ndarray, model: ReluNetwork, m: int, xs: float):
+    """The dtype of the conjugate-gradient products for this refinement: OP_DTYPE for a wide
+    one whose neurons' scales span at most OP_MAX_SPREAD, float64 otherwise."""
+    n, d = X.shape
+    k = model.W.shape[0]
+    if k == 0 or refine_work(n, k, d, m) < OP_MIN_WORK:
+        return np.float64
+    scale = (np.linalg.norm(model.A, axis=0)
+             * np.sqrt(np.sum(model.W ** 2, axis=1) * xs * xs + model.b ** 2))
+    scale = scale[scale > 0]
+    if scale.size == 0 or scale.max() > OP_MAX_SPREAD * scale.min():
+        return np.float64
+    return OP_DTYPE
 
 
 @dataclass(frozen=True)
@@ -346,7 +365,7 @@ class _Hidden:
                  project_op: type | None = None) -> None:
         self.X1, self.mask, self.A, self.w2, self.fit = X1, mask, A, w2, fit
         self.project_op = project_op  # the projection's products' dtype (None: float64)
-        # the conjugate-gradient products' operands, in X1op's dtype (OP_DTYPE): X1op is X1
+        # the conjugate-gradient products' operands, in X1op's dtype (_op_dtype): X1op is X1
         # scaled by a power of two (_pow2(X1)), A likewise
         self.X1op, self.x_scale, self.op = X1op, _pow2(X1), X1op.dtype
         self.a_scale = _pow2(A)
@@ -501,8 +520,9 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     rowwise = bool(np.all(w2 == w2[:, :1]))
     xs = float(np.sqrt(np.mean(X * X))) if X.size else 1.0
     X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
-    X1op = (X1 * _pow2(X1)).astype(OP_DTYPE)
-    project_op = OP_DTYPE if refine_work(n, k, d, m) >= PROJECT_OP_MIN_WORK else None
+    op = _op_dtype(X, model, m, xs)
+    X1op = (X1 * _pow2(X1)).astype(op)
+    project_op = None if op == np.float64 else op
     chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
 
     def at(W, b, theta):
