@@ -106,6 +106,27 @@ def segment_is_live(path: str) -> bool:
     return False
 
 
+#: An Arrow IPC message starts with this continuation marker, then its metadata length
+#: (int32, little-endian).
+_CONTINUATION = b"\xff\xff\xff\xff"
+
+
+def _torn_header(path: str, size: int) -> bool:
+    """Whether the segment ends inside its first message (the schema): a writer killed while
+    opening the segment (seen under load: SIGKILL between the length prefix and the schema
+    it announces). Such a file holds no batch. Only the file's own announced length decides:
+    a file of other bytes (not starting with the continuation marker) is not torn but
+    corrupt."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8:
+        return _CONTINUATION.startswith(head[:4]) if head else False
+    if head[:4] != _CONTINUATION:
+        return False
+    length = int.from_bytes(head[4:], "little", signed=True)
+    return length > 0 and size < 8 + length
+
+
 def read_segment(path: str, input_dim: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Read the complete batches of one segment.
 
@@ -127,9 +148,16 @@ def read_segment(path: str, input_dim: int) -> tuple[list[tuple[np.ndarray, np.n
         When the stream header is unreadable or the segment holds rows of another dimension.
     """
     info = {"output_dim": None, "batches": 0, "rows": 0, "torn": False}
-    if os.path.getsize(path) == 0:
+    size = os.path.getsize(path)
+    if size == 0:
         logger.warning("journal segment %s is empty (its writer stopped before writing); "
                        "skipped", path)
+        return [], info
+    if _torn_header(path, size):
+        info["torn"] = True
+        logger.warning("journal segment %s ends inside its stream header (its writer was "
+                       "killed while opening it: no batch was written); skipped, the file is "
+                       "left as it is", path)
         return [], info
     source = pa.OSFile(path, "r")
     try:

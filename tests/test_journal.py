@@ -121,6 +121,35 @@ def test_empty_segment_is_skipped(net, tmp_path, caplog):
     assert (tmp_path / "w0.0002.arrows").exists()
 
 
+@pytest.mark.parametrize("keep", [3, 6, 8, 40])
+def test_segment_torn_inside_its_header_is_skipped(net, tmp_path, caplog, keep):
+    """A writer killed while opening its segment (CI, under load: SIGKILL after the schema's
+    length prefix, before the schema) leaves a file that ends inside its first message: it
+    holds no batch, so it is skipped (and kept), not refused as corrupt; the rows of the
+    complete segment beside it are served."""
+    X0, X1 = batches(4, 2)
+    jo = JournaledOracle(counted(net), tmp_path, "w0")
+    jo.query(X0)
+    jo.close()
+    jo = JournaledOracle(counted(net), tmp_path, "w1")
+    jo.query(X1)
+    jo.close()
+    path = tmp_path / "w1.0001.arrows"
+    with open(path, "r+b") as fh:
+        fh.truncate(keep)
+    caplog.set_level(logging.WARNING)
+    inner = counted(net)
+    jo = JournaledOracle(inner, tmp_path, "w1")
+    assert "ends inside its stream header" in caplog.text
+    assert jo.rows_loaded == 20 and jo.torn_segments == [str(path)]
+    assert path.stat().st_size == keep  # nothing deleted
+    assert_array_equal(jo.query(X0), net.predict(X0))
+    assert inner.queries == 0
+    jo.query(X1)
+    assert inner.queries == 20  # the torn segment's batch was never written: paid again
+    jo.close()
+
+
 def test_sealed_only_readers_skip_the_segment_a_writer_still_holds(net, tmp_path):
     """A Ray worker starting mid-run reads only sealed segments: never the one the driver is
     still appending to (it parsed ~115 MB of it and hit a half-written batch before). The
