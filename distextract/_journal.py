@@ -119,8 +119,8 @@ def _torn_header(path: str, size: int) -> bool:
     corrupt."""
     with open(path, "rb") as fh:
         head = fh.read(8)
-    if len(head) < 8:
-        return _CONTINUATION.startswith(head[:4]) if head else False
+    if len(head) < 8:  # (the caller skipped empty files)
+        return _CONTINUATION.startswith(head[:4])
     if head[:4] != _CONTINUATION:
         return False
     length = int.from_bytes(head[4:], "little", signed=True)

@@ -232,9 +232,10 @@ def test_variable_projection_products_in_float32_match_float64(monkeypatch, weig
     blocks = refine._Blocks(X1, w2, True)
     blocks.update(mask)
     ops = {}
+    x_scale = refine._pow2(X1)
     for dtype in (np.float64, np.float32):  # (the operand's dtype is the products')
-        ops[dtype] = refine._Hidden(X1, (X1 * refine._pow2(X1)).astype(dtype), mask, A, w2,
-                                    fit, blocks, project_op=dtype)
+        ops[dtype] = refine._Hidden(X1, (X1 * x_scale).astype(dtype), x_scale, mask, A, w2,
+                                    fit, blocks)
     dN = np.random.default_rng(3).standard_normal((start.W.shape[0], d + 1)) * 1e-20
     for f in ("apply", "normal"):
         a64, a32 = getattr(ops[np.float64], f)(dN), getattr(ops[np.float32], f)(dN)

@@ -302,6 +302,7 @@ class _OutputFit:
     def __init__(self, X1: np.ndarray, H: np.ndarray, Y: np.ndarray, w2: np.ndarray,
                  rowwise: bool, theta0: np.ndarray) -> None:
         self.Phi = np.concatenate([H, X1], axis=1)
+        self._phi_op: tuple[np.ndarray, float] | None = None  # (scaled features, scale)
         self.w2, self.rowwise = w2, rowwise
         p = self.Phi.shape[1]
         groups = [w2[:, 0]] if rowwise else [w2[:, i] for i in range(w2.shape[1])]
@@ -330,8 +331,9 @@ class _OutputFit:
         return np.linalg.solve(chol.T, z) / s[:, None]
 
     def _op(self, dtype) -> tuple[np.ndarray, float]:
-        """The features scaled by a power of two, in ``dtype`` (made once)."""
-        if getattr(self, "_phi_op", None) is None or self._phi_op[0].dtype != dtype:
+        """The features scaled by a power of two, in ``dtype`` (made on first use: a fit's
+        products use one dtype)."""
+        if self._phi_op is None:
             s = _pow2(self.Phi)
             self._phi_op = ((self.Phi * s).astype(dtype), s)
         return self._phi_op
@@ -364,14 +366,12 @@ class _Hidden:
     layer; ``P⊥``: the weighted projection off the output layer's features) and the neuron
     block preconditioner, kept across steps (:class:`_Blocks`)."""
 
-    def __init__(self, X1: np.ndarray, X1op: np.ndarray, mask: np.ndarray, A: np.ndarray,
-                 w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks",
-                 project_op: type | None = None) -> None:
+    def __init__(self, X1: np.ndarray, X1op: np.ndarray, x_scale: float, mask: np.ndarray,
+                 A: np.ndarray, w2: np.ndarray, fit: _OutputFit, blocks: "_Blocks") -> None:
         self.X1, self.mask, self.A, self.w2, self.fit = X1, mask, A, w2, fit
-        self.project_op = project_op  # the projection's products' dtype (None: float64)
-        # the conjugate-gradient products' operands, in X1op's dtype (_op_dtype): X1op is X1
-        # scaled by a power of two (_pow2(X1)), A likewise
-        self.X1op, self.x_scale, self.op = X1op, _pow2(X1), X1op.dtype
+        # the conjugate-gradient products' operands, in X1op's dtype (_op_dtype; the
+        # projection's products too): X1op is X1 scaled by x_scale (_pow2(X1)), A likewise
+        self.X1op, self.x_scale, self.op = X1op, x_scale, X1op.dtype
         self.a_scale = _pow2(A)
         self.Aop = (A * self.a_scale).astype(self.op)
         self.mask_op = mask.astype(self.op)
@@ -395,7 +395,7 @@ class _Hidden:
         return (G.T @ self.X1op).astype(np.float64) / (s * self.x_scale * self.a_scale)
 
     def normal(self, dN: np.ndarray) -> np.ndarray:
-        return (self.apply_t(self.fit.project(self.apply(dN), self.project_op) * self.w2)
+        return (self.apply_t(self.fit.project(self.apply(dN), self.op) * self.w2)
                 + self.ridge[:, None] * dN)
 
     def solve(self, R: np.ndarray, tol: float, floor: float) -> tuple[np.ndarray, int]:
@@ -524,9 +524,8 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     rowwise = bool(np.all(w2 == w2[:, :1]))
     xs = float(np.sqrt(np.mean(X * X))) if X.size else 1.0
     X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
-    op = _op_dtype(X, model, m, xs)
-    X1op = (X1 * _pow2(X1)).astype(op)
-    project_op = None if op == np.float64 else op
+    x_scale = _pow2(X1)
+    X1op = (X1 * x_scale).astype(_op_dtype(X, model, m, xs))
     chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
 
     def at(W, b, theta):
@@ -543,7 +542,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     for _ in range(MAX_STEPS if k else 0):
         blocks.update(mask)
         A = fit.theta[:, :k]
-        lin = _Hidden(X1, X1op, mask, A, w2, fit, blocks, project_op)
+        lin = _Hidden(X1, X1op, x_scale, mask, A, w2, fit, blocks)
         dN, it = lin.solve(R, VP_CG_TOL, VP_CG_FLOOR * n_obs)
         if VP_MAX_MOVE is not None:
             bounded = k - free_last

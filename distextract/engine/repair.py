@@ -90,6 +90,8 @@ def search_lines(eng: Coordinator, check: dict, X: np.ndarray, bad: np.ndarray, 
     st, cfg = eng.st, eng.cfg
     if imprecise.coarse(eng):
         return 0  # coarse answers: a searched line adds junk neurons (.imprecise.coarse)
+    if past_bound(eng):
+        return 0  # a searched line is refused past the query bound (the repair's rows are not)
     model = st.model
     k = model.hidden_dim
     by = {u["neuron"]: u for u in check["uncertain"]}
@@ -103,8 +105,6 @@ def search_lines(eng: Coordinator, check: dict, X: np.ndarray, bad: np.ndarray, 
         v = model.W[j] / max(float(np.linalg.norm(model.W[j])), 1e-300)
         lines.append((x, v, int(rng.integers(2**63 - 1))))
     changes = 0
-    if past_bound(eng):
-        return 0  # a searched line is refused past the query bound (the repair's rows are not)
     for x, v, seed in lines:
         index = len(st.lines)
         changes += update.residual_line(eng, index, line=Line(index=index, u=x, v=v,
