@@ -241,6 +241,15 @@ def test_variable_projection_products_in_float32_match_float64(monkeypatch, weig
         a64, a32 = getattr(ops[np.float64], f)(dN), getattr(ops[np.float32], f)(dN)
         assert np.all(np.isfinite(a32))
         assert np.linalg.norm(a32 - a64) <= 1e-5 * np.linalg.norm(a64), f
+    # Jᵀ·S and the projection on their own (float32: other operand orders, the projection's
+    # solve through the inverse Cholesky factor)
+    S = np.random.default_rng(4).standard_normal(Y.shape) * w2
+    t64, t32 = ops[np.float64].apply_t(S), ops[np.float32].apply_t(S)
+    assert np.linalg.norm(t32 - t64) <= 1e-5 * np.linalg.norm(t64)
+    V = ops[np.float64].apply(dN)
+    p64, p32 = fit.project(V), fit.project(V, np.float32)
+    assert np.all(np.isfinite(p32))
+    assert np.linalg.norm(p32 - p64) <= 1e-4 * np.linalg.norm(p64)
 
 
 def test_float32_products_only_for_wide_refinements_of_neurons_of_like_scale():
