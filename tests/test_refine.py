@@ -266,3 +266,25 @@ def test_float32_products_only_for_wide_refinements_of_neurons_of_like_scale():
     assert refine._op_dtype(X[:100], wide, 10, 1.0) == np.float64  # 1.8e7 flops
     spread = dx.targets.hard_case("norm_range", 128, 256, seed=0)
     assert refine._op_dtype(X, spread, spread.output_dim, 1.0) == np.float64
+
+
+def test_wide_refinements_stop_their_conjugate_gradients_at_their_own_tolerance(monkeypatch):
+    """refine.VP_CG_TOL_WIDE: where the products run in float32 (here forced on a small
+    refinement), the conjugate gradients stop at it, not at VP_CG_TOL: looser, fewer
+    iterations, and the refinement still reaches the answers' errors."""
+    net, start, X, Y, sigma = _float32_problem(12, 24, 3, 1100, seed=12)
+    Xt = np.random.default_rng(12).standard_normal((4000, 12))
+    monkeypatch.setattr(refine, "OP_MIN_WORK", 0.0)
+    out = {}
+    for tol in (1e-4, 3e-2):
+        monkeypatch.setattr(refine, "VP_CG_TOL_WIDE", tol)
+        res = refine.refine_network(start, X, Y, sigma, method="vp")
+        out[tol] = (res, solve.relative_error(res.model, Xt, net.predict(Xt))[0])
+    (tight, e_tight), (loose, e_loose) = out[1e-4], out[3e-2]
+    assert loose.cg_iterations < tight.cg_iterations, (loose.cg_iterations, tight.cg_iterations)
+    assert loose.chi2 < 1e-6 * loose.chi2_start and e_loose < 3e-7, (loose.chi2, e_loose)
+    # the float64 products keep VP_CG_TOL
+    monkeypatch.setattr(refine, "OP_MIN_WORK", np.inf)
+    a = refine.refine_network(start, X, Y, sigma, method="vp").cg_iterations
+    monkeypatch.setattr(refine, "VP_CG_TOL_WIDE", 1e-4)
+    assert refine.refine_network(start, X, Y, sigma, method="vp").cg_iterations == a
