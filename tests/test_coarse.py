@@ -32,6 +32,20 @@ def test_only_float16_and_bfloat16_roundings_are_coarse():
     assert 2.0 ** -24 < COARSE_NOISE < 2.0 ** -11
 
 
+def test_bfloat16_answers_buy_more_refinement_rows_than_float16(monkeypatch):
+    """bfloat16's rounding (3.9e-3) needs more answers averaged than float16's (4.9e-4) to
+    reach 1e-2 (d32-k64-m3 seeds 40-47: up to 1.66e-2 at COARSE_REFINE_OBS): the coarse
+    refinement buys COARSE_ROUGH_REFINE_OBS per unknown for it, COARSE_REFINE_OBS for
+    float16."""
+    asked = []
+    monkeypatch.setattr(imprecise, "refine", lambda eng, **kw: asked.append(kw["obs"]))
+    imprecise.refine_in_rounds(_Eng(2.0 ** -8))  # bfloat16
+    imprecise.refine_in_rounds(_Eng(2.0 ** -11))  # float16
+    assert asked == [imprecise.COARSE_ROUGH_REFINE_OBS, imprecise.COARSE_REFINE_OBS]
+    assert imprecise.COARSE_ROUGH_REFINE_OBS > imprecise.COARSE_REFINE_OBS
+    assert 2.0 ** -11 < imprecise.COARSE_ROUGH_NOISE < 2.0 ** -8
+
+
 def test_bfloat16_answers_refine_the_first_line_instead_of_searching_junk():
     """d16-k32-m1, biases ~ N(0, 1), seed 0, bfloat16 answers: searching further lines grew
     62 neurons (first line) to 286 and reached the query bound at rel L2 0.43; refined from
@@ -46,7 +60,8 @@ def test_bfloat16_answers_refine_the_first_line_instead_of_searching_junk():
     # the first line, then at most the residual lines searched after the refinement
     assert len(res.report["rounds"]) <= 1 + imprecise.RECHECK_LINES
     assert not res.report["derived"]["query_bound_reached"]
-    assert res.report["refinement"]["rows_bought"] >= imprecise.COARSE_REFINE_OBS * 16 * 18
+    # bfloat16's rounding: COARSE_ROUGH_REFINE_OBS answers per unknown (>= 32·18 unknowns)
+    assert res.report["refinement"]["rows_bought"] >= imprecise.COARSE_ROUGH_REFINE_OBS * 32 * 18
     if res.certified:
         assert not res.report["uncertain"]
     assert np.isfinite(res.report["validation"]["rel_l2"])
