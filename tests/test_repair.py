@@ -145,7 +145,7 @@ def test_late_births_repair_norm_range_past_its_bound(monkeypatch):
     """Issue 19, hard:norm_range d16-k32 seed 40, float32 (a run the repair took from rel L2
     3.6e-5 to 1.05e-6): the certificate's rows take the run past its query bound, so the
     repair's later rounds search no line (past_bound) and only their refit's births
-    (birth.late_births) can add the neurons the check rows name. At least one repair round
+    (birth.add_missing_neurons, late) can add the neurons the check rows name. At least one repair round
     runs past the old two, one kept round searched no line, and the late births keep a
     neuron that took the misfit to between BIRTH_GAIN and LATE_BIRTH_GAIN of what it was
     (one the search's births refuse). The run ends within 2e-6 of the network and is not

@@ -19,7 +19,7 @@ when the misfit falls below ``BIRTH_GAIN`` of what it was; the next one is tried
 misfit stays above the noise. (A hinge fitted to the unrejected residual failed: the
 compensating neurons spread the error over every row.)
 
-Late births (:func:`late_births`): in a repair's refit (:mod:`.repair`) a new neuron is kept
+Late births (``add_missing_neurons(late=True)``): in a repair's refit (:mod:`.repair`) a new neuron is kept
 when it takes the misfit below LATE_BIRTH_GAIN (0.75) of what it was, not BIRTH_GAIN (0.5),
 and up to LATE_BIRTH_MAX (8) are tried, not BIRTH_MAX (3). There many neurons can be
 missing at once, each with a small share of the misfit (hard:norm_range d16-k32 seed 40,
@@ -60,7 +60,7 @@ BIRTH_GAIN = 0.5
 BIRTH_HOLD = 0.75
 #: New neurons tried at most per refinement.
 BIRTH_MAX = 3
-#: Late births (:func:`late_births`, the refit of a repair round, :mod:`.repair`): a new
+#: Late births (``late=True``, the refit of a repair round, :mod:`.repair`): a new
 #: neuron is kept when the refined misfit with it falls below this share of the misfit
 #: without it, ...
 LATE_BIRTH_GAIN = 0.75
@@ -250,8 +250,9 @@ def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: 
     sigma : ndarray of shape (n,) or (n, m)
         Each answer's error bound (as for :func:`.refine.refine_network`).
     late : bool
-        A repair's refit (:func:`late_births`): LATE_BIRTH_GAIN, LATE_BIRTH_HOLD and
-        LATE_BIRTH_MAX in place of BIRTH_GAIN, BIRTH_HOLD and BIRTH_MAX.
+        A repair's refit: LATE_BIRTH_GAIN, LATE_BIRTH_HOLD and LATE_BIRTH_MAX in place of
+        BIRTH_GAIN, BIRTH_HOLD and BIRTH_MAX (see the module docstring for why the looser
+        acceptance is safe there and not in the search).
 
     Returns
     -------
@@ -311,15 +312,6 @@ def add_missing_neurons(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: 
     return res, born
 
 
-def late_births(res: RefineResult, X: np.ndarray, Y: np.ndarray, sigma: np.ndarray,
-                rounds: int = ROBUST_ROUNDS) -> tuple[RefineResult, int]:
-    """:func:`add_missing_neurons` as a repair round's refit runs it (:mod:`.repair`): a new
-    neuron is kept when it takes the misfit below LATE_BIRTH_GAIN of what it was (held below
-    LATE_BIRTH_HOLD), and up to LATE_BIRTH_MAX are tried. See the module docstring for why
-    the looser acceptance is safe there and not in the search."""
-    return add_missing_neurons(res, X, Y, sigma, rounds, late=True)
-
-
 def with_born(ns: NeuronSet, model: ReluNetwork, born: int, line: int, u: np.ndarray,
               v: np.ndarray) -> NeuronSet:
     """``ns`` followed by entries for the last ``born`` neurons of ``model``: their
@@ -342,4 +334,4 @@ def with_born(ns: NeuronSet, model: ReluNetwork, born: int, line: int, u: np.nda
 
 __all__ = ["BIRTH_CHI2", "BIRTH_GAIN", "BIRTH_HOLD", "BIRTH_MAX", "LATE_BIRTH_GAIN",
            "LATE_BIRTH_HOLD", "LATE_BIRTH_MAX", "REJECT_MADS", "add_missing_neurons",
-           "fit_hinge", "fit_twin", "late_births", "robust_refit", "with_born"]
+           "fit_hinge", "fit_twin", "robust_refit", "with_born"]

@@ -13,7 +13,7 @@ import numpy as np
 from .._errors import BudgetExhausted
 from .._model import ReluNetwork
 from . import update
-from .birth import ROBUST_ROUNDS, add_missing_neurons, late_births, with_born
+from .birth import ROBUST_ROUNDS, add_missing_neurons, with_born
 from .certificate import OBSERVABLE_NOISE, contribution
 from .coverage import cover_points, cover_rows_wanted, quiet_points, rare_side_rows
 from .fuse import FUSE_MAX_PAIRS, close_pairs, fuse_pairs, wedge_points
@@ -167,7 +167,7 @@ def refine(eng: Coordinator, extra_rows: bool = True, cover: bool = True,
     gate (REFINE_MAX_WORK) rules it out or too few rows are held to pin every
     parameter. A refined model validating within ``keep_within`` (relative L2) is kept even
     when it validates worse (:mod:`.repair`: its check rows judge it instead). ``late``: a
-    repair's refit, whose births accept as :func:`.birth.late_births` does."""
+    repair's refit, whose births accept late (:func:`.birth.add_missing_neurons`)."""
     st, cfg = eng.st, eng.cfg
     ns = st.neurons
     k, d, m = ns.size, st.d, st.m
@@ -273,7 +273,7 @@ def refine_in_rounds(eng: Coordinator) -> bool:
     again over every row held, from the model the first round kept. Returns what :func:`refine` returns."""
     st = eng.st
     if coarse(eng):
-        rough = eng.st.noise >= COARSE_ROUGH_NOISE
+        rough = st.noise >= COARSE_ROUGH_NOISE
         return refine(eng, obs=COARSE_ROUGH_REFINE_OBS if rough else COARSE_REFINE_OBS)
     if REFINE_FIRST_OBS >= REFINE_OBS or st.m > REFINE_ROUNDS_MAX_OUTPUTS:
         return refine(eng)
@@ -377,16 +377,16 @@ def fit_answers(model: ReluNetwork, X: np.ndarray, Y: np.ndarray, sigma: np.ndar
     conjugate-gradient iteration costs at most REFINE_JOINT_MAX_WORK flops: its 6,000
     exact iterations cost 43 s of a d64-k128-m10 run's 50 s, and helped neither of the two
     such runs where it was tried.
-    ``late``: a repair's refit, whose births are :func:`.birth.late_births`.
+    ``late``: a repair's refit, whose births accept late (:mod:`.birth`).
     Returns the refinement and the number of neurons born (the model's last ones)."""
-    births = late_births if late else add_missing_neurons
-    res, born = births(refine_network(model, X, Y, sigma), X, Y, sigma, rounds)
+    res, born = add_missing_neurons(refine_network(model, X, Y, sigma), X, Y, sigma, rounds,
+                                    late=late)
     k, d = model.W.shape
     if (res.chi2 <= REFINE_FIT_CHI2
             or refine_work(X.shape[0], k, d, Y.shape[1]) > REFINE_JOINT_MAX_WORK):
         return res, born
-    alt, alt_born = births(refine_network(model, X, Y, sigma, method="joint"),
-                           X, Y, sigma, rounds)
+    alt, alt_born = add_missing_neurons(refine_network(model, X, Y, sigma, method="joint"),
+                                        X, Y, sigma, rounds, late=late)
     logger.info("refine: variable projection ends at chi2 %.3g per answer, the joint "
                 "refinement at %.3g", res.chi2, alt.chi2)
     return (alt, alt_born) if alt.chi2 < res.chi2 else (res, born)
@@ -599,8 +599,8 @@ def quiet_rounds(eng: Coordinator) -> int:
     validates within the target, as :mod:`.repair` keeps its refits). At most QUIET_ROUNDS
     rounds. Their rows are bought beyond the run's query bound, as the certificate's and the
     repair's are (they come after both, and the certificate's rows often took the run past
-    its bound: hard:norm_range d16-k32 seed 31, float32, every round refused, 1.55e-6; bought,
-    6.4e-7), within the caller's budget, whose refusal ends them. Returns the rows bought."""
+    its bound: hard:norm_range d16-k32 seed 31, float32, every round refused, 1.59e-6; bought,
+    6.65e-7), within the caller's budget, whose refusal ends them. Returns the rows bought."""
     st, cfg = eng.st, eng.cfg
     bought = 0
     for r in range(QUIET_ROUNDS):

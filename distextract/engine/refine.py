@@ -546,6 +546,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
     X1 = np.concatenate([X, np.ones((n, 1))], axis=1)
     x_scale = _pow2(X1)
     X1op = (X1 * x_scale).astype(_op_dtype(X, model, m, xs))
+    cg_tol = VP_CG_TOL if X1op.dtype == np.float64 else VP_CG_TOL_WIDE
     chi_start = _misfit(X, Y, w2, model.W, model.b, model.A, model.c, model.L)[0]
 
     def at(W, b, theta):
@@ -563,8 +564,7 @@ def _refine_vp(model: ReluNetwork, X: np.ndarray, Y: np.ndarray,
         blocks.update(mask)
         A = fit.theta[:, :k]
         lin = _Hidden(X1, X1op, x_scale, mask, A, w2, fit, blocks)
-        dN, it = lin.solve(R, VP_CG_TOL if X1op.dtype == np.float64 else VP_CG_TOL_WIDE,
-                           VP_CG_FLOOR * n_obs)
+        dN, it = lin.solve(R, cg_tol, VP_CG_FLOOR * n_obs)
         if VP_MAX_MOVE is not None:
             bounded = k - free_last
             dN[:bounded] = _capped_moves(dN[:bounded], W[:bounded], xs, VP_MAX_MOVE)

@@ -23,7 +23,7 @@ orders of magnitude, float32), the repair is where they are found, and it needed
 things. The certificate's rows, bought beyond the query bound, usually take the run past
 it, and a searched line is a capped request: it was refused and ended the round (seed 40:
 the third round, its model kept at rel L2 8.2e-6). Past the bound (:func:`past_bound`) a
-round searches no line and its refit's births (:func:`.birth.late_births`) place the
+round searches no line and its refit's late births (:mod:`.birth`) place the
 neurons, with a looser acceptance than the search's births: those keep a neuron that
 halves the misfit, and in these refits each missing neuron's share is less (seed 40's third
 round: 5.1e3 -> 3.3e3 -> 1.5e3 -> 667 -> 215 -> 82 per answer, the first refused by
